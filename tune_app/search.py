@@ -1,0 +1,290 @@
+"""Run a hyperparameter search: ``python -m tune_app.search --space digits``.
+
+Everything the user can get wrong is checked before Ray starts (space, overrides,
+settings, data); then the driver loads the data once, Ray Tune runs the trials,
+and the results become ``<run dir>/summary/``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+from tune_app.errors import UsageError
+from tune_app.spaces import DEFAULT_KEYS, SCHEDULERS, SEARCHERS, list_spaces
+
+SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
+SETTING_FLAGS = tuple(DEFAULT_KEYS)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--searcher", choices=SEARCHERS)
+    p.add_argument("--scheduler", choices=SCHEDULERS)
+    p.add_argument("--num-samples", type=int, help="trials to run (grid: repeats of the grid)")
+    p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 pack trials per GPU")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
+    p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 (default: start a local Ray)")
+    p.add_argument("--storage-path", default="./runs", help="where run directories go (default ./runs)")
+    p.add_argument("--name", help="run directory name (default <space>-<date>-<time>)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
+                   help="continue an interrupted sweep: a run directory, or the one --name names")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a space entry; a list (key=[a,b]) becomes a searched choice")
+    p.add_argument("--data-dir", default="./data", help="dataset files (default ./data)")
+    p.add_argument("--seed", type=int, default=0, help="searcher seed, and the trials' seed where the space sets none")
+    p.add_argument("--wandb-project", default="tune_app")
+    p.add_argument("--wandb-entity")
+    p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"),
+                   help="default: online with an API key, offline without")
+    return p
+
+
+# ---------------------------------------------------------------- planning (no Ray)
+
+def check_settings(s: dict) -> None:
+    rules = {
+        "num_samples": (1, "at least 1"), "max_epochs": (1, "at least 1"), "grace_period": (1, "at least 1"),
+        "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
+        "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
+    }
+    for key, (low, text) in rules.items():
+        value = s.get(key)
+        if value is not None and (not math.isfinite(value) or value < low):
+            raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be {text}")
+    gpus = s["gpus_per_trial"]
+    if gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
+
+
+def resolve_run_dir(args) -> Path:
+    if isinstance(args.resume, str):
+        return Path(args.resume).expanduser().resolve()
+    if args.resume and not args.name:
+        raise UsageError("--resume needs the run directory (--resume runs/NAME) or --name NAME")
+    return (Path(args.storage_path).expanduser() / args.name).resolve()
+
+
+def plan_resume(args) -> dict:
+    run_dir = resolve_run_dir(args)
+    spec_path = run_dir / SPEC_FILE
+    if not spec_path.is_file() or not (any(run_dir.glob("experiment_state*.json")) or any(run_dir.glob("tuner.pkl"))):
+        raise UsageError(f"--resume: {run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
+                         f"start one with --space NAME --name NAME")
+    spec = json.loads(spec_path.read_text())
+    given = {"space": args.space, **{k: v for k, v in vars(args).items() if k in SETTING_FLAGS and v is not None}}
+    changed = sorted(k for k, v in given.items() if v is not None and spec["settings"].get(k, spec.get(k)) != v)
+    from tune_app.spaces import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    changed += sorted(k for k, v in overrides.items() if spec["overrides"].get(k) != v)
+    if changed:
+        raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
+                         f"(start a new sweep with another --name to change them)")
+    spec["run_dir"] = str(run_dir)
+    return spec
+
+
+def plan_new(args) -> dict:
+    from tune_app.spaces import load_space, parse_overrides
+
+    if not args.space:
+        raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
+    space = load_space(args.space, parse_overrides(args.overrides))
+    settings = dict(space.defaults)
+    for key in SETTING_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if args.searcher == "grid" and args.num_samples is None:
+        settings["num_samples"] = 1  # the grid itself defines the trials
+    settings.setdefault("gpus_per_trial", 0)
+    settings.setdefault("cpus_per_trial", 1)
+    settings.setdefault("grace_period", 1)
+    settings.setdefault("reduction_factor", 3)
+    settings.setdefault("max_epochs", max_epochs_of(space))
+    check_settings(settings)
+    name = args.name or f"{args.space}-{__import__('time').strftime('%Y%m%d-%H%M%S')}"
+    args.name = name
+    run_dir = resolve_run_dir(args)
+    if (run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json")):
+        raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, "
+                         f"or pick another --name")
+    return {
+        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir),
+        "settings": {**settings, "seed": args.seed, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
+                     "address": args.address, "wandb_project": args.wandb_project,
+                     "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
+    }
+
+
+def max_epochs_of(space) -> int:
+    from tune_app.spaces import domain_values
+
+    return int(max(domain_values(space.space.get("epochs", space.trainable.PARAMS["epochs"].default))))
+
+
+def expected_trials(param_space: dict, num_samples: int) -> int:
+    grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
+    return num_samples * math.prod(grid)
+
+
+# ---------------------------------------------------------------- running (Ray)
+
+def trial_name(trainable_module: str, trial) -> str:
+    import importlib
+
+    return importlib.import_module(trainable_module).run_name(trial.config)
+
+
+def trial_dirname(trainable_module: str, trial) -> str:
+    return f"{trial_name(trainable_module, trial)}_{trial.trial_id}"[:120]
+
+
+def records_from(results, trainable) -> list[dict]:
+    """Ray's ResultGrid as the plain trial records ``tune_app.summary`` takes."""
+    keep = [*trainable.METRICS, "diverged"]
+    records = []
+    for result in results:
+        config = {k: v for k, v in result.config.items()}
+        df = result.metrics_dataframe
+        history = []
+        if df is not None and len(df) and "epoch" in df:
+            df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+            history = [{k: row[k] for k in keep if k in row} for row in df.to_dict("records")]
+        cfg = {**{k: p.default for k, p in trainable.PARAMS.items()}, **config}
+        records.append({
+            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1],
+            "name": trainable.run_name(config),
+            "config": config,
+            "history": history,
+            "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+            "target_epochs": min(cfg["epochs"], cfg["max_epochs"] or cfg["epochs"]),
+        })
+    return records
+
+
+def run(spec: dict, resume: bool) -> int:
+    # Ray's compact table reporter (trials done/running/pending, best so far, elapsed time)
+    # is the legacy output path; the new one cannot show parameters and the best trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+
+    from trainables.data import DataError, prepare
+    from tune_app import summary, tuning
+    from tune_app.provenance import provenance
+    from tune_app.ray_adapter import ray_trainable
+    from tune_app.spaces import load_space
+    from tune_app.wandb_setup import wandb_callback
+
+    s = spec["settings"]
+    space = load_space(spec["space"], spec["overrides"])
+    config = dict(space.space)
+    config["max_epochs"] = s["max_epochs"]
+    config.setdefault("seed", s["seed"])
+    searched = {k: space.space[k] for k in space.searched}
+    if s["searcher"] == "grid":
+        tuning.grid_space(config)  # a range under grid search fails here, before any work
+    tuning.check_combination(s["searcher"], s["scheduler"])
+    try:
+        dataset = prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
+                          split_seed=space.constant("split_seed"))
+    except DataError as e:
+        raise UsageError(str(e)) from None
+
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address=s["address"], log_to_driver=False, include_dashboard=False,
+                 logging_level=logging.WARNING, configure_logging=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
+        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+
+    if resume:
+        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir)
+        spec = {**spec, "expected_trials": expected_trials(param_space, s["num_samples"])}
+        (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
+        callbacks = [cb for cb in [wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"],
+                                                  s["name"], run_dir)] if cb is not None]
+        reporter = tune.CLIReporter(
+            parameter_columns=space.searched,
+            metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
+                            "epoch_time_s": "s/epoch"},
+            sort_by_metric=True,
+            max_report_frequency=15, max_progress_rows=12)
+        module = space.trainable.__name__
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
+                num_samples=s["num_samples"], max_concurrent_trials=s.get("max_concurrent"),
+                trial_name_creator=functools.partial(trial_name, module),
+                trial_dirname_creator=functools.partial(trial_dirname, module)),
+            run_config=tune.RunConfig(
+                name=s["name"], storage_path=str(run_dir.parent), callbacks=callbacks,
+                progress_reporter=reporter, verbose=1,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                failure_config=tune.FailureConfig(max_failures=0)))
+    results = tuner.fit()
+
+    finished = results.num_terminated + results.num_errors
+    records = records_from(results, space.trainable)
+    prov = provenance(space=spec["space"], overrides=spec["overrides"], seed=s["seed"],
+                      searcher=s["searcher"], scheduler=s["scheduler"], num_samples=s["num_samples"],
+                      dataset={"name": dataset.name, "fingerprint": dataset.fingerprint(),
+                               "train": len(dataset.y_train), "val": len(dataset.y_val),
+                               "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
+                               "split_seed": dataset.split_seed})
+    out = summary.write_summary(run_dir / "summary", records, space.searched, space.metric, space.mode, prov)
+    print()
+    print(summary.format_best(out["best"]))
+    print()
+    print(summary.trends_markdown(out["trends"], space.metric))
+    print(f"\nSummary: {run_dir / 'summary'}  ({len(records)} trials, {results.num_errors} errored)")
+    interrupted = finished < spec["expected_trials"]
+    if interrupted:
+        print(f"Interrupted with {finished} trials finished; continue with: "
+              f"python -m tune_app.search --resume {run_dir}", file=sys.stderr)
+        return 130
+    return 0 if out["best"].get("config") is not None else 1
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.list_spaces:
+            from tune_app.spaces import load_space
+
+            for name in list_spaces():
+                doc = (load_space(name).module.__doc__ or "").strip().splitlines()
+                print(f"{name:20s} {doc[0] if doc else ''}")
+            return 0
+        spec = plan_resume(args) if args.resume else plan_new(args)
+        return run(spec, resume=bool(args.resume))
+    except UsageError as e:
+        print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
