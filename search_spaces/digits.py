@@ -12,7 +12,7 @@ TRAINABLE = "image_classifier"
 METRIC, MODE = "val_acc", "max"
 
 SPACE = {
-    "dataset": "digits",  # 1437 train+val images (10 % held out for validation), 360 test
+    "dataset": "digits",  # 1438 train+val images (10 % held out for validation), 359 test
     "model": "digits_cnn",
     "activation": tune.choice(["relu", "sigmoid", "tanh", "silu", "gelu", "leaky_relu", "elu"]),
     "optimizer": tune.choice(["sgd", "nesterov", "adam", "adamw", "adagrad", "rmsprop", "nadam"]),

@@ -140,6 +140,16 @@ def max_epochs_of(space) -> int:
     return int(max(domain_values(space.space.get("epochs", space.trainable.PARAMS["epochs"].default))))
 
 
+def continuous_bins(space: dict) -> dict[str, list[float]]:
+    """Trend-table bins for every sampled float range (a log range by decade)."""
+    from ray.tune.search.sample import Float, LogUniform
+
+    from tune_app.summary import bin_edges
+
+    return {k: bin_edges(v.lower, v.upper, isinstance(v.get_sampler(), LogUniform))
+            for k, v in space.items() if isinstance(v, Float)}
+
+
 def expected_trials(param_space: dict, num_samples: int) -> int:
     grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
     return num_samples * math.prod(grid)
@@ -255,7 +265,8 @@ def run(spec: dict, resume: bool) -> int:
                                "train": len(dataset.y_train), "val": len(dataset.y_val),
                                "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
                                "split_seed": dataset.split_seed})
-    out = summary.write_summary(run_dir / "summary", records, space.searched, space.metric, space.mode, prov)
+    out = summary.write_summary(run_dir / "summary", records, space.searched, space.metric, space.mode, prov,
+                                bins=continuous_bins(space.space))
     print()
     print(summary.format_best(out["best"]))
     print()

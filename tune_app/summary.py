@@ -181,19 +181,44 @@ def _value_key(value):
     return (1, 0.0, str(value))
 
 
-def trend_table(trials: pd.DataFrame, params: list[str], metric: str, mode: str) -> pd.DataFrame:
+def bin_edges(lower: float, upper: float, log: bool) -> list[float]:
+    """Edges for a continuous hyperparameter: decades for a log range, four equal bins otherwise."""
+    if log and lower > 0:
+        decades = [10.0 ** k for k in range(math.ceil(math.log10(lower)), math.floor(math.log10(upper)) + 1)]
+        edges = sorted({lower, *decades, upper})
+    else:
+        edges = [float(e) for e in np.linspace(lower, upper, 5)]
+    return edges
+
+
+def _bin_label(edges: list[float], i: int) -> str:
+    return f"[{edges[i]:.3g}, {edges[i + 1]:.3g}" + ("]" if i == len(edges) - 2 else ")")
+
+
+def trend_table(trials: pd.DataFrame, params: list[str], metric: str, mode: str,
+                bins: dict[str, list[float]] | None = None) -> pd.DataFrame:
     """Per hyperparameter value: run counts and mean/std/best of final_<metric> over eligible trials.
     Diverged and errored trials are counted so failures stay visible, but never averaged in.
+    A hyperparameter in ``bins`` (a continuous range) is grouped into intervals between those edges,
+    so a table over a sampled lr has rows per decade rather than one row per trial.
     Trials lacking the key (conditional spaces) are left out; unknown params yield no rows."""
     _check(mode)
     final = f"final_{metric}"
+    bins = bins or {}
     rows = []
     for p in params:
         column = f"config/{p}"
         if column not in trials.columns:
             continue
         present = trials[trials[column].notna()]
-        groups = sorted(present.groupby(column, sort=False), key=lambda kv: _value_key(_plain(kv[0])))
+        if p in bins:
+            edges = bins[p]
+            # Half-open bins [a, b); the last is closed, as the sampler may return the upper bound.
+            index = np.clip(np.searchsorted(edges, present[column].astype(float), side="right") - 1,
+                            0, len(edges) - 2)
+            groups = [(_bin_label(edges, i), group) for i, group in present.groupby(index)]
+        else:
+            groups = sorted(present.groupby(column, sort=False), key=lambda kv: _value_key(_plain(kv[0])))
         for value, group in groups:
             values = group.loc[group["status"].isin(ELIGIBLE), final]
             rows.append({"hyperparameter": p, "value": _plain(value), "runs": len(values),
@@ -269,14 +294,14 @@ def _atomic_write(path: Path, write) -> Path:
 
 
 def write_summary(out_dir, records, params: list[str], metric: str, mode: str, provenance: dict,
-                  rule: str = "last") -> dict:
+                  rule: str = "last", bins: dict[str, list[float]] | None = None) -> dict:
     """Write all sweep artefacts into out_dir; a sweep with no usable trial still gets its tables."""
     _check(mode, rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials = trials_frame(records, metric, mode)
     history = history_frame(records)
-    trends = trend_table(trials, params, metric, mode)
+    trends = trend_table(trials, params, metric, mode, bins)
     try:
         payload = best_config_payload(select_best(trials, metric, mode, rule), trials, metric, mode, rule,
                                       provenance)

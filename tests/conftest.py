@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests run offline: W&B offline, no dataset downloads."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ["TUNE_APP_OFFLINE"] = "1"  # never try a download from a test
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray per test module, sized for a 2-core machine."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from trainables.data import prepare
+
+    return prepare("digits", None, val_fraction=0.1, split_seed=0)
