@@ -137,7 +137,8 @@ def test_trend_table_matches_groupby(records):
                 assert sub.loc[value, "std"] == pytest.approx(row["std"])
     lr = table[table["hyperparameter"] == "lr"].set_index("value")
     assert list(lr.index) == [0.001, 0.01, 0.1]
-    assert lr.loc[0.001, ["runs", "diverged", "errors"]].tolist() == [2, 0, 1] and lr.loc[0.001, "mean"] == pytest.approx(0.85)
+    assert lr.loc[0.001, ["runs", "diverged", "errors"]].tolist() == [2, 0, 1]
+    assert lr.loc[0.001, "mean"] == pytest.approx(0.85)
     assert lr.loc[0.01, "mean"] == pytest.approx(0.675)
     assert lr.loc[0.01, "std"] == pytest.approx(np.std([0.80, 0.55], ddof=1))
     # lr=0.1 only has the diverged trial: counted, never averaged.

@@ -1,0 +1,114 @@
+"""Bad input: one line, exit code 2, before Ray starts, and nothing written."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tune_app.search import main
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def existing_sweep(tmp_path):
+    """A run directory that already holds a sweep: tune_app's spec and Ray's state."""
+    run_dir = tmp_path / "runs" / "old"
+    (run_dir / "summary").mkdir(parents=True)
+    (run_dir / "tune_app.json").write_text(json.dumps({
+        "space": "digits", "overrides": {}, "expected_trials": 3,
+        "settings": {"searcher": "optuna", "scheduler": "asha", "num_samples": 3}}))
+    (run_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (run_dir / "summary" / "best_config.json").write_text('{"config": {"lr": 0.01}}')
+    return run_dir
+
+
+def exit_code(argv) -> int:
+    """main()'s return value, or argparse's exit code for a malformed command line."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+BAD = [
+    (["--space", "nope"], "unknown space 'nope'; known spaces: cifar_vgg6, digits"),
+    (["--space", "digits", "--set", "lrr=0.1"], "unknown --set key 'lrr'; known keys: activation,"),
+    (["--space", "digits", "--set", "lr=-1"], "lr=-1.0: must be >= 1e-12"),
+    (["--space", "digits", "--set", "optimizer=foo"], "optimizer='foo': choose one of adagrad, adam,"),
+    (["--space", "digits", "--set", "batch_size=0"], "batch_size=0: must be >= 1"),
+    (["--space", "digits", "--set", "lr"], "--set 'lr': expected key=value"),
+    (["--space", "digits", "--num-samples", "0"], "--num-samples 0: must be at least 1"),
+    (["--space", "digits", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: use a fraction up to 1"),
+    (["--space", "digits", "--searcher", "grid"], "--searcher grid needs a list of values for lr"),
+    (["--space", "digits", "--scheduler", "pbt"], "--scheduler pbt explores by itself"),
+    (["--searcher", "optuna"], "--space is required; known spaces: cifar_vgg6, digits"),
+    (["--space", "digits", "--searcher", "bayes"], "argument --searcher: invalid choice: 'bayes'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(argv, message, existing_sweep, capsys):
+    before = snapshot(existing_sweep.parent)
+    code = exit_code([*argv, "--storage-path", str(existing_sweep.parent), "--name", "new"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+    assert snapshot(existing_sweep.parent) == before
+
+
+def test_a_name_that_already_holds_a_sweep_is_refused(existing_sweep, capsys):
+    before = snapshot(existing_sweep.parent)
+    code = main(["--space", "digits", "--storage-path", str(existing_sweep.parent), "--name", "old"])
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a sweep; continue it with --resume" in err and err.count("\n") == 1
+    assert snapshot(existing_sweep.parent) == before
+
+
+def test_resume_of_a_directory_without_a_sweep(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["--resume", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--resume: {tmp_path / 'empty'} holds no tune_app sweep" in err
+    assert err.count("\n") == 1 and list((tmp_path / "empty").iterdir()) == []
+
+
+def test_resume_refuses_a_changed_sweep(existing_sweep, capsys):
+    before = snapshot(existing_sweep.parent)
+    code = main(["--resume", str(existing_sweep), "--searcher", "random", "--set", "lr=0.1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "these differ: searcher, lr" in err and err.count("\n") == 1
+    assert snapshot(existing_sweep.parent) == before
+
+
+def test_missing_data_says_where_which_files_and_how(tmp_path, capsys):
+    code = main(["--space", "cifar_vgg6", "--data-dir", str(tmp_path / "nodata"),
+                 "--storage-path", str(tmp_path / "runs"), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tmp_path / 'nodata' / 'cifar-10-batches-py'}" in err and "data_batch_1" in err
+    assert "python -m trainables.data cifar10" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_list_spaces_names_each_with_its_summary(capsys):
+    assert main(["--list-spaces"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["cifar_vgg6", "digits"]
+    assert "VGG6 on CIFAR-10" in out[0] and "digits" in out[1]
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "tune_app.search"],
+                                     [str(Path(sys.executable).parent / "tune-app"), "search"]])
+def test_the_real_process_exits_2_with_one_line(command, tmp_path):
+    run = subprocess.run([*command, "--space", "nope"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "tune_app: error: unknown space 'nope'; known spaces: cifar_vgg6, digits"]
+    assert list(tmp_path.iterdir()) == []

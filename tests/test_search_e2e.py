@@ -1,0 +1,154 @@
+"""Real sweeps on a local Ray: digits (Optuna + ASHA) and cifar_vgg6 (grid + FIFO) on CIFAR-10 files."""
+import json
+import re
+
+import optuna
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.fake_datasets import write_cifar10
+from tune_app.search import main
+from tune_app.summary import ELIGIBLE
+
+
+@pytest.fixture(scope="module")
+def digits_sweep(ray_local, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    argv = ["--space", "digits", "--num-samples", "4", "--set", "epochs=[2,3]", "--max-epochs", "3",
+            "--set", "batch_size=[32,64]", "--cpus-per-trial", "1", "--storage-path", str(runs),
+            "--name", "digits-tiny", "--seed", "3"]
+    return runs / "digits-tiny", argv
+
+
+@pytest.fixture(scope="module")
+def digits_output(digits_sweep, capfd_module):
+    run_dir, argv = digits_sweep
+    code = main(argv)
+    return code, capfd_module()
+
+
+@pytest.fixture(scope="module")
+def capfd_module():
+    """Module-scoped capture is not built in; the CLI's own stdout is what matters here."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(buffer))
+    yield lambda: (stack.close(), buffer.getvalue())[1]
+    stack.close()
+
+
+def read_summary(run_dir):
+    s = run_dir / "summary"
+    trials = pq.read_table(s / "trials.parquet").to_pandas()
+    history = pq.read_table(s / "history.parquet").to_pandas()
+    best = json.loads((s / "best_config.json").read_text())
+    return trials, history, best
+
+
+def test_digits_sweep_exits_0_and_prints_best_and_trends(digits_output):
+    code, out = digits_output
+    assert code == 0
+    assert "Number of trials: 4/4" in out  # Ray's progress table
+    assert "Current best trial" in out
+    assert re.search(r"Best trial digits_cnn_[\w.-]+ \(\w+\): val_acc \d+\.\d\d % \(last epoch\)", out)
+    assert "### activation" in out and "### lr" in out and "| mean % |" in out
+
+
+def test_trials_table_has_one_row_per_trial(digits_sweep, digits_output):
+    run_dir, _ = digits_sweep
+    trials, history, _ = read_summary(run_dir)
+    trial_dirs = [p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("digits_cnn_")]
+    assert len(trials) == 4 == len(trial_dirs)
+    assert sorted(trials["trial_id"]) == sorted(p.name.rsplit("_", 1)[1] for p in trial_dirs)
+    assert set(trials["status"]) <= {"completed", "stopped"}
+    assert set(trials["config/batch_size"]) <= {32, 64} and set(trials["config/epochs"]) <= {2, 3}
+    assert (trials["epochs"] <= trials["target_epochs"]).all()
+    assert ((trials["final_val_acc"] >= 0) & (trials["final_val_acc"] <= 1)).all()
+    assert (trials["final_params"] > 0).all() and (trials["seconds"] > 0).all()
+    # history: one row per trial-epoch, epochs 1..n for every trial
+    assert len(history) == trials["epochs"].sum()
+    for trial_id, group in history.groupby("trial_id"):
+        assert group["epoch"].tolist() == list(range(1, len(group) + 1))
+        assert group["val_acc"].iloc[-1] == pytest.approx(
+            trials.set_index("trial_id").loc[trial_id, "final_val_acc"])
+
+
+def test_best_config_is_the_best_row_with_provenance(digits_sweep, digits_output):
+    run_dir, _ = digits_sweep
+    trials, _, best = read_summary(run_dir)
+    eligible = trials[trials["status"].isin(ELIGIBLE)]
+    top = eligible.sort_values(["final_val_acc", "epochs"], ascending=False).iloc[0]
+    assert best["trial_id"] == top["trial_id"] and best["value"] == pytest.approx(top["final_val_acc"])
+    for key in ("activation", "optimizer", "lr", "batch_size", "batch_norm", "epochs"):
+        assert best["config"][key] == top[f"config/{key}"]
+    assert best["metric"] == "val_acc" and best["mode"] == "max" and best["selection_rule"] == "last"
+    assert best["seed"] == 3 and best["space"] == "digits"
+    assert best["dataset"]["name"] == "digits" and best["dataset"]["val"] == 144 and best["dataset"]["test"] == 359
+    assert len(best["dataset"]["fingerprint"]) == 16
+    assert best["versions"]["ray"] and best["versions"]["torch"]
+    assert yaml.safe_load((run_dir / "summary" / "best_config.yaml").read_text()) == best
+
+
+def test_trend_means_equal_a_pandas_recomputation(digits_sweep, digits_output):
+    run_dir, _ = digits_sweep
+    trials, _, _ = read_summary(run_dir)
+    trends = pd.read_csv(run_dir / "summary" / "trends.csv")
+    eligible = trials[trials["status"].isin(ELIGIBLE)]
+    assert set(trends["hyperparameter"]) == {"activation", "optimizer", "lr", "batch_size", "batch_norm", "epochs"}
+    for key in ("activation", "optimizer", "batch_size", "epochs"):
+        expected = eligible.groupby(f"config/{key}")["final_val_acc"].agg(["count", "mean", "max"])
+        got = trends[trends["hyperparameter"] == key].set_index("value")
+        assert sorted(map(str, got.index)) == sorted(map(str, expected.index))
+        for value, row in expected.iterrows():
+            line = got.loc[str(value)] if str(value) in got.index else got.loc[value]
+            assert line["runs"] == row["count"]
+            assert line["mean"] == pytest.approx(row["mean"]) and line["best"] == pytest.approx(row["max"])
+    # a sampled lr is grouped by decade, and the rows add up to all trials
+    lr = trends[trends["hyperparameter"] == "lr"]
+    assert all(re.fullmatch(r"\[[\d.e-]+, [\d.e-]+[)\]]", v) for v in lr["value"])
+    assert lr["runs"].sum() == len(eligible)
+
+
+def test_one_wandb_offline_run_per_trial(digits_sweep, digits_output):
+    run_dir, _ = digits_sweep
+    trials, _, _ = read_summary(run_dir)
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert sorted(p.name.rsplit("-", 1)[1] for p in runs) == sorted(trials["trial_id"])
+    for p in runs:
+        assert (p / f"run-{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
+
+
+def test_optuna_study_is_file_backed_in_the_run_directory(digits_sweep, digits_output):
+    run_dir, _ = digits_sweep
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    study = optuna.load_study(study_name="digits-tiny", storage=storage)
+    assert len(study.trials) == 4
+    assert {"activation", "optimizer", "lr", "batch_size", "batch_norm", "epochs"} <= set(study.trials[0].params)
+
+
+def test_cifar_vgg6_grid_fifo_on_cifar10_files(ray_local, tmp_path, capsys):
+    data_dir = write_cifar10(tmp_path / "data", n_train_per_batch=20, n_test=20)
+    fixed = {"optimizer": "nadam", "lr": 0.001, "batch_size": 32, "epochs": 1, "batch_norm": "true",
+             "cutout": 16, "weight_decay": 0, "seed": 42}
+    argv = ["--space", "cifar_vgg6", "--searcher", "grid", "--scheduler", "fifo", "--data-dir", str(data_dir),
+            "--set", "activation=[relu,gelu]", "--set", "autoaugment=[true,false]", "--cpus-per-trial", "1",
+            "--storage-path", str(tmp_path / "runs"), "--name", "vgg", "--wandb-mode", "disabled"]
+    for key, value in fixed.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    trials, history, best = read_summary(tmp_path / "runs" / "vgg")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    combos = sorted(zip(trials["config/activation"], trials["config/autoaugment"]))
+    assert combos == [("gelu", False), ("gelu", True), ("relu", False), ("relu", True)]
+    assert (trials["config/optimizer"] == "nadam").all() and (trials["final_params"] == 2_360_522).all()
+    assert best["dataset"] == {**best["dataset"], "name": "cifar10", "train": 90, "val": 10, "test": 20}
+    assert best["trial_name"].startswith("vgg6_") and best["trial_name"].endswith("_nadam_bs32_lr0.001")
+    trends = pd.read_csv(tmp_path / "runs" / "vgg" / "summary" / "trends.csv")
+    assert set(trends["hyperparameter"]) == {"activation", "autoaugment"}
+    assert not (tmp_path / "runs" / "vgg" / "wandb").exists()  # --wandb-mode disabled
