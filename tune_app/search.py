@@ -172,7 +172,9 @@ def records_from(results, trainable) -> list[dict]:
     keep = [*trainable.METRICS, "diverged"]
     records = []
     for result in results:
-        config = {k: v for k, v in result.config.items()}
+        if result.config is None:
+            continue  # created but never started (an interrupted sweep): nothing to report yet
+        config = dict(result.config)
         df = result.metrics_dataframe
         history = []
         if df is not None and len(df) and "epoch" in df:

@@ -53,6 +53,13 @@ class SafeWandbCallback(WandbLoggerCallback):
     def log_trial_end(self, trial, failed=False):
         self._guard("run end", super().log_trial_end, trial, failed)
 
+    def on_experiment_end(self, trials, **info):
+        # Trials cut short by Ctrl+C never get log_trial_end, and Ray's callback would
+        # wait its whole upload timeout for their logging actors: tell them to finish first.
+        for trial in list(self._trial_queues):
+            self._guard("run end", self._signal_logging_actor_stop, trial)
+        self._guard("finishing", super().on_experiment_end, trials, **info)
+
 
 def wandb_callback(mode: str | None, project: str, entity: str | None, group: str, run_dir: Path | None):
     """The callback for ``RunConfig``, or None when W&B is disabled."""
@@ -61,10 +68,11 @@ def wandb_callback(mode: str | None, project: str, entity: str | None, group: st
         return None
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"  # Ray's callback checks it before asking for a key
-    kwargs = {"mode": mode, "entity": entity}
+    # resume="allow": a trial continued by --resume logs to the same W&B run (its id is the trial id).
+    kwargs = {"mode": mode, "entity": entity, "resume": "allow"}
     if run_dir is not None:
         kwargs["dir"] = str(run_dir)  # offline runs land in <run dir>/wandb/
-    return SafeWandbCallback(project=project, group=group, log_config=False,
+    return SafeWandbCallback(project=project, group=group, log_config=False, upload_timeout=300,
                              excludes=["time_this_iter_s", "time_total_s", "timestamp", "pid",
                                        "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
                                        "checkpoint_dir_name", "date", "done"],
