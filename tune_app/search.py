@@ -11,10 +11,10 @@ import functools
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
+from tune_app import ray_output  # noqa: F401  (before Ray is imported)
 from tune_app.errors import UsageError
 from tune_app.spaces import DEFAULT_KEYS, SCHEDULERS, SEARCHERS, list_spaces
 
@@ -193,12 +193,6 @@ def records_from(results, trainable) -> list[dict]:
 
 
 def run(spec: dict, resume: bool) -> int:
-    # Ray's compact table reporter (trials done/running/pending, best so far, elapsed time)
-    # is the legacy output path; the new one cannot show parameters and the best trial.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # A checkpoint every epoch is the point (ASHA, PBT and --resume continue mid-trial);
-    # Ray's warning about the resulting state snapshots is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
 
