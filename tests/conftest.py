@@ -14,10 +14,12 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray per test module, sized for a 2-core machine."""
+    """One local Ray per test module, sized for a 2-core machine, with one pretend GPU:
+    Ray accepts it without hardware, so GPU requests and fractions are scheduled for real
+    while the trials themselves run on the CPU."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -112,3 +112,22 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
     assert run.stderr.strip().splitlines() == [
         "tune_app: error: unknown space 'nope'; known spaces: cifar_vgg6, digits"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_wandb_failure_turns_wandb_off_and_never_raises(monkeypatch, caplog):
+    from tune_app.wandb_setup import SafeWandbCallback
+
+    callback = SafeWandbCallback(project="p", group="g")
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("api.wandb.ai unreachable")
+
+    monkeypatch.setattr("ray.air.integrations.wandb.WandbLoggerCallback.setup", broken)
+    callback.setup()
+    assert callback.failed
+    assert "W&B setup failed (ConnectionError: api.wandb.ai unreachable)" in caplog.text
+    # every later call is a no-op rather than another failure
+    callback.log_trial_start(trial=None)
+    callback.log_trial_result(1, None, {"val_acc": 0.5})
+    callback.on_experiment_end([])
+    assert len(caplog.records) == 1

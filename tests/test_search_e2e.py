@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.fake_datasets import write_cifar10
+from tests.wandb_records import read_run
 from tune_app.search import main
 from tune_app.summary import ELIGIBLE
 
@@ -116,11 +117,19 @@ def test_trend_means_equal_a_pandas_recomputation(digits_sweep, digits_output):
 
 def test_one_wandb_offline_run_per_trial(digits_sweep, digits_output):
     run_dir, _ = digits_sweep
-    trials, _, _ = read_summary(run_dir)
+    trials, history, _ = read_summary(run_dir)
     runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert sorted(p.name.rsplit("-", 1)[1] for p in runs) == sorted(trials["trial_id"])
     for p in runs:
-        assert (p / f"run-{p.name.rsplit('-', 1)[1]}.wandb").stat().st_size > 0
+        run = read_run(next(p.glob("run-*.wandb")))
+        trial = trials.set_index("trial_id").loc[run["id"]]
+        assert run["name"] == trial["name"] and run["group"] == "digits-tiny" and run["project"] == "tune_app"
+        assert run["config"]["activation"] == trial["config/activation"]
+        assert run["config"]["lr"] == pytest.approx(trial["config/lr"])
+        logged = [h["val_acc"] for h in run["history"] if "val_acc" in h]
+        expected = history[history["trial_id"] == run["id"]].sort_values("epoch")["val_acc"].tolist()
+        assert logged == pytest.approx(expected)
+        assert {"epoch", "train_loss", "val_loss", "lr", "samples_per_s"} <= set(run["history"][0])
 
 
 def test_optuna_study_is_file_backed_in_the_run_directory(digits_sweep, digits_output):
@@ -138,6 +147,7 @@ def test_cifar_vgg6_grid_fifo_on_cifar10_files(ray_local, tmp_path, capsys):
              "cutout": 16, "weight_decay": 0, "seed": 42}
     argv = ["--space", "cifar_vgg6", "--searcher", "grid", "--scheduler", "fifo", "--data-dir", str(data_dir),
             "--set", "activation=[relu,gelu]", "--set", "autoaugment=[true,false]", "--cpus-per-trial", "1",
+            "--gpus-per-trial", "0.5",
             "--storage-path", str(tmp_path / "runs"), "--name", "vgg", "--wandb-mode", "disabled"]
     for key, value in fixed.items():
         argv += ["--set", f"{key}={value}"]
@@ -152,3 +162,12 @@ def test_cifar_vgg6_grid_fifo_on_cifar10_files(ray_local, tmp_path, capsys):
     trends = pd.read_csv(tmp_path / "runs" / "vgg" / "summary" / "trends.csv")
     assert set(trends["hyperparameter"]) == {"activation", "autoaugment"}
     assert not (tmp_path / "runs" / "vgg" / "wandb").exists()  # --wandb-mode disabled
+
+
+def test_trials_asking_for_more_than_the_cluster_has_are_refused(ray_local, tmp_path, capsys):
+    code = main(["--space", "digits", "--gpus-per-trial", "2", "--storage-path", str(tmp_path / "runs"),
+                 "--name", "big"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--gpus-per-trial 2: the Ray cluster has 1 GPUs in all" in err
+    assert not (tmp_path / "runs").exists()

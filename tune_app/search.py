@@ -150,6 +150,19 @@ def continuous_bins(space: dict) -> dict[str, list[float]]:
             for k, v in space.items() if isinstance(v, Float)}
 
 
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def check_resources(cluster: dict, s: dict) -> None:
+    """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
+    for flag, key in (("--cpus-per-trial", "CPU"), ("--gpus-per-trial", "GPU")):
+        wanted = s[f"{key.lower()}s_per_trial"]
+        if wanted > cluster.get(key, 0):
+            raise UsageError(f"{flag} {wanted:g}: the Ray cluster has {cluster.get(key, 0):g} {key}s in all; "
+                             f"ask for at most that, or join a bigger cluster with --address")
+
+
 def expected_trials(param_space: dict, num_samples: int) -> int:
     grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
     return num_samples * math.prod(grid)
@@ -192,72 +205,70 @@ def records_from(results, trainable) -> list[dict]:
     return records
 
 
-def run(spec: dict, resume: bool) -> int:
-    import ray
-    from ray import tune
-
+def load_data(space, s: dict):
+    """The driver reads (or downloads) the dataset once; trials get it from the object store."""
     from trainables.data import DataError, prepare
-    from tune_app import summary, tuning
-    from tune_app.provenance import provenance
-    from tune_app.ray_adapter import ray_trainable
-    from tune_app.spaces import load_space
-    from tune_app.wandb_setup import wandb_callback
 
-    s = spec["settings"]
-    space = load_space(spec["space"], spec["overrides"])
-    config = dict(space.space)
-    config["max_epochs"] = s["max_epochs"]
-    config.setdefault("seed", s["seed"])
-    searched = {k: space.space[k] for k in space.searched}
-    if s["searcher"] == "grid":
-        tuning.grid_space(config)  # a range under grid search fails here, before any work
-    tuning.check_combination(s["searcher"], s["scheduler"])
     try:
-        dataset = prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
-                          split_seed=space.constant("split_seed"))
+        return prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
+                       split_seed=space.constant("split_seed"))
     except DataError as e:
         raise UsageError(str(e)) from None
 
-    run_dir = Path(spec["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def join_ray(s: dict) -> None:
+    import ray
+
     if not ray.is_initialized():
-        ray.init(address=s["address"], log_to_driver=False, include_dashboard=False,
-                 logging_level=logging.WARNING, configure_logging=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
-        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+        try:
+            ray.init(address=s["address"], log_to_driver=False, include_dashboard=False,
+                     logging_level=logging.WARNING, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"--address {s['address']}: cannot join that Ray cluster ({first_line(e)}); "
+                             f"start one with 'ray start --head' or leave --address out") from None
+    check_resources(ray.cluster_resources(), s)
 
-    if resume:
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
-    else:
-        search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir)
-        spec = {**spec, "expected_trials": expected_trials(param_space, s["num_samples"])}
-        (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
-        callbacks = [cb for cb in [wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"],
-                                                  s["name"], run_dir)] if cb is not None]
-        reporter = tune.CLIReporter(
-            parameter_columns=space.searched,
-            metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
-                            "epoch_time_s": "s/epoch"},
-            sort_by_metric=True,
-            max_report_frequency=15, max_progress_rows=12)
-        module = space.trainable.__name__
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
-                num_samples=s["num_samples"], max_concurrent_trials=s.get("max_concurrent"),
-                trial_name_creator=functools.partial(trial_name, module),
-                trial_dirname_creator=functools.partial(trial_dirname, module)),
-            run_config=tune.RunConfig(
-                name=s["name"], storage_path=str(run_dir.parent), callbacks=callbacks,
-                progress_reporter=reporter, verbose=1,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=0)))
-    results = tuner.fit()
 
-    finished = results.num_terminated + results.num_errors
-    records = records_from(results, space.trainable)
+def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
+    """A Tuner for a new sweep; writes the sweep's spec (what --resume reads back)."""
+    from ray import tune
+
+    from tune_app import tuning
+    from tune_app.wandb_setup import wandb_callback
+
+    s = spec["settings"]
+    searched = {k: space.space[k] for k in space.searched}
+    search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir)
+    spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
+    (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
+    callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
+    reporter = tune.CLIReporter(
+        parameter_columns=space.searched,
+        metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
+                        "epoch_time_s": "s/epoch"},
+        sort_by_metric=True, max_report_frequency=15, max_progress_rows=12)
+    module = space.trainable.__name__
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
+            num_samples=s["num_samples"], max_concurrent_trials=s.get("max_concurrent"),
+            trial_name_creator=functools.partial(trial_name, module),
+            trial_dirname_creator=functools.partial(trial_dirname, module)),
+        run_config=tune.RunConfig(
+            name=s["name"], storage_path=str(run_dir.parent), callbacks=[callback] if callback else [],
+            progress_reporter=reporter, verbose=1,
+            # PBT restores trials from other trials' checkpoints: keep a few more of them.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if s["scheduler"] == "pbt" else 2),
+            failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def summarize(spec: dict, space, dataset, records: list[dict], run_dir: Path) -> dict:
+    """Write ``<run dir>/summary/`` and print the best configuration and the trend tables."""
+    from tune_app import summary
+    from tune_app.provenance import provenance
+
+    s = spec["settings"]
     prov = provenance(space=spec["space"], overrides=spec["overrides"], seed=s["seed"],
                       searcher=s["searcher"], scheduler=s["scheduler"], num_samples=s["num_samples"],
                       dataset={"name": dataset.name, "fingerprint": dataset.fingerprint(),
@@ -266,14 +277,41 @@ def run(spec: dict, resume: bool) -> int:
                                "split_seed": dataset.split_seed})
     out = summary.write_summary(run_dir / "summary", records, space.searched, space.metric, space.mode, prov,
                                 bins=continuous_bins(space.space))
-    print()
-    print(summary.format_best(out["best"]))
-    print()
+    print(f"\n{summary.format_best(out['best'])}\n")
     print(summary.trends_markdown(out["trends"], space.metric))
-    print(f"\nSummary: {run_dir / 'summary'}  ({len(records)} trials, {results.num_errors} errored)")
-    interrupted = finished < spec["expected_trials"]
-    if interrupted:
-        print(f"Interrupted with {finished} trials finished; continue with: "
+    print(f"\nSummary: {run_dir / 'summary'}  ({len(records)} trials)")
+    return out
+
+
+def run(spec: dict, resume: bool) -> int:
+    from ray import tune
+
+    from tune_app import tuning
+    from tune_app.ray_adapter import ray_trainable
+    from tune_app.spaces import load_space
+
+    s = spec["settings"]
+    space = load_space(spec["space"], spec["overrides"])
+    config = {**space.space, "max_epochs": s["max_epochs"]}
+    config.setdefault("seed", s["seed"])
+    tuning.check(s, config)  # before any data is read or Ray started
+    dataset = load_data(space, s)
+    join_ray(s)
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
+        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+    if resume:
+        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = new_tuner(spec, space, config, trainable, run_dir)
+    results = tuner.fit()
+
+    out = summarize(spec, space, dataset, records_from(results, space.trainable), run_dir)
+    finished = results.num_terminated + results.num_errors
+    if finished < spec["expected_trials"]:
+        print(f"Interrupted with {finished} of {spec['expected_trials']} trials finished; continue with: "
               f"python -m tune_app.search --resume {run_dir}", file=sys.stderr)
         return 130
     return 0 if out["best"].get("config") is not None else 1

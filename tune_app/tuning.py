@@ -111,15 +111,18 @@ def pbt(settings, searched):
         hyperparam_mutations=mutations, quantile_fraction=0.25)
 
 
-def check_combination(searcher: str, scheduler: str) -> None:
-    if scheduler == "pbt" and searcher not in ("random", "grid"):
+def check(settings: dict, space: dict) -> None:
+    """What ``build`` would refuse, without building anything (no files, no Ray)."""
+    if settings["scheduler"] == "pbt" and settings["searcher"] not in ("random", "grid"):
         raise UsageError("--scheduler pbt explores by itself and takes no model-based searcher; "
                          "use --searcher random (or grid)")
+    if settings["searcher"] == "grid":
+        grid_space(space)
 
 
 def build(settings: dict, space: dict, searched: dict, run_dir):
     """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``."""
-    check_combination(settings["searcher"], settings["scheduler"])
+    check(settings, space)
     search_alg, param_space = SEARCHERS.get(settings["searcher"])(space, settings, run_dir)
     scheduler = SCHEDULERS.get(settings["scheduler"])(settings, searched)
     return search_alg, scheduler, param_space

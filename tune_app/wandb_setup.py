@@ -33,13 +33,20 @@ def resolve_mode(mode: str | None) -> str:
 
 
 class SafeWandbCallback(WandbLoggerCallback):
-    """Ray's W&B callback with every call guarded: W&B trouble is logged, the sweep goes on."""
+    """Ray's W&B callback with every call guarded: the first W&B failure is logged once
+    and turns W&B off for the rest of the sweep, which goes on."""
+
+    failed = False
 
     def _guard(self, what, fn, *args, **kwargs):
+        if self.failed:
+            return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any W&B failure must not end the sweep
-            log.warning("W&B %s failed (%s: %s); the sweep continues without it", what, type(e).__name__, e)
+            self.failed = True
+            log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
+            return None
 
     def setup(self, *args, **kwargs):
         self._guard("setup", super().setup, *args, **kwargs)

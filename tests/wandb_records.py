@@ -1,0 +1,53 @@
+"""Read an offline W&B run file (``run-<id>.wandb``) back, to check what a sweep logged.
+
+The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of
+records with a 7-byte header each: CRC32, length, type) whose records are
+``wandb_internal_pb2.Record`` protobufs. wandb >= 0.2x reads it in Go only.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: Path) -> list[pb.Record]:
+    raw = Path(path).read_bytes()
+    assert raw[:4] == b":W&B", f"{path} is not a W&B run file"
+    out, pending, pos = [], b"", 7
+    while pos + 7 <= len(raw):
+        left = BLOCK - pos % BLOCK
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        data, pos = raw[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (FULL, FIRST):
+            pending = data
+        elif kind in (MIDDLE, LAST):
+            pending += data
+        if kind in (FULL, LAST):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            out.append(record)
+    return out
+
+
+def read_run(path: Path) -> dict:
+    """{"name", "group", "project", "id", "config": {...}, "history": [{metric: value}, ...]}"""
+    run = {"config": {}, "history": []}
+    for record in records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            run.update(name=r.display_name, group=r.run_group, project=r.project, id=r.run_id)
+            run["config"].update({u.key: json.loads(u.value_json) for u in r.config.update if u.key != "_wandb"})
+        elif kind == "history":
+            run["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                                   for i in record.history.item})
+    return run
