@@ -1,0 +1,44 @@
+"""--address joins an existing multi-node Ray cluster (two nodes started on this machine)."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=2)  # 3 CPUs in all: a number a fresh local Ray here would not have
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def test_search_joins_the_cluster_with_address(two_node_cluster, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_app.search", "--space", "digits", "--address", two_node_cluster.address,
+         "--num-samples", "2", "--set", "epochs=2", "--max-epochs", "2", "--cpus-per-trial", "1",
+         "--storage-path", str(tmp_path), "--name", "on-cluster", "--wandb-mode", "disabled"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "/3 CPUs" in run.stdout  # Ray's status table: the two-node cluster, not a new local Ray
+    trials = pq.read_table(tmp_path / "on-cluster" / "summary" / "trials.parquet").to_pandas()
+    assert len(trials) == 2 and (trials["status"] == "completed").all()
+    assert json.loads((tmp_path / "on-cluster" / "summary" / "best_config.json").read_text())["config"]
+
+
+def test_a_trial_larger_than_the_cluster_is_refused(two_node_cluster, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_app.search", "--space", "digits", "--address", two_node_cluster.address,
+         "--cpus-per-trial", "4", "--storage-path", str(tmp_path), "--name", "big"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        "tune_app: error: --cpus-per-trial 4: the Ray cluster has 3 CPUs in all; "
+        "ask for at most that, or join a bigger cluster with --address")
+    assert list(tmp_path.iterdir()) == []
