@@ -12,14 +12,18 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
 from tune_app.errors import UsageError
-from tune_app.spaces import DEFAULT_KEYS, SCHEDULERS, SEARCHERS, list_spaces
+from tune_app.spaces import DEFAULT_KEYS, list_spaces
+from tune_app.tuning import SCHEDULERS, SEARCHERS
 
 SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
+# What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
+FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -33,8 +37,8 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces)")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
-    p.add_argument("--searcher", choices=SEARCHERS)
-    p.add_argument("--scheduler", choices=SCHEDULERS)
+    p.add_argument("--searcher", choices=SEARCHERS.names())
+    p.add_argument("--scheduler", choices=SCHEDULERS.names())
     p.add_argument("--num-samples", type=int, help="trials to run (grid: repeats of the grid)")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
     p.add_argument("--cpus-per-trial", type=float)
@@ -59,6 +63,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
 # ---------------------------------------------------------------- planning (no Ray)
 
 def check_settings(s: dict) -> None:
+    for key, registry in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+        if s.get(key) not in registry:
+            raise UsageError(f"{key} {s.get(key)!r}: choose one of {', '.join(registry.names())}")
     rules = {
         "num_samples": (1, "at least 1"), "max_epochs": (1, "at least 1"), "grace_period": (1, "at least 1"),
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
@@ -87,13 +94,13 @@ def plan_resume(args) -> dict:
     if not spec_path.is_file() or not (any(run_dir.glob("experiment_state*.json")) or any(run_dir.glob("tuner.pkl"))):
         raise UsageError(f"--resume: {run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
                          f"start one with --space NAME --name NAME")
-    spec = json.loads(spec_path.read_text())
-    given = {"space": args.space, **{k: v for k, v in vars(args).items() if k in SETTING_FLAGS and v is not None}}
-    changed = sorted(k for k, v in given.items() if v is not None and spec["settings"].get(k, spec.get(k)) != v)
     from tune_app.spaces import parse_overrides
 
-    overrides = parse_overrides(args.overrides)
-    changed += sorted(k for k, v in overrides.items() if spec["overrides"].get(k) != v)
+    spec = json.loads(spec_path.read_text())
+    saved = {"space": spec["space"], **spec["settings"]}
+    given = {k: getattr(args, k) for k in ("space", *SETTING_FLAGS) if getattr(args, k, None) is not None}
+    changed = sorted(k for k, v in given.items() if saved.get(k) != v)
+    changed += sorted(k for k, v in parse_overrides(args.overrides).items() if spec["overrides"].get(k) != v)
     if changed:
         raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
                          f"(start a new sweep with another --name to change them)")
@@ -107,21 +114,15 @@ def plan_new(args) -> dict:
     if not args.space:
         raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
     space = load_space(args.space, parse_overrides(args.overrides))
-    settings = dict(space.defaults)
+    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
     for key in SETTING_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
     if args.searcher == "grid" and args.num_samples is None:
         settings["num_samples"] = 1  # the grid itself defines the trials
-    settings.setdefault("gpus_per_trial", 0)
-    settings.setdefault("cpus_per_trial", 1)
-    settings.setdefault("grace_period", 1)
-    settings.setdefault("reduction_factor", 3)
-    settings.setdefault("max_epochs", max_epochs_of(space))
     check_settings(settings)
-    name = args.name or f"{args.space}-{__import__('time').strftime('%Y%m%d-%H%M%S')}"
-    args.name = name
+    name = args.name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resolve_run_dir(args)
     if (run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json")):
         raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, "

@@ -16,8 +16,6 @@ from trainables.catalog import get_trainable
 from trainables.registry import UnknownName
 from tune_app.errors import UsageError
 
-SEARCHERS = ("grid", "random", "optuna", "hyperopt")
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 DEFAULT_KEYS = {
     "searcher": str, "scheduler": str, "num_samples": int, "max_epochs": int,
     "cpus_per_trial": float, "gpus_per_trial": float, "max_concurrent": int,
