@@ -5,10 +5,14 @@ AutoAugment, Cutout, batch norm, weight decay and seed (111 configurations).
     python -m tune_app.search --space cifar_vgg6 --address auto \\
         --storage-path /shared/runs --gpus-per-trial 0.25                      # a Ray cluster
 
-Optuna TPE picks 111 configurations; ASHA stops the weak ones after 5 epochs. The
-study's best (GELU + Nadam, batch 64, 80 epochs, lr 1e-3, AutoAugment, batch norm,
-no Cutout, wd 0, seed 42) reached 85.70 % validation accuracy. On one modern GPU
-with 4 trials per GPU expect several hours for the whole sweep; on a CPU, days.
+Optuna TPE picks 111 configurations; ASHA stops the weak ones at its rungs (epochs 5,
+15, 45), so the sweep trains about 1,400 epochs in all. The study's best (GELU + Nadam,
+batch 64, 80 epochs, lr 1e-3, AutoAugment, batch norm, no Cutout, wd 0, seed 42)
+reached 85.70 % validation accuracy.
+
+Time: on a 2-core CPU VGG6 trains about 250 images/s (measured with
+``trainables.image_classifier.fit`` on 4,000 CIFAR-sized images, batch 128), i.e. about
+3 minutes an epoch and some 70 hours for the sweep: run it on GPUs.
 """
 from ray import tune
 
