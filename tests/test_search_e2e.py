@@ -54,6 +54,8 @@ def read_summary(run_dir):
 def test_digits_sweep_exits_0_and_prints_best_and_trends(digits_output):
     code, out = digits_output
     assert code == 0
+    assert "tune_app: starting sweep 'digits-tiny' of space 'digits': 4 trials, optuna + asha, 1 CPU / 0 GPU" in out
+    assert "W&B runs are kept offline; upload them later with: wandb sync " in out
     assert "Number of trials: 4/4" in out  # Ray's progress table
     assert "Current best trial" in out
     assert re.search(r"Best trial digits_cnn_[\w.-]+ \(\w+\): val_acc \d+\.\d\d % \(last epoch\)", out)

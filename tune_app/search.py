@@ -307,6 +307,9 @@ def run(spec: dict, resume: bool) -> int:
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
     else:
         tuner = new_tuner(spec, space, config, trainable, run_dir)
+    print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
+          f"{spec['expected_trials']} trials, {s['searcher']} + {s['scheduler']}, "
+          f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_dir}", flush=True)
     results = tuner.fit()
 
     out = summarize(spec, space, dataset, records_from(results, space.trainable), run_dir)

@@ -75,6 +75,8 @@ def wandb_callback(mode: str | None, project: str, entity: str | None, group: st
         return None
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"  # Ray's callback checks it before asking for a key
+        where = f"{run_dir}/wandb/offline-run-*" if run_dir is not None else "wandb/offline-run-*"
+        print(f"tune_app: W&B runs are kept offline; upload them later with: wandb sync {where}", flush=True)
     # resume="allow": a trial continued by --resume logs to the same W&B run (its id is the trial id).
     kwargs = {"mode": mode, "entity": entity, "resume": "allow"}
     if run_dir is not None:
