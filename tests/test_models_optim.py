@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from tests.fake_datasets import class_images
-
 from trainables.models import ACTIVATIONS, MODELS, build_model
 from trainables.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from trainables.registry import Registry, UnknownName
