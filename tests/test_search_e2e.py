@@ -6,11 +6,12 @@ import optuna
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from tests.fake_datasets import write_cifar10
 from tests.wandb_records import read_run
-from tune_app.search import main
+from tune_app.search import main, trial_id_of
 from tune_app.summary import ELIGIBLE
 
 
@@ -173,3 +174,23 @@ def test_trials_asking_for_more_than_the_cluster_has_are_refused(ray_local, tmp_
     assert code == 2 and err.count("\n") == 1
     assert "--gpus-per-trial 2: the Ray cluster has 1 GPUs in all" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="makes a trial fail by asking for a GPU this machine lacks")
+def test_a_trial_that_errors_is_recorded_and_never_best(ray_local, tmp_path, capsys):
+    # device=cuda on a machine without a GPU: that trial fails before its first report
+    fixed = ["activation=relu", "optimizer=adam", "lr=0.003", "batch_size=64", "batch_norm=true", "epochs=1"]
+    argv = ["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--set", "device=[cpu,cuda]",
+            "--cpus-per-trial", "1", "--storage-path", str(tmp_path), "--name", "err", "--wandb-mode", "disabled"]
+    code = main(argv + [arg for item in fixed for arg in ("--set", item)])
+    assert code == 0
+    trials, _, best = read_summary(tmp_path / "err")
+    assert dict(zip(trials["config/device"], trials["status"])) == {"cpu": "completed", "cuda": "error"}
+    assert best["config"]["device"] == "cpu" and best["trials"]["error"] == 1
+    dirs = sorted(p.name for p in (tmp_path / "err").iterdir() if p.name.startswith("digits_cnn_"))
+    assert sorted(trials["trial_id"]) == sorted(trial_id_of(d) for d in dirs)
+
+
+def test_trial_ids_are_read_back_from_trial_folder_names():
+    assert trial_id_of("vgg6_gelu_nadam_bs64_lr0.001_eb39c_00001") == "eb39c_00001"
+    assert trial_id_of("digits_cnn_elu_adamw_bs64_lr1e-05_da21e079") == "da21e079"

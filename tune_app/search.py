@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -181,6 +182,13 @@ def trial_dirname(trainable_module: str, trial) -> str:
     return f"{trial_name(trainable_module, trial)}_{trial.trial_id}"[:120]
 
 
+def trial_id_of(dirname: str) -> str:
+    """The trial id at the end of a trial folder's name (``trial_dirname``): 8 hex digits from a
+    searcher, or ``<5 hex>_<5 digits>`` from grid/random search."""
+    found = re.search(r"([0-9a-f]{5}_\d{5}|[0-9a-f]{8})$", dirname)
+    return found.group(1) if found else dirname
+
+
 def records_from(results, trainable) -> list[dict]:
     """Ray's ResultGrid as the plain trial records ``tune_app.summary`` takes."""
     keep = [*trainable.METRICS, "diverged"]
@@ -196,7 +204,7 @@ def records_from(results, trainable) -> list[dict]:
             history = [{k: row[k] for k in keep if k in row} for row in df.to_dict("records")]
         cfg = {**{k: p.default for k, p in trainable.PARAMS.items()}, **config}
         records.append({
-            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name.rsplit("_", 1)[-1],
+            "trial_id": (result.metrics or {}).get("trial_id") or trial_id_of(Path(result.path).name),
             "name": trainable.run_name(config),
             "config": config,
             "history": history,
