@@ -156,6 +156,13 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def trial_error(error: BaseException) -> str:
+    """A trial's failure in one line: the exception Ray's task error wraps, and its first line.
+    (The whole traceback stays in the trial folder's error.txt.)"""
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {first_line(cause)}"
+
+
 def check_resources(cluster: dict, s: dict) -> None:
     """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
     for flag, key in (("--cpus-per-trial", "CPU"), ("--gpus-per-trial", "GPU")):
@@ -208,7 +215,7 @@ def records_from(results, trainable) -> list[dict]:
             "name": trainable.run_name(config),
             "config": config,
             "history": history,
-            "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}",
+            "error": None if result.error is None else trial_error(result.error),
             "target_epochs": min(cfg["epochs"], cfg["max_epochs"] or cfg["epochs"]),
         })
     return records

@@ -130,15 +130,16 @@ def trials_frame(records, metric: str, mode: str) -> pd.DataFrame:
         best, at = _best_epoch(history, metric, mode)
         row = {"trial_id": str(r["trial_id"]), "name": r.get("name") or str(r["trial_id"]),
                "status": trial_status(r), "epochs": len(history), "target_epochs": r.get("target_epochs"),
-               "seconds": math.fsum(h["epoch_time_s"] for h in history if not _missing(h.get("epoch_time_s")))}
+               "seconds": math.fsum(h["epoch_time_s"] for h in history if not _missing(h.get("epoch_time_s"))),
+               "error": r.get("error") or None}
         row.update({f"final_{m}": math.nan if _missing(last.get(m)) else last[m] for m in finals})
         row.update({f"best_{metric}": best, "best_epoch": at})
         rows.append(row)
     columns = ["trial_id", "name", "status", "epochs", "target_epochs", "seconds",
-               *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch"]
+               *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", "error"]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.astype({"epochs": "int64", "target_epochs": "Int64", "best_epoch": "Int64",
-                          **{c: "float64" for c in columns[5:-1]}})
+                          **{c: "float64" for c in ["seconds", *[f"final_{m}" for m in finals], f"best_{metric}"]}})
     keys = list(dict.fromkeys(k for r in records for k in (r.get("config") or {})))
     config, encoded = {}, []
     for key in keys:
