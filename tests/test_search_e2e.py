@@ -189,7 +189,7 @@ def test_a_trial_that_errors_is_recorded_and_never_best(ray_local, tmp_path, cap
     assert best["config"]["device"] == "cpu" and best["trials"]["error"] == 1
     error = trials.set_index("config/device").loc["cuda", "error"]
     assert re.fullmatch(r"\w+Error: .*(CUDA|NVIDIA).*", error), error  # one line: the exception and its message
-    assert trials.set_index("config/device").loc["cpu", "error"] is None
+    assert pd.isna(trials.set_index("config/device").loc["cpu", "error"])
     dirs = sorted(p.name for p in (tmp_path / "err").iterdir() if p.name.startswith("digits_cnn_"))
     assert sorted(trials["trial_id"]) == sorted(trial_id_of(d) for d in dirs)
 
