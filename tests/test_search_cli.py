@@ -131,3 +131,23 @@ def test_a_wandb_failure_turns_wandb_off_and_never_raises(monkeypatch, caplog):
     callback.log_trial_result(1, None, {"val_acc": 0.5})
     callback.on_experiment_end([])
     assert len(caplog.records) == 1
+
+
+def test_history_falls_back_to_progress_csv_when_result_json_is_empty(tmp_path):
+    """Ray can leave a PBT-restarted trial's result.json empty while progress.csv is whole."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from trainables import image_classifier
+    from tune_app.search import records_from
+
+    rows = [{"epoch": e, "val_acc": 0.5 + e / 10, "train_loss": 1.0 / e, "diverged": False} for e in (1, 2, 3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
+    (tmp_path / "result.json").write_text("")
+    result = SimpleNamespace(config={"epochs": 3}, metrics={"trial_id": "abc12345"}, error=None,
+                             path=str(tmp_path), metrics_dataframe=pd.DataFrame())
+    (record,) = records_from([result], image_classifier)
+    assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
+    assert [h["val_acc"] for h in record["history"]] == pytest.approx([0.6, 0.7, 0.8])
+    assert record["trial_id"] == "abc12345" and record["target_epochs"] == 3

@@ -196,6 +196,20 @@ def trial_id_of(dirname: str) -> str:
     return found.group(1) if found else dirname
 
 
+def trial_history(result):
+    """The trial's per-epoch results. Ray writes each to result.json and to progress.csv; after
+    a PBT exploit restarts a trial, its result.json can come back empty (seen with Ray 2.60)
+    while progress.csv is whole, so take whichever file holds more epochs."""
+    import pandas as pd
+
+    frames = [result.metrics_dataframe]
+    csv = Path(result.path) / "progress.csv"
+    if csv.is_file() and csv.stat().st_size:
+        frames.append(pd.read_csv(csv))
+    frames = [f for f in frames if f is not None and "epoch" in f]
+    return max(frames, key=lambda f: f["epoch"].nunique(), default=None)
+
+
 def records_from(results, trainable) -> list[dict]:
     """Ray's ResultGrid as the plain trial records ``tune_app.summary`` takes."""
     keep = [*trainable.METRICS, "diverged"]
@@ -204,7 +218,7 @@ def records_from(results, trainable) -> list[dict]:
         if result.config is None:
             continue  # created but never started (an interrupted sweep): nothing to report yet
         config = dict(result.config)
-        df = result.metrics_dataframe
+        df = trial_history(result)
         history = []
         if df is not None and len(df) and "epoch" in df:
             df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
