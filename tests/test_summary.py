@@ -5,22 +5,17 @@ import math
 import os
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from tune_app import summary
+from tune_app import report, summary
 from tune_app.summary import (
+    atomic_write,
     best_config_payload,
-    format_best,
     history_frame,
     select_best,
-    trend_table,
-    trends_markdown,
+    top_k_payload,
     trial_status,
     trials_frame,
-    write_summary,
 )
 
 NAN = float("nan")
@@ -119,50 +114,30 @@ def test_select_best_none_eligible(records):
         select_best(t, "val_acc", "max")
 
 
-def test_trend_table_matches_groupby(records):
-    t = trials_frame(records, "val_acc", "max")
-    table = trend_table(t, ["lr", "activation", "batch_size", "widths"], "val_acc", "max")
-    assert list(table.columns) == ["hyperparameter", "value", "runs", "diverged", "errors", "mean", "std", "best"]
-    eligible = t[t["status"].isin(["completed", "stopped"])]
-    for p in ["lr", "activation", "batch_size", "widths"]:
-        sub = table[table["hyperparameter"] == p].set_index("value")
-        expected = eligible.groupby(f"config/{p}")["final_val_acc"].agg(["mean", "std", "max", "size"])
-        for value, row in expected.iterrows():
-            assert sub.loc[value, "mean"] == pytest.approx(row["mean"])
-            assert sub.loc[value, "runs"] == row["size"]
-            assert sub.loc[value, "best"] == pytest.approx(row["max"])
-            if math.isnan(row["std"]):
-                assert math.isnan(sub.loc[value, "std"])
-            else:
-                assert sub.loc[value, "std"] == pytest.approx(row["std"])
-    lr = table[table["hyperparameter"] == "lr"].set_index("value")
-    assert list(lr.index) == [0.001, 0.01, 0.1]
-    assert lr.loc[0.001, ["runs", "diverged", "errors"]].tolist() == [2, 0, 1]
-    assert lr.loc[0.001, "mean"] == pytest.approx(0.85)
-    assert lr.loc[0.01, "mean"] == pytest.approx(0.675)
-    assert lr.loc[0.01, "std"] == pytest.approx(np.std([0.80, 0.55], ddof=1))
-    # lr=0.1 only has the diverged trial: counted, never averaged.
-    assert lr.loc[0.1, "runs"] == 0 and lr.loc[0.1, "diverged"] == 1 and math.isnan(lr.loc[0.1, "mean"])
-    bs = table[table["hyperparameter"] == "batch_size"]
-    assert list(bs["value"]) == [64, 128, 256]  # numeric, not string, order
-    assert math.isnan(bs.set_index("value").loc[128, "std"])  # one run
-    # Minimise: best is the minimum.
-    tmin = trend_table(t, ["lr"], "val_acc", "min").set_index("value")
-    assert tmin.loc[0.01, "best"] == pytest.approx(0.55)
+def test_at_epoch_column_and_rule(records):
+    t = trials_frame(records, "val_acc", "max", at_epoch=2)
+    assert t.attrs["at_epoch"] == 2
+    at = t.set_index("trial_id")["at_epoch_val_acc"]
+    # c stopped at epoch 1 and e failed there: no value at epoch 2; d diverged at epoch 3 but was fine at 2.
+    assert at["a"] == 0.92 and at["f"] == 0.85 and math.isnan(at["c"]) and at["d"] == 0.99
+    assert select_best(t, "val_acc", "max", "at-epoch")["trial_id"] == "a"  # d is never eligible
+    assert select_best(t, "val_acc", "min", "at-epoch")["trial_id"] == "f"  # 0.85 at epoch 2, below b's 0.90
+    assert trials_frame(records, "val_acc", "max")["at_epoch_val_acc"].isna().all()
 
 
-def test_trends_markdown(records):
-    t = trials_frame(records, "val_acc", "max")
-    md = trends_markdown(trend_table(t, ["lr", "activation"], "val_acc", "max"), "val_acc")
-    assert "### lr" in md and "### activation" in md and "mean %" in md
-    assert "| 0.01 | 2 | 0 | 0 | 67.50 | 17.68 | 80.00 |" in md
-    assert "| 0.1 | 0 | 1 | 0 | n/a | n/a | n/a |" in md
-    loss_md = trends_markdown(trend_table(t, ["lr"], "val_loss", "min"), "val_loss")
-    assert "mean %" not in loss_md and "| 0.01 | 2 | 0 | 0 | 0.325 |" in loss_md
+def test_top_k_payload(records):
+    t = trials_frame(records, "val_acc", "max", at_epoch=2)
+    top = top_k_payload(t, "val_acc", "max", "best-epoch", 3)
+    assert [e["trial_id"] for e in top["trials"]] == ["a", "b", "f"] and [e["rank"] for e in top["trials"]] == [1, 2, 3]
+    assert [e["value"] for e in top["trials"]] == [0.92, 0.90, 0.85]
+    assert top["trials"][1]["config"]["widths"] == [32, 64] and top["at_epoch"] == 2 and top["k"] == 3
+    # More asked for than eligible: every eligible trial (a, b, c, f), never d or e.
+    assert [e["trial_id"] for e in top_k_payload(t, "val_acc", "max", "last", 10)["trials"]] == ["b", "f", "a", "c"]
+    json.dumps(top, allow_nan=False)
 
 
-def test_payload_and_format(records):
-    t = trials_frame(records, "val_acc", "max")
+def test_payload_and_headline(records):
+    t = trials_frame(records, "val_acc", "max", at_epoch=2)
     best = select_best(t, "val_acc", "max", "last")
     payload = best_config_payload(best, t, "val_acc", "max", "last",
                                   {"seed": np.int64(7), "git_commit": "abc123"})
@@ -171,37 +146,21 @@ def test_payload_and_format(records):
     assert payload["config"] == b["config"]  # list decoded, no NaN momentum key
     assert payload["seed"] == 7 and type(payload["seed"]) is int
     assert payload["trials"] == {"total": 6, "completed": 3, "stopped": 1, "diverged": 1, "error": 1}
-    assert (payload["value"], payload["best_epoch_value"], payload["best_epoch"], payload["epochs"]) == (
-        0.85, 0.90, 2, 3)
-    text = format_best(payload)
-    assert text.splitlines()[0] == "Best trial t_b (b): val_acc 85.00 % (last epoch), 90.00 % at epoch 2"
-    assert "  widths: [32, 64]" in text and "  lr: 0.001" in text
+    assert (payload["value"], payload["last_value"], payload["best_epoch_value"], payload["best_epoch"],
+            payload["at_epoch_value"], payload["epochs"]) == (0.85, 0.85, 0.90, 2, 0.90, 3)
+    assert payload["selection_rule"] == "last" and payload["at_epoch"] == 2
+    by_best_epoch = best_config_payload(select_best(t, "val_acc", "max", "best-epoch"), t, "val_acc", "max",
+                                        "best-epoch", {})
+    assert by_best_epoch["trial_id"] == "a" and by_best_epoch["value"] == 0.92
+    assert report.headline(payload, "val_acc") == (
+        "Best trial t_b (b), selected by last: val_acc 85.00 %; last epoch 85.00, best epoch 90.00 (epoch 2), "
+        "at epoch 2 90.00")
+    assert ["widths", "[32, 64]"] in report.best_rows(payload)
 
 
-def test_write_summary_files(tmp_path, records):
-    out = tmp_path / "summary"
-    res = write_summary(out, records, ["lr", "widths"], "val_acc", "max", {"seed": 1}, rule="best-epoch")
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["trials.parquet", "history.parquet", "best_config.json", "best_config.yaml", "trends.csv", "trends.md"])
-    trials = pq.read_table(out / "trials.parquet")
-    assert trials.num_rows == 6 and trials.column_names == list(res["trials"].columns)
-    assert pq.read_table(out / "history.parquet").num_rows == 13
-    as_json = json.loads((out / "best_config.json").read_text())
-    assert as_json == yaml.safe_load((out / "best_config.yaml").read_text()) == res["best"]
-    assert as_json["trial_id"] == "a" and as_json["selection_rule"] == "best-epoch"
-    a = next(r for r in records if r["trial_id"] == "a")
-    assert as_json["config"] == a["config"]
-    # Re-read trials table yields the same decoded config.
-    reread = pd.read_parquet(out / "trials.parquet")
-    row = reread.set_index("trial_id", drop=False).loc["a"]
-    assert best_config_payload(row, reread, "val_acc", "max", "best-epoch", {})["config"] == a["config"]
-    assert len(pd.read_csv(out / "trends.csv")) == len(res["trends"]) == 3 + 2
-    assert "### widths" in (out / "trends.md").read_text()
-
-
-def test_write_is_atomic(tmp_path, records, monkeypatch):
-    write_summary(tmp_path, records, ["lr"], "val_acc", "max", {})
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+def test_write_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "best_config.json"
+    atomic_write(target, lambda p: p.write_text("old"))
     seen = []
 
     def failing_replace(src, dst):
@@ -211,23 +170,5 @@ def test_write_is_atomic(tmp_path, records, monkeypatch):
 
     monkeypatch.setattr(summary.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated kill"):
-        write_summary(tmp_path, records[:2], ["lr"], "val_acc", "max", {})
-    assert seen
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched, no temp left
-
-
-def test_write_summary_no_eligible(tmp_path, records):
-    bad = [r for r in records if r["trial_id"] in ("d", "e")]
-    res = write_summary(tmp_path, bad, ["lr"], "val_acc", "max", {"seed": 3})
-    best = json.loads((tmp_path / "best_config.json").read_text())
-    assert best["config"] is None and "nothing to select" in best["reason"] and best["seed"] == 3
-    assert best == yaml.safe_load((tmp_path / "best_config.yaml").read_text()) == res["best"]
-    assert pq.read_table(tmp_path / "trials.parquet").num_rows == 2
-    assert res["trends"]["diverged"].sum() == 1 and res["trends"]["errors"].sum() == 1
-    assert format_best(res["best"]).startswith("No best trial")
-
-
-def test_write_summary_empty(tmp_path):
-    res = write_summary(tmp_path, [], ["lr"], "val_acc", "max", {})
-    assert res["best"]["config"] is None and len(res["trials"]) == 0
-    assert {"trial_id", "name", "epoch"} <= set(pq.read_table(tmp_path / "history.parquet").column_names)
+        atomic_write(target, lambda p: p.write_text("new"))
+    assert seen and target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["best_config.json"]

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
 STATUSES = ("completed", "stopped", "diverged", "error")
 ELIGIBLE = ("completed", "stopped")
-TREND_COLUMNS = ("hyperparameter", "value", "runs", "diverged", "errors", "mean", "std", "best")
+RULES = ("last", "best-epoch", "at-epoch")
 NO_ELIGIBLE = "no trial finished without error or divergence; nothing to select"
 # trials.attrs key listing config columns stored as JSON text (lists, dicts, mixed types).
 JSON_COLUMNS_ATTR = "json_config_columns"
@@ -54,8 +53,8 @@ def _plain(obj):
 def _check(mode: str, rule: str = "last") -> None:
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-    if rule not in ("last", "best-epoch"):
-        raise ValueError(f"rule must be 'last' or 'best-epoch', not {rule!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
 
 
 def trial_status(record) -> str:
@@ -118,8 +117,18 @@ def _sorted_records(records):
     return sorted(records, key=lambda r: str(r["trial_id"]))
 
 
-def trials_frame(records, metric: str, mode: str) -> pd.DataFrame:
-    """One row per trial: identity, status, config/<key>, final_<metric> and best-epoch columns."""
+def _value_at(history, metric: str, epoch: int | None) -> float:
+    """The finite, non-diverged value of `metric` at `epoch`, else NaN."""
+    for row in history:
+        value = row.get(metric)
+        if row.get("epoch") == epoch and not row.get("diverged") and not _missing(value) and math.isfinite(value):
+            return float(value)
+    return math.nan
+
+
+def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -> pd.DataFrame:
+    """One row per trial: identity, status, config/<key>, final_<metric>, best-epoch columns and
+    at_epoch_<metric>, the metric at epoch `at_epoch` (NaN for a trial that did not get there)."""
     _check(mode)
     records = _sorted_records(records)
     finals = [m for m in METRICS if m != "epoch"] + ([] if metric in METRICS else [metric])
@@ -133,13 +142,15 @@ def trials_frame(records, metric: str, mode: str) -> pd.DataFrame:
                "seconds": math.fsum(h["epoch_time_s"] for h in history if not _missing(h.get("epoch_time_s"))),
                "error": r.get("error") or None}
         row.update({f"final_{m}": math.nan if _missing(last.get(m)) else last[m] for m in finals})
-        row.update({f"best_{metric}": best, "best_epoch": at})
+        row.update({f"best_{metric}": best, "best_epoch": at,
+                    f"at_epoch_{metric}": _value_at(history, metric, at_epoch)})
         rows.append(row)
     columns = ["trial_id", "name", "status", "epochs", "target_epochs", "seconds",
-               *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", "error"]
+               *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", f"at_epoch_{metric}", "error"]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.astype({"epochs": "int64", "target_epochs": "Int64", "best_epoch": "Int64",
-                          **{c: "float64" for c in ["seconds", *[f"final_{m}" for m in finals], f"best_{metric}"]}})
+                          **{c: "float64" for c in ["seconds", *[f"final_{m}" for m in finals], f"best_{metric}",
+                                                   f"at_epoch_{metric}"]}})
     keys = list(dict.fromkeys(k for r in records for k in (r.get("config") or {})))
     config, encoded = {}, []
     for key in keys:
@@ -149,6 +160,7 @@ def trials_frame(records, metric: str, mode: str) -> pd.DataFrame:
             encoded.append(f"config/{key}")
     frame = pd.concat([frame.iloc[:, :6], pd.DataFrame(config, index=frame.index), frame.iloc[:, 6:]], axis=1)
     frame.attrs[JSON_COLUMNS_ATTR] = encoded
+    frame.attrs["at_epoch"] = at_epoch
     return frame
 
 
@@ -162,16 +174,27 @@ def history_frame(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def select_best(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.Series:
-    """Pick the winning row. Diverged/errored trials are never eligible, however good their numbers;
-    trials without a value for the rule's column (no epochs reported) are skipped too."""
+def rule_column(metric: str, rule: str) -> str:
+    """The trials-table column a selection rule ranks by: the last epoch's metric, the trial's best
+    epoch, or the metric at the analysis' equal-length epoch."""
+    return {"last": "final", "best-epoch": "best", "at-epoch": "at_epoch"}[rule] + f"_{metric}"
+
+
+def ranked(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.DataFrame:
+    """Eligible trials, best first. Diverged/errored trials are never eligible, however good their
+    numbers; trials without a value for the rule's column (no epochs, or short of the equal-length
+    epoch) are left out too. Ties go to the longer-trained trial, then to the trial id."""
     _check(mode, rule)
-    column = f"{'final' if rule == 'last' else 'best'}_{metric}"
+    column = rule_column(metric, rule)
     pool = trials[trials["status"].isin(ELIGIBLE) & trials[column].notna()]
+    return pool.sort_values([column, "epochs", "trial_id"], ascending=[mode == "min", False, True], kind="mergesort")
+
+
+def select_best(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.Series:
+    """The winning row under `rule` (see ranked)."""
+    pool = ranked(trials, metric, mode, rule)
     if pool.empty:
         raise NoEligibleTrialError(NO_ELIGIBLE)
-    pool = pool.sort_values([column, "epochs", "trial_id"], ascending=[mode == "min", False, True],
-                            kind="mergesort")
     return pool.iloc[0]
 
 
@@ -196,91 +219,53 @@ def _bin_label(edges: list[float], i: int) -> str:
     return f"[{edges[i]:.3g}, {edges[i + 1]:.3g}" + ("]" if i == len(edges) - 2 else ")")
 
 
-def trend_table(trials: pd.DataFrame, params: list[str], metric: str, mode: str,
-                bins: dict[str, list[float]] | None = None) -> pd.DataFrame:
-    """Per hyperparameter value: run counts and mean/std/best of final_<metric> over eligible trials.
-    Diverged and errored trials are counted so failures stay visible, but never averaged in.
-    A hyperparameter in ``bins`` (a continuous range) is grouped into intervals between those edges,
-    so a table over a sampled lr has rows per decade rather than one row per trial.
-    Trials lacking the key (conditional spaces) are left out; unknown params yield no rows."""
-    _check(mode)
-    final = f"final_{metric}"
-    bins = bins or {}
-    rows = []
-    for p in params:
-        column = f"config/{p}"
-        if column not in trials.columns:
-            continue
-        present = trials[trials[column].notna()]
-        if p in bins:
-            edges = bins[p]
-            # Half-open bins [a, b); the last is closed, as the sampler may return the upper bound.
-            index = np.clip(np.searchsorted(edges, present[column].astype(float), side="right") - 1,
-                            0, len(edges) - 2)
-            groups = [(_bin_label(edges, i), group) for i, group in present.groupby(index)]
-        else:
-            groups = sorted(present.groupby(column, sort=False), key=lambda kv: _value_key(_plain(kv[0])))
-        for value, group in groups:
-            values = group.loc[group["status"].isin(ELIGIBLE), final]
-            rows.append({"hyperparameter": p, "value": _plain(value), "runs": len(values),
-                         "diverged": int((group["status"] == "diverged").sum()),
-                         "errors": int((group["status"] == "error").sum()),
-                         "mean": values.mean(), "std": values.std(ddof=1),
-                         "best": values.max() if mode == "max" else values.min()})
-    return pd.DataFrame(rows, columns=list(TREND_COLUMNS))
-
-
-def _fmt(value, metric: str, unit: str = "") -> str:
-    if _missing(value):
-        return "n/a"
-    return f"{100 * value:.2f}{unit}" if metric.endswith("acc") else f"{value:.4g}"
-
-
-def trends_markdown(table: pd.DataFrame, metric: str) -> str:
-    """Markdown tables for a report; accuracies as percent, other metrics to 4 significant digits."""
-    if table.empty:
-        return "_No trends: no searched hyperparameter values._\n"
-    unit = " %" if metric.endswith("acc") else ""
-    blocks = []
-    for p, group in table.groupby("hyperparameter", sort=False):
-        lines = [f"### {p}", "", f"| value | runs | diverged | errors | mean{unit} | std{unit} | best{unit} |",
-                 "|---|---:|---:|---:|---:|---:|---:|"]
-        for row in group.itertuples(index=False):
-            cells = [str(row.value).replace("|", "\\|"), str(row.runs), str(row.diverged), str(row.errors),
-                     _fmt(row.mean, metric), _fmt(row.std, metric), _fmt(row.best, metric)]
-            lines.append("| " + " | ".join(cells) + " |")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
-
-
 def _status_counts(trials: pd.DataFrame) -> dict:
     return {"total": len(trials), **{s: int((trials["status"] == s).sum()) for s in STATUSES}}
+
+
+def config_of(row: pd.Series, trials: pd.DataFrame) -> dict:
+    """A trial's config from its trials-table row, lists and dicts decoded; keys it lacked are left out."""
+    has_attr = JSON_COLUMNS_ATTR in trials.attrs
+    encoded = set(trials.attrs.get(JSON_COLUMNS_ATTR, ()))
+    config = {}
+    for column in trials.columns:
+        if not column.startswith("config/") or _missing(row[column]):
+            continue
+        value = row[column]
+        # Without attrs (e.g. a frame rebuilt elsewhere) fall back to decoding list/dict-looking text.
+        if isinstance(value, str) and (column in encoded or (not has_attr and value.startswith(("[", "{")))):
+            value = json.loads(value)
+        config[column.removeprefix("config/")] = value
+    return config
+
+
+def _trial_numbers(row: pd.Series, metric: str, rule: str) -> dict:
+    return {"trial_id": row["trial_id"], "trial_name": row["name"], "value": row[rule_column(metric, rule)],
+            "last_value": row[f"final_{metric}"], "best_epoch_value": row[f"best_{metric}"],
+            "best_epoch": row["best_epoch"], "at_epoch_value": row[f"at_epoch_{metric}"], "epochs": row["epochs"],
+            "status": row["status"]}
 
 
 def best_config_payload(best: pd.Series, trials: pd.DataFrame, metric: str, mode: str, rule: str,
                         provenance: dict) -> dict:
     """JSON-safe record of the winner, enough to retrain it and to know where it came from.
-    Config keys the winner did not have (union columns) are omitted rather than written as null."""
-    has_attr = JSON_COLUMNS_ATTR in trials.attrs
-    encoded = set(trials.attrs.get(JSON_COLUMNS_ATTR, ()))
-    config = {}
-    for column in trials.columns:
-        if not column.startswith("config/") or _missing(best[column]):
-            continue
-        value = best[column]
-        # Without attrs (e.g. a frame rebuilt elsewhere) fall back to decoding list/dict-looking text.
-        if isinstance(value, str) and (column in encoded or (not has_attr and value.startswith(("[", "{")))):
-            value = json.loads(value)
-        config[column.removeprefix("config/")] = value
-    payload = {"config": config, "trial_id": best["trial_id"], "trial_name": best["name"],
-               "metric": metric, "mode": mode, "selection_rule": rule,
-               "value": best[f"final_{metric}"], "best_epoch_value": best[f"best_{metric}"],
-               "best_epoch": best["best_epoch"], "epochs": best["epochs"], "status": best["status"],
+    `value` is the number the selection rule ranked by; the others are there for comparison."""
+    payload = {"config": config_of(best, trials), **_trial_numbers(best, metric, rule), "metric": metric,
+               "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
                "trials": _status_counts(trials), **provenance}
     return _plain(payload)
 
 
-def _atomic_write(path: Path, write) -> Path:
+def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: int) -> dict:
+    """The k best configurations under `rule`, best first, for a retrain of several candidates."""
+    pool = ranked(trials, metric, mode, rule).head(k)
+    entries = [{"rank": i, **_trial_numbers(row, metric, rule), "config": config_of(row, trials)}
+               for i, (_, row) in enumerate(pool.iterrows(), start=1)]
+    return _plain({"metric": metric, "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
+                   "k": k, "trials": entries})
+
+
+def atomic_write(path: Path, write) -> Path:
     """Write to a sibling temp file, fsync, then os.replace: a kill mid-write leaves the old file whole."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -292,43 +277,3 @@ def _atomic_write(path: Path, write) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
-
-
-def write_summary(out_dir, records, params: list[str], metric: str, mode: str, provenance: dict,
-                  rule: str = "last", bins: dict[str, list[float]] | None = None) -> dict:
-    """Write all sweep artefacts into out_dir; a sweep with no usable trial still gets its tables."""
-    _check(mode, rule)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    trials = trials_frame(records, metric, mode)
-    history = history_frame(records)
-    trends = trend_table(trials, params, metric, mode, bins)
-    try:
-        payload = best_config_payload(select_best(trials, metric, mode, rule), trials, metric, mode, rule,
-                                      provenance)
-    except NoEligibleTrialError as exc:
-        payload = _plain({"config": None, "reason": str(exc), "metric": metric, "mode": mode,
-                          "selection_rule": rule, "trials": _status_counts(trials), **provenance})
-    as_json = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-    as_yaml = yaml.safe_dump(payload, sort_keys=False, allow_unicode=True)
-    writers = {
-        "trials.parquet": lambda p: trials.to_parquet(p, index=False),
-        "history.parquet": lambda p: history.to_parquet(p, index=False),
-        "trends.csv": lambda p: trends.to_csv(p, index=False),
-        "trends.md": lambda p: p.write_text(trends_markdown(trends, metric), encoding="utf-8"),
-        "best_config.json": lambda p: p.write_text(as_json, encoding="utf-8"),
-        "best_config.yaml": lambda p: p.write_text(as_yaml, encoding="utf-8"),
-    }
-    paths = {name: _atomic_write(out / name, write) for name, write in writers.items()}
-    return {"trials": trials, "history": history, "trends": trends, "best": payload, "paths": paths}
-
-
-def format_best(payload: dict) -> str:
-    """Short human summary for the console."""
-    if payload.get("config") is None:
-        return f"No best trial: {payload.get('reason', 'nothing selected')}"
-    metric = payload["metric"]
-    head = (f"Best trial {payload['trial_name']} ({payload['trial_id']}): {metric} "
-            f"{_fmt(payload['value'], metric, ' %')} (last epoch), "
-            f"{_fmt(payload['best_epoch_value'], metric, ' %')} at epoch {payload['best_epoch']}")
-    return "\n".join([head, *(f"  {k}: {v}" for k, v in sorted(payload["config"].items()))])
