@@ -1,0 +1,313 @@
+"""Plots of a finished sweep, each written as a static PNG (matplotlib) and an offline HTML page (plotly).
+
+Every ``*_figures`` function returns ``(matplotlib_figure, plotly_figure)``, or None when its inputs hold
+nothing to draw; the caller owns the matplotlib figure and must close it. ``write_plots`` writes them all.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import optuna.visualization as ov
+import optuna.visualization.matplotlib as ovm
+import pandas as pd
+import plotly.graph_objects as go
+from matplotlib.ticker import MaxNLocator
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import TrialState
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
+
+DPI = 110
+SIZE = (8, 5)  # inches
+CURVES_SIZE = (10, 7)
+CURVE_PANELS = ("train_loss", "val_loss", "train_acc", "val_acc")
+HTML_CONFIG = {"displaylogo": False}
+FAINT, BEST_COLOUR = 0.25, "black"
+Figures = tuple[plt.Figure, go.Figure]
+
+
+@dataclass
+class Plot:
+    """One written plot; ``figure`` is kept so a report can embed it."""
+
+    name: str
+    title: str
+    png: Path
+    html: Path
+    figure: go.Figure
+
+
+def _is_acc(column: str) -> bool:
+    return column.endswith("acc")
+
+
+def _label(column: str) -> str:
+    return f"{column} (%)" if _is_acc(column) else column
+
+
+def _scale(column: str) -> float:
+    return 100.0 if _is_acc(column) else 1.0
+
+
+def _valid(history: pd.DataFrame, column: str, drop_diverged: bool = True) -> pd.DataFrame:
+    """Rows with a finite ``column`` (outside diverged epochs unless told otherwise), sorted by trial and epoch."""
+    if column not in history.columns:
+        return history.iloc[0:0]
+    keep = np.isfinite(pd.to_numeric(history[column], errors="coerce").astype(float))
+    if drop_diverged and "diverged" in history.columns:
+        keep &= ~history["diverged"].eq(True)
+    return history[keep].sort_values(["trial_id", "epoch"], kind="mergesort")
+
+
+def _colours(trial_ids) -> dict[str, str]:
+    """One stable colour per trial, shared by every plot."""
+    cycle = plt.get_cmap("tab10").colors
+    return {t: matplotlib.colors.to_hex(cycle[i % len(cycle)]) for i, t in enumerate(sorted(set(trial_ids)))}
+
+
+def _hover(xlabel: str, ylabel: str) -> str:
+    """Plotly hover text: the trace (trial) name, then both coordinates."""
+    return f"%{{fullData.name}}<br>{xlabel} %{{x:.4~g}}<br>{ylabel} %{{y:.4~g}}<extra></extra>"
+
+
+def _mpl(size=SIZE, **kwargs):
+    return plt.subplots(figsize=size, dpi=DPI, layout="constrained", **kwargs)
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
+    """Titles, a light grid and, for epoch axes, integer ticks."""
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _percent_study(study):
+    """A copy of ``study`` with its values in percent, so optuna's axes and colours read like the other plots."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        copy = optuna.create_study(direction=study.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=100 * t.value,
+                                               user_attrs=t.user_attrs)
+                     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
+    return copy
+
+
+def _optuna(plot, mpl_plot, study, metric: str, title: str):
+    """Run an optuna plot pair, without its ExperimentalWarning or its global ggplot style leaking."""
+    study = _percent_study(study) if _is_acc(metric) else study
+    with warnings.catch_warnings(), plt.rc_context():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Attempting to set identical")  # one value on an axis
+        axes = np.ravel(mpl_plot(study, target_name=_label(metric)))
+        pfig = plot(study, target_name=_label(metric))
+    fig = axes[0].figure
+    fig.suptitle(title)
+    pfig.update_layout(title=title)
+    return fig, axes, pfig
+
+
+def parallel_coordinates_figures(study, metric: str) -> Figures:
+    """Every searched hyperparameter against the metric, one line per trial."""
+    fig, axes, pfig = _optuna(ov.plot_parallel_coordinate, ovm.plot_parallel_coordinate, study, metric,
+                              f"Parallel coordinates: hyperparameters to {metric}")
+    axes[0].set_title("")
+    fig.set_size_inches(*SIZE)
+    fig.set_dpi(DPI)
+    return fig, pfig
+
+
+def slices_figures(study, metric: str) -> Figures:
+    """One scatter per hyperparameter: the metric against the sampled value."""
+    fig, axes, pfig = _optuna(ov.plot_slice, ovm.plot_slice, study, metric, f"{metric} by hyperparameter value")
+    fig.set_size_inches(max(SIZE[0], 4 * len(axes)), SIZE[1])
+    fig.set_dpi(DPI)
+    return fig, pfig
+
+
+def metric_vs_step_figures(history: pd.DataFrame, metric: str) -> Figures | None:
+    """Every reported epoch of every trial as a point, one colour per trial. A diverged epoch is left out:
+    its metric is the trainable's placeholder, not a measurement."""
+    data = _valid(history, metric)
+    if data.empty:
+        return None
+    title, scale, colours = f"{metric} vs epoch, all trials", _scale(metric), _colours(history["trial_id"])
+    fig, ax = _mpl()
+    pfig = go.Figure()
+    for trial_id, rows in data.groupby("trial_id", sort=True):
+        y = rows[metric] * scale
+        ax.scatter(rows["epoch"], y, s=12, color=colours[trial_id], alpha=0.8)
+        pfig.add_trace(go.Scatter(x=rows["epoch"], y=y, mode="markers", name=rows["name"].iloc[0],
+                                  marker={"size": 6, "color": colours[trial_id]},
+                                  hovertemplate=_hover("epoch", _label(metric))))
+    _finish(ax, title, "epoch", _label(metric))
+    pfig.update_layout(title=title, xaxis_title="epoch", yaxis_title=_label(metric), hovermode="closest")
+    return fig, pfig
+
+
+def curves_figures(history: pd.DataFrame, best_trial_id: str | None = None) -> Figures | None:
+    """Loss and accuracy curves, every trial faint, the best one bold; diverged epochs are dropped."""
+    panels = [c for c in CURVE_PANELS if not _valid(history, c).empty]
+    if not panels:
+        return None
+    title, colours = "Learning curves, all trials", _colours(history["trial_id"])
+    fig, axes = _mpl(CURVES_SIZE, nrows=2, ncols=2)
+    pfig = make_subplots(rows=2, cols=2, subplot_titles=CURVE_PANELS, horizontal_spacing=0.08)
+    best_line = None
+    for i, (column, ax) in enumerate(zip(CURVE_PANELS, axes.flat)):
+        cell = {"row": i // 2 + 1, "col": i % 2 + 1}
+        if column not in panels:
+            ax.set_axis_off()
+            continue
+        for trial_id, rows in _valid(history, column).groupby("trial_id", sort=True):
+            best = trial_id == best_trial_id
+            name = f"best: {rows['name'].iloc[0]}" if best else rows["name"].iloc[0]
+            colour, width, alpha = (BEST_COLOUR, 2.5, 1.0) if best else (colours[trial_id], 1.0, FAINT)
+            y = rows[column] * _scale(column)
+            (line,) = ax.plot(rows["epoch"], y, color=colour, lw=width, alpha=alpha, label=name, zorder=2 + best)
+            best_line = line if best else best_line
+            pfig.add_trace(go.Scatter(x=rows["epoch"], y=y, mode="lines", name=name, opacity=alpha,
+                                      line={"color": colour, "width": width}, legendgroup=trial_id,
+                                      showlegend=best and column == panels[0],
+                                      hovertemplate=_hover("epoch", _label(column))), **cell)
+        _finish(ax, column, "epoch", _label(column))
+        pfig.update_yaxes(title_text=_label(column), **cell)
+        pfig.update_xaxes(title_text="epoch", **cell)
+    if best_line is not None:
+        fig.legend(handles=[best_line], loc="outside lower center")
+    fig.suptitle(title)
+    pfig.update_layout(title=title, hovermode="closest")
+    return fig, pfig
+
+
+def best_so_far_frame(history: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """All reports in chronological order with cumulative compute seconds and the running best metric.
+
+    Ordered by ``timestamp`` when every report has one, else by epoch then trial_id. ``compute_s`` sums
+    ``epoch_time_s`` (missing counts as 0) up to and including each report; ``value`` is the metric where
+    finite and not diverged (else NaN) and ``best`` its running max/min (NaN until the first valid value).
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+    timed = "timestamp" in history.columns and history["timestamp"].notna().all()
+    keys = ["timestamp", "epoch", "trial_id"] if timed else ["epoch", "trial_id"]
+    frame = history.sort_values(keys, kind="mergesort").reset_index(drop=True)
+    seconds = (pd.to_numeric(frame["epoch_time_s"], errors="coerce").astype(float) if "epoch_time_s" in frame
+               else pd.Series(0.0, index=frame.index))
+    valid = frame.index.isin(_valid(frame, metric).index)
+    value = pd.to_numeric(frame[metric], errors="coerce").astype(float).where(valid)
+    best = value.cummax() if mode == "max" else value.cummin()
+    return pd.DataFrame({"trial_id": frame["trial_id"], "name": frame["name"], "epoch": frame["epoch"],
+                         "compute_s": seconds.where(np.isfinite(seconds), 0.0).cumsum(),
+                         "value": value, "best": best.ffill()})
+
+
+def best_so_far_figures(history: pd.DataFrame, metric: str, mode: str) -> Figures | None:
+    """Running best metric against cumulative compute time, with each trial's reports as faint points."""
+    if metric not in history.columns or "epoch_time_s" not in history.columns:
+        return None
+    frame = best_so_far_frame(history, metric, mode)
+    line = frame.dropna(subset=["best"])
+    if line.empty:
+        return None
+    title, scale, colours = f"Best {metric} so far vs compute time", _scale(metric), _colours(frame["trial_id"])
+    fig, ax = _mpl()
+    pfig = go.Figure()
+    for trial_id, rows in frame.dropna(subset=["value"]).groupby("trial_id", sort=True):
+        ax.scatter(rows["compute_s"], rows["value"] * scale, s=10, color=colours[trial_id], alpha=0.35)
+        pfig.add_trace(go.Scatter(x=rows["compute_s"], y=rows["value"] * scale, mode="markers",
+                                  name=rows["name"].iloc[0], marker={"size": 5, "color": colours[trial_id]},
+                                  opacity=0.45, showlegend=False, hovertemplate=_hover("seconds", _label(metric))))
+    ax.step(line["compute_s"], line["best"] * scale, where="post", color=BEST_COLOUR, lw=2, label="best so far")
+    pfig.add_trace(go.Scatter(x=line["compute_s"], y=line["best"] * scale, mode="lines", name="best so far",
+                              line={"shape": "hv", "color": BEST_COLOUR, "width": 2.5}))
+    _finish(ax, title, "cumulative training seconds", _label(metric))
+    ax.legend(loc="best")
+    pfig.update_layout(title=title, xaxis_title="cumulative training seconds", yaxis_title=_label(metric),
+                       hovermode="closest")
+    return fig, pfig
+
+
+def importance_figures(importance: pd.DataFrame) -> Figures | None:
+    """fANOVA and PED-ANOVA importance side by side per hyperparameter, most important on top."""
+    if importance is None or importance.empty:
+        return None
+    data = importance.sort_values("fanova", ascending=False, kind="mergesort")
+    title, names, y = "Hyperparameter importance", data["hyperparameter"].astype(str), np.arange(len(data))
+    fig, ax = _mpl((SIZE[0], max(3, 1 + 0.6 * len(data))))
+    ax.barh(y - 0.2, data["fanova"], height=0.4, label="fANOVA")
+    ax.barh(y + 0.2, data["ped_anova"], height=0.4, label="PED-ANOVA")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    _finish(ax, title, "importance (each method sums to 1)", "")
+    fig.legend(loc="outside right upper")
+    pfig = go.Figure([go.Bar(x=data[c], y=names, orientation="h", name=label)
+                      for c, label in (("fanova", "fANOVA"), ("ped_anova", "PED-ANOVA"))])
+    pfig.update_layout(title=title, barmode="group", xaxis_title="importance (each method sums to 1)",
+                       yaxis={"autorange": "reversed"})
+    return fig, pfig
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Write to a hidden sibling temp file, then os.replace, so readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save(out: Path, name: str, figures: Figures) -> Plot:
+    """Write ``<name>.png`` and ``<name>.html`` and close the matplotlib figure."""
+    fig, pfig = figures
+    png = _atomic_write(out / f"{name}.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
+    plt.close(fig)
+    html = _atomic_write(out / f"{name}.html", lambda p: pfig.write_html(
+        p, include_plotlyjs="directory", config=HTML_CONFIG, auto_open=False))
+    return Plot(name, pfig.layout.title.text, png, html, pfig)
+
+
+def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str, study=None,
+                importance: pd.DataFrame | None = None, best_trial_id: str | None = None) -> list[Plot]:
+    """Write every applicable plot into out_dir and return them in a fixed order (skipped ones absent).
+
+    The optuna plots need ``study``; the importance chart needs a non-empty ``importance``; plots whose
+    metric columns are missing from ``history`` are skipped. ``trials`` is accepted for symmetry with the
+    summary tables; every plot here is drawn from ``history`` (which carries the trial names) and ``study``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "parallel_coordinates": lambda: study is not None and parallel_coordinates_figures(study, metric),
+        "slices": lambda: study is not None and slices_figures(study, metric),
+        "metric_vs_step": lambda: metric_vs_step_figures(history, metric),
+        "curves": lambda: curves_figures(history, best_trial_id),
+        "best_so_far": lambda: best_so_far_figures(history, metric, mode),
+        "importance": lambda: importance_figures(importance),
+    }
+    # Write the shared plotly bundle atomically first; write_html then finds it and leaves it alone.
+    _atomic_write(out / "plotly.min.js", lambda p: p.write_text(get_plotlyjs(), encoding="utf-8"))
+    opened = set(plt.get_fignums())
+    try:
+        return [_save(out, name, figures) for name, build in builders.items() if (figures := build())]
+    finally:  # a plot that failed half-way must not leave its figure behind either
+        for number in set(plt.get_fignums()) - opened:
+            plt.close(number)
