@@ -135,19 +135,17 @@ def test_a_wandb_failure_turns_wandb_off_and_never_raises(monkeypatch, caplog):
 
 def test_history_falls_back_to_progress_csv_when_result_json_is_empty(tmp_path):
     """Ray can leave a PBT-restarted trial's result.json empty while progress.csv is whole."""
-    from types import SimpleNamespace
-
     import pandas as pd
 
-    from trainables import image_classifier
-    from tune_app.search import records_from
+    from tune_app.rundir import read_trials
 
+    folder = tmp_path / "digits_cnn_relu_adam_bs64_lr0.001_abc12345"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"epochs": 3}')
     rows = [{"epoch": e, "val_acc": 0.5 + e / 10, "train_loss": 1.0 / e, "diverged": False} for e in (1, 2, 3)]
-    pd.DataFrame(rows).to_csv(tmp_path / "progress.csv", index=False)
-    (tmp_path / "result.json").write_text("")
-    result = SimpleNamespace(config={"epochs": 3}, metrics={"trial_id": "abc12345"}, error=None,
-                             path=str(tmp_path), metrics_dataframe=pd.DataFrame())
-    (record,) = records_from([result], image_classifier)
+    pd.DataFrame(rows).to_csv(folder / "progress.csv", index=False)
+    (folder / "result.json").write_text("")
+    (record,) = read_trials(tmp_path, "val_acc")
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
     assert [h["val_acc"] for h in record["history"]] == pytest.approx([0.6, 0.7, 0.8])
-    assert record["trial_id"] == "abc12345" and record["target_epochs"] == 3
+    assert record["trial_id"] == "abc12345" and record["config"] == {"epochs": 3} and record["error"] is None

@@ -1,7 +1,16 @@
 """Errors a user can fix: printed as one line, exit code 2."""
 
+import argparse
+
 
 class UsageError(Exception):
     """Bad input. ``str()`` is the one line shown to the user."""
 
     exit_code = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -1,0 +1,227 @@
+"""Read a sweep back from its run directory: trial folders, their configs, histories and errors.
+
+Works on a tune_app run directory (``tune_app.json`` names the space, so the metric and the
+searched hyperparameters are known) and on any plain Ray Tune experiment directory (each trial
+folder holds ``params.json`` and ``result.json``/``progress.csv``): there the metric comes from
+``--metric`` or defaults to ``val_acc``, and the searched hyperparameters are the config keys whose
+values differ between trials. Only files are read, so a directory copied from a cluster works.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tune_app.errors import UsageError
+
+SPEC_FILE = "tune_app.json"
+# What a trial's history keeps from each report: the metrics, the divergence flag, when it was reported.
+KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s",
+        "peak_mem_mb", "params", "diverged", "timestamp")
+RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
+               "hostname", "node_ip", "pid", "done", "iterations_since_restore", "time_since_restore",
+               "checkpoint_dir_name", "config", "should_checkpoint"}
+
+
+@dataclass
+class Sweep:
+    """A sweep as read from disk, and what its analysis needs to know about it."""
+    path: Path
+    records: list[dict]
+    metric: str
+    mode: str
+    params: list[str]  # the searched hyperparameters
+    bins: dict[str, list[float]] = field(default_factory=dict)  # continuous ranges -> trend-table bin edges
+    ranges: dict[str, tuple] = field(default_factory=dict)  # param -> ("float"|"int", low, high, log)
+    spec: dict | None = None  # tune_app.json; None for a plain Ray Tune experiment
+    space: object = None
+
+    @property
+    def name(self) -> str:
+        return (self.spec or {}).get("settings", {}).get("name") or self.path.name
+
+
+def trial_id_of(dirname: str) -> str:
+    """The trial id at the end of a trial folder's name: 8 hex digits from a searcher, or
+    ``<5 hex>_<5 digits>`` from grid/random search."""
+    found = re.search(r"([0-9a-f]{5}_\d{5}|[0-9a-f]{8})$", dirname)
+    return found.group(1) if found else dirname
+
+
+def error_line(text: str) -> str:
+    """A trial's failure in one line from Ray's error.txt: the innermost ``SomeError: message``."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    pattern = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Interrupt|Exit|Warning)\w*)(?:: (.*))?$")
+    for line in reversed(lines):
+        found = pattern.match(line)
+        if found and "RayTaskError" not in line and "TuneError" not in line:
+            return f"{found.group(1)}: {found.group(2) or ''}".rstrip(": ")
+    return lines[-1] if lines else "error"
+
+
+def _read_results(folder: Path) -> pd.DataFrame | None:
+    """The trial's reports: result.json and progress.csv hold the same rows, but after a PBT exploit
+    restarts a trial its result.json can come back empty (seen with Ray 2.60) while progress.csv is
+    whole, so take whichever holds more."""
+    frames = []
+    result = folder / "result.json"
+    if result.is_file() and result.stat().st_size:
+        rows = []
+        for line in result.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+        frames.append(pd.DataFrame(rows))
+    csv = folder / "progress.csv"
+    if csv.is_file() and csv.stat().st_size:
+        try:
+            frames.append(pd.read_csv(csv))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            pass
+    frames = [f for f in frames if len(f)]
+    return max(frames, key=len, default=None)
+
+
+def _history(frame: pd.DataFrame | None, metric: str) -> list[dict]:
+    if frame is None:
+        return []
+    frame = frame.copy()
+    if "epoch" not in frame and "training_iteration" in frame:
+        frame["epoch"] = frame["training_iteration"]  # a plain Ray trainable: one report = one step
+    if "epoch_time_s" not in frame and "time_this_iter_s" in frame:
+        frame["epoch_time_s"] = frame["time_this_iter_s"]
+    if "epoch" not in frame:
+        return []
+    frame = frame.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
+    keep = [c for c in (*KEEP, metric) if c in frame]
+    rows = frame[list(dict.fromkeys(keep))].to_dict("records")
+    for row in rows:
+        row["epoch"] = int(row["epoch"])
+        if "diverged" in row:
+            row["diverged"] = bool(row["diverged"]) if not _nan(row["diverged"]) else False
+    return rows
+
+
+def _nan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def trial_folders(path: Path) -> list[Path]:
+    return sorted(p.parent for p in path.glob("*/params.json"))
+
+
+def read_trials(path: Path, metric: str) -> list[dict]:
+    """One record per trial folder: trial_id, name, config, history, error (one line or None)."""
+    records = []
+    for folder in trial_folders(path):
+        try:
+            config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError):
+            continue
+        frame = _read_results(folder)
+        ids = frame["trial_id"].dropna() if frame is not None and "trial_id" in frame else []
+        error = folder / "error.txt"
+        records.append({
+            "trial_id": str(ids.iloc[-1]) if len(ids) else trial_id_of(folder.name),
+            "name": folder.name, "folder": folder.name, "config": config if isinstance(config, dict) else {},
+            "history": _history(frame, metric),
+            "error": error_line(error.read_text(encoding="utf-8", errors="replace")) if error.is_file() else None,
+        })
+    return records
+
+
+def _varying(records: list[dict]) -> list[str]:
+    """Config keys whose values differ between trials: what a plain Ray experiment searched."""
+    keys = list(dict.fromkeys(k for r in records for k in r["config"]))
+    seen = {k: {json.dumps(r["config"].get(k), sort_keys=True, default=str) for r in records} for k in keys}
+    return [k for k in keys if len(seen[k]) > 1]
+
+
+def _inferred_range(values: list) -> tuple | None:
+    """A numeric key with many distinct values is treated as a sampled range (log when it spans a decade)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(numbers) != len(values) or len(set(numbers)) <= 6:
+        return None
+    low, high = min(numbers), max(numbers)
+    kind = "int" if all(isinstance(v, int) for v in numbers) else "float"
+    return kind, low, high, low > 0 and high / low >= 10
+
+
+def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
+    """Read a run directory. Raises UsageError with one line when it is not a sweep."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such directory; pass a run directory such as runs/<name>")
+    spec = json.loads((path / SPEC_FILE).read_text()) if (path / SPEC_FILE).is_file() else None
+    if spec is None and not trial_folders(path):
+        raise UsageError(f"{path} is not a sweep: it holds no {SPEC_FILE} and no trial folders with params.json; "
+                         f"pass the run directory a search wrote, e.g. runs/<name>")
+    space = None
+    if spec is not None:
+        space = _space_of(spec)
+        metric = metric or spec.get("metric") or (space.metric if space else None)
+        mode = mode or spec.get("mode") or (space.mode if space else None)
+    metric = metric or "val_acc"
+    mode = mode or ("min" if "loss" in metric or "err" in metric else "max")
+    if mode not in ("max", "min"):
+        raise UsageError(f"--mode {mode}: use max or min")
+    records = read_trials(path, metric)
+    reported = {k for r in records for h in r["history"] for k in h}
+    if records and reported and metric not in reported:
+        shown = sorted(reported - {"epoch", "timestamp", "diverged"})
+        raise UsageError(f"metric {metric!r} was never reported in {path}; pass --metric with one of: "
+                         f"{', '.join(shown)}")
+    if space is not None:
+        params = list(spec.get("searched") or space.searched)
+        bins, ranges = _space_ranges(space.space)
+        defaults = {k: p.default for k, p in space.trainable.PARAMS.items()}
+        for r in records:
+            cfg = {**defaults, **r["config"]}
+            r["target_epochs"] = min(cfg["epochs"], cfg.get("max_epochs") or cfg["epochs"])
+            r["name"] = space.trainable.run_name(cfg)
+    else:
+        params = _varying(records)
+        ranges = {k: rng for k in params if (rng := _inferred_range([r["config"].get(k) for r in records]))}
+        bins = {k: _edges(*rng[1:]) for k, rng in ranges.items()}
+        # Without a spec the planned length is unknown: the longest trial is taken as the full length.
+        deepest = max((len(r["history"]) for r in records), default=0)
+        for r in records:
+            r["target_epochs"] = deepest
+    return Sweep(path=path, records=records, metric=metric, mode=mode, params=params, bins=bins,
+                 ranges=ranges, spec=spec, space=space)
+
+
+def _edges(low, high, log):
+    from tune_app.summary import bin_edges
+
+    return bin_edges(float(low), float(high), log)
+
+
+def _space_of(spec: dict):
+    """The space the sweep was started with, or None when this code no longer has it."""
+    from tune_app.spaces import load_space
+
+    try:
+        return load_space(spec["space"], spec.get("overrides") or {})
+    except UsageError:
+        return None
+
+
+def _space_ranges(space: dict) -> tuple[dict, dict]:
+    """Bins and ranges for every sampled numeric range of a Ray search space."""
+    from ray.tune.search.sample import Float, Integer, LogUniform
+
+    bins, ranges = {}, {}
+    for key, domain in space.items():
+        if isinstance(domain, (Float, Integer)):
+            log = isinstance(domain.get_sampler(), LogUniform)
+            upper = domain.upper - 1 if isinstance(domain, Integer) else domain.upper  # randint's upper is exclusive
+            ranges[key] = ("int" if isinstance(domain, Integer) else "float", domain.lower, upper, log)
+            if isinstance(domain, Float):
+                bins[key] = _edges(domain.lower, domain.upper, log)
+    return bins, ranges
