@@ -11,7 +11,8 @@ import yaml
 
 from tests.fake_datasets import write_cifar10
 from tests.wandb_records import read_run
-from tune_app.search import main, trial_id_of
+from tune_app.rundir import trial_id_of
+from tune_app.search import main
 from tune_app.summary import ELIGIBLE
 
 
@@ -52,15 +53,48 @@ def read_summary(run_dir):
     return trials, history, best
 
 
-def test_digits_sweep_exits_0_and_prints_best_and_trends(digits_output):
+def test_digits_sweep_exits_0_and_prints_best_and_trends(digits_sweep, digits_output):
     code, out = digits_output
     assert code == 0
     assert "tune_app: starting sweep 'digits-tiny' of space 'digits': 4 trials, optuna + asha, 1 CPU / 0 GPU" in out
     assert "W&B runs are kept offline; upload them later with: wandb sync " in out
     assert "Number of trials: 4/4" in out  # Ray's progress table
     assert "Current best trial" in out
-    assert re.search(r"Best trial digits_cnn_[\w.-]+ \(\w+\): val_acc \d+\.\d\d % \(last epoch\)", out)
-    assert "### activation" in out and "### lr" in out and "| mean % |" in out
+    assert re.search(r"Best trial digits_cnn_[\w.-]+ \(\w+\), selected by last: val_acc \d+\.\d\d %", out)
+    k = json.loads((digits_sweep[0] / "summary" / "best_config.json").read_text())["at_epoch"]
+    assert f"### activation (epoch {k})" in out and f"### lr (epoch {k})" in out and "| 95 % CI |" in out
+
+
+def test_analyze_prints_what_the_sweep_printed(digits_sweep, digits_output, capsys):
+    """The sweep ends by analyzing its run directory; running the analysis again gives the same tables."""
+    from tune_app import analyze
+
+    run_dir, _ = digits_sweep
+    _, sweep_out = digits_output
+    before = (run_dir / "summary" / "trends.csv").read_text()
+    assert analyze.main([str(run_dir), "--wandb-mode", "disabled"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and out.strip() in sweep_out
+    assert "## Importance" in out and (run_dir / "summary" / "report.html").is_file()
+    assert (run_dir / "summary" / "trends.csv").read_text() == before
+
+
+def test_analyze_a_run_directory_copied_elsewhere(digits_sweep, digits_output, tmp_path, capsys):
+    """What comes back from a cluster is a copy of the run directory: it analyzes the same."""
+    import shutil
+
+    from tune_app import analyze
+
+    run_dir, _ = digits_sweep
+    copy = tmp_path / "from-cluster"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("summary", "wandb"))
+    assert analyze.main([str(copy), "--wandb-mode", "disabled"]) == 0
+    capsys.readouterr()
+    for name in ("trends.csv", "topk.json", "importance.csv"):
+        assert (copy / "summary" / name).read_text() == (run_dir / "summary" / name).read_text(), name
+    best, original = (json.loads((d / "summary" / "best_config.json").read_text()) for d in (copy, run_dir))
+    assert {k: best[k] for k in ("config", "trial_id", "value", "at_epoch", "dataset", "git_commit")} == {
+        k: original[k] for k in ("config", "trial_id", "value", "at_epoch", "dataset", "git_commit")}
 
 
 def test_trials_table_has_one_row_per_trial(digits_sweep, digits_output):
@@ -99,9 +133,11 @@ def test_best_config_is_the_best_row_with_provenance(digits_sweep, digits_output
 
 
 def test_trend_means_equal_a_pandas_recomputation(digits_sweep, digits_output):
+    """The raw view (each finished trial's last epoch) recomputed from the trials table."""
     run_dir, _ = digits_sweep
     trials, _, _ = read_summary(run_dir)
     trends = pd.read_csv(run_dir / "summary" / "trends.csv")
+    trends = trends[trends["view"] == "raw"]
     eligible = trials[trials["status"].isin(ELIGIBLE)]
     assert set(trends["hyperparameter"]) == {"activation", "optimizer", "lr", "batch_size", "batch_norm", "epochs"}
     for key in ("activation", "optimizer", "batch_size", "epochs"):
@@ -110,21 +146,23 @@ def test_trend_means_equal_a_pandas_recomputation(digits_sweep, digits_output):
         assert sorted(map(str, got.index)) == sorted(map(str, expected.index))
         for value, row in expected.iterrows():
             line = got.loc[str(value)] if str(value) in got.index else got.loc[value]
-            assert line["runs"] == row["count"]
+            assert line["n"] == row["count"]
             assert line["mean"] == pytest.approx(row["mean"]) and line["best"] == pytest.approx(row["max"])
     # a sampled lr is grouped by decade, and the rows add up to all trials
     lr = trends[trends["hyperparameter"] == "lr"]
     assert all(re.fullmatch(r"\[[\d.e-]+, [\d.e-]+[)\]]", v) for v in lr["value"])
-    assert lr["runs"].sum() == len(eligible)
+    assert lr["n"].sum() == len(eligible)
 
 
 def test_one_wandb_offline_run_per_trial(digits_sweep, digits_output):
     run_dir, _ = digits_sweep
     trials, history, _ = read_summary(run_dir)
-    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-    assert sorted(p.name.rsplit("-", 1)[1] for p in runs) == sorted(trials["trial_id"])
-    for p in runs:
-        run = read_run(next(p.glob("run-*.wandb")))
+    runs = [read_run(next(p.glob("run-*.wandb"))) for p in sorted((run_dir / "wandb").glob("offline-run-*"))]
+    summary_runs = [r for r in runs if r["name"] == "digits-tiny-summary"]
+    runs = [r for r in runs if r not in summary_runs]
+    assert len(summary_runs) == 1 and summary_runs[0]["group"] == "digits-tiny"  # the analysis' own run
+    assert sorted(r["id"] for r in runs) == sorted(trials["trial_id"])
+    for run in runs:
         trial = trials.set_index("trial_id").loc[run["id"]]
         assert run["name"] == trial["name"] and run["group"] == "digits-tiny" and run["project"] == "tune_app"
         assert run["config"]["activation"] == trial["config/activation"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"search": "tune_app.search"}
+COMMANDS = {"search": "tune_app.search", "analyze": "tune_app.analyze"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,13 +11,12 @@ import functools
 import json
 import logging
 import math
-import re
 import sys
 import time
 from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
-from tune_app.errors import UsageError
+from tune_app.errors import OneLineParser, UsageError
 from tune_app.spaces import DEFAULT_KEYS, list_spaces
 from tune_app.tuning import SCHEDULERS, SEARCHERS
 
@@ -25,13 +24,6 @@ SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it 
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3}
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentParser:
@@ -142,25 +134,8 @@ def max_epochs_of(space) -> int:
     return int(max(domain_values(space.space.get("epochs", space.trainable.PARAMS["epochs"].default))))
 
 
-def continuous_bins(space: dict) -> dict[str, list[float]]:
-    """Trend-table bins for every sampled float range (a log range by decade)."""
-    from ray.tune.search.sample import Float, LogUniform
-
-    from tune_app.summary import bin_edges
-
-    return {k: bin_edges(v.lower, v.upper, isinstance(v.get_sampler(), LogUniform))
-            for k, v in space.items() if isinstance(v, Float)}
-
-
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def trial_error(error: BaseException) -> str:
-    """A trial's failure in one line: the exception Ray's task error wraps, and its first line.
-    (The whole traceback stays in the trial folder's error.txt.)"""
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {first_line(cause)}"
 
 
 def check_resources(cluster: dict, s: dict) -> None:
@@ -187,52 +162,6 @@ def trial_name(trainable_module: str, trial) -> str:
 
 def trial_dirname(trainable_module: str, trial) -> str:
     return f"{trial_name(trainable_module, trial)}_{trial.trial_id}"[:120]
-
-
-def trial_id_of(dirname: str) -> str:
-    """The trial id at the end of a trial folder's name (``trial_dirname``): 8 hex digits from a
-    searcher, or ``<5 hex>_<5 digits>`` from grid/random search."""
-    found = re.search(r"([0-9a-f]{5}_\d{5}|[0-9a-f]{8})$", dirname)
-    return found.group(1) if found else dirname
-
-
-def trial_history(result):
-    """The trial's per-epoch results. Ray writes each to result.json and to progress.csv; after
-    a PBT exploit restarts a trial, its result.json can come back empty (seen with Ray 2.60)
-    while progress.csv is whole, so take whichever file holds more epochs."""
-    import pandas as pd
-
-    frames = [result.metrics_dataframe]
-    csv = Path(result.path) / "progress.csv"
-    if csv.is_file() and csv.stat().st_size:
-        frames.append(pd.read_csv(csv))
-    frames = [f for f in frames if f is not None and "epoch" in f]
-    return max(frames, key=lambda f: f["epoch"].nunique(), default=None)
-
-
-def records_from(results, trainable) -> list[dict]:
-    """Ray's ResultGrid as the plain trial records ``tune_app.summary`` takes."""
-    keep = [*trainable.METRICS, "diverged"]
-    records = []
-    for result in results:
-        if result.config is None:
-            continue  # created but never started (an interrupted sweep): nothing to report yet
-        config = dict(result.config)
-        df = trial_history(result)
-        history = []
-        if df is not None and len(df) and "epoch" in df:
-            df = df.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
-            history = [{k: row[k] for k in keep if k in row} for row in df.to_dict("records")]
-        cfg = {**{k: p.default for k, p in trainable.PARAMS.items()}, **config}
-        records.append({
-            "trial_id": (result.metrics or {}).get("trial_id") or trial_id_of(Path(result.path).name),
-            "name": trainable.run_name(config),
-            "config": config,
-            "history": history,
-            "error": None if result.error is None else trial_error(result.error),
-            "target_epochs": min(cfg["epochs"], cfg["max_epochs"] or cfg["epochs"]),
-        })
-    return records
 
 
 def load_data(space, s: dict):
@@ -270,6 +199,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
     searched = {k: space.space[k] for k in space.searched}
     search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir)
     spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
+    spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     reporter = tune.CLIReporter(
@@ -293,24 +223,14 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
             failure_config=tune.FailureConfig(max_failures=0)))
 
 
-def summarize(spec: dict, space, dataset, records: list[dict], run_dir: Path) -> dict:
-    """Write ``<run dir>/summary/`` and print the best configuration and the trend tables."""
-    from tune_app import summary
-    from tune_app.provenance import provenance
+def sweep_provenance(dataset) -> dict:
+    """What the sweep ran with, recorded when it starts (best_config.json carries it)."""
+    from tune_app.provenance import git_commit, versions
 
-    s = spec["settings"]
-    prov = provenance(space=spec["space"], overrides=spec["overrides"], seed=s["seed"],
-                      searcher=s["searcher"], scheduler=s["scheduler"], num_samples=s["num_samples"],
-                      dataset={"name": dataset.name, "fingerprint": dataset.fingerprint(),
-                               "train": len(dataset.y_train), "val": len(dataset.y_val),
-                               "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
-                               "split_seed": dataset.split_seed})
-    out = summary.write_summary(run_dir / "summary", records, space.searched, space.metric, space.mode, prov,
-                                bins=continuous_bins(space.space))
-    print(f"\n{summary.format_best(out['best'])}\n")
-    print(summary.trends_markdown(out["trends"], space.metric))
-    print(f"\nSummary: {run_dir / 'summary'}  ({len(records)} trials)")
-    return out
+    return {"git_commit": git_commit(), "versions": versions(),
+            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "train": len(dataset.y_train),
+                        "val": len(dataset.y_val), "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
+                        "split_seed": dataset.split_seed}}
 
 
 def run(spec: dict, resume: bool) -> int:
@@ -335,19 +255,27 @@ def run(spec: dict, resume: bool) -> int:
     if resume:
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
     else:
+        spec["provenance"] = sweep_provenance(dataset)
         tuner = new_tuner(spec, space, config, trainable, run_dir)
     print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
           f"{spec['expected_trials']} trials, {s['searcher']} + {s['scheduler']}, "
           f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_dir}", flush=True)
     results = tuner.fit()
 
-    out = summarize(spec, space, dataset, records_from(results, space.trainable), run_dir)
+    from tune_app import analyze
+
+    try:
+        analyze.run(run_dir)
+        found_best = True
+    except UsageError as e:  # every trial failed: the trials table says why, and the sweep can be resumed
+        print(f"tune_app: {e}", file=sys.stderr)
+        found_best = False
     finished = results.num_terminated + results.num_errors
     if finished < spec["expected_trials"]:
         print(f"Interrupted with {finished} of {spec['expected_trials']} trials finished; continue with: "
               f"python -m tune_app.search --resume {run_dir}", file=sys.stderr)
         return 130
-    return 0 if out["best"].get("config") is not None else 1
+    return 0 if found_best else 1
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search") -> int:

@@ -1,0 +1,194 @@
+"""A sweep's analysis as text: Markdown tables (console, trends.md, report.md) and one
+self-contained HTML report (styles, tables, plotly.js and every figure inlined: it opens from
+disk with no server and no network)."""
+from __future__ import annotations
+
+import html
+import math
+
+import pandas as pd
+
+from tune_app.summary import _missing
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1f2328;padding:0 1rem}
+h1{font-size:1.6rem}h2{border-bottom:1px solid #d0d7de;padding-bottom:.3rem;margin-top:2.2rem}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.9rem}
+th,td{border:1px solid #d0d7de;padding:.25rem .6rem}th{background:#f6f8fa}td.n{text-align:right}
+caption{text-align:left;font-weight:600;padding:.3rem 0}.note{color:#59636e;font-size:.9rem}
+.plot{margin:1rem 0 2rem}details{margin:.5rem 0}
+"""
+
+
+def is_acc(metric: str) -> bool:
+    return metric.endswith("acc")
+
+
+def fmt(value, metric: str) -> str:
+    """A metric value for people: accuracies in percent, other metrics to 4 significant digits."""
+    if _missing(value) or (isinstance(value, float) and math.isinf(value)):
+        return "n/a"
+    return f"{100 * value:.2f}" if is_acc(metric) else f"{value:.4g}"
+
+
+def _rank(value) -> str:
+    return "n/a" if _missing(value) else f"{value:g}"
+
+
+def _ci(row, metric) -> str:
+    if _missing(row["ci95_low"]):
+        return "n/a"
+    return f"{fmt(row['ci95_low'], metric)} to {fmt(row['ci95_high'], metric)}"
+
+
+TREND_HEAD = ("value", "completed", "stopped", "diverged", "failed", "n", "mean", "std", "95 % CI", "best",
+              "median rank")
+
+
+def trend_rows(group: pd.DataFrame, metric: str) -> list[list[str]]:
+    return [[str(r["value"]), str(r["completed"]), str(r["stopped"]), str(r["diverged"]), str(r["failed"]),
+             str(r["n"]), fmt(r["mean"], metric), fmt(r["std"], metric), _ci(r, metric), fmt(r["best"], metric),
+             _rank(r["median_rank"])] for _, r in group.iterrows()]
+
+
+def view_caption(view: str, metric: str) -> str:
+    unit = " (%)" if is_acc(metric) else ""
+    if view.startswith("epoch"):
+        return (f"{metric}{unit} at {view}, every trial that reached it: equal training length, "
+                f"so early-stopped trials are compared fairly")
+    if view == "completed":
+        return f"{metric}{unit} at the last epoch, trials that ran their full length"
+    return (f"{metric}{unit} as last reported by every finished trial, whatever its length "
+            f"(biased by early stopping; shown for comparison)")
+
+
+def markdown_table(head, rows, right_from: int = 1) -> str:
+    cells = lambda row: "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"  # noqa: E731
+    align = ["---" if i < right_from else "---:" for i in range(len(head))]
+    return "\n".join([cells(head), "| " + " | ".join(align) + " |", *map(cells, rows)])
+
+
+def trends_markdown(trends: pd.DataFrame, metric: str, views: list[str] | None = None) -> str:
+    """One section per view, one table per hyperparameter."""
+    if trends.empty:
+        return "_No trends: no searched hyperparameter values._\n"
+    blocks = []
+    for view, by_view in trends.groupby("view", sort=False):
+        if views is not None and view not in views:
+            continue
+        blocks.append(f"## Trends: {view}\n\n{view_caption(view, metric)}.")
+        for p, group in by_view.groupby("hyperparameter", sort=False):
+            blocks.append(f"### {p} ({view})\n\n" + markdown_table(TREND_HEAD, trend_rows(group, metric)))
+    return "\n\n".join(blocks) + "\n"
+
+
+def pair_matrix(pair: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]]:
+    """A pairwise table as a matrix: rows the first hyperparameter's values, columns the second's,
+    cells 'mean (n)'."""
+    columns = list(dict.fromkeys(pair["b"].map(str)))
+    rows = []
+    for a, group in pair.groupby(pair["a"].map(str), sort=False):
+        cell = {str(r["b"]): f"{fmt(r['mean'], metric)} ({r['n']})" for _, r in group.iterrows()}
+        rows.append([a, *(cell.get(c, "") for c in columns)])
+    return columns, rows
+
+
+def pairs_markdown(pairs: dict, metric: str, view: str) -> str:
+    blocks = []
+    for (a, b), pair in pairs.items():
+        columns, rows = pair_matrix(pair, metric)
+        blocks.append(f"### {a} x {b} ({view}; mean {metric}{' %' if is_acc(metric) else ''} (trials))\n\n"
+                      + markdown_table([f"{a} \\ {b}", *columns], rows))
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+def importance_rows(imp: pd.DataFrame) -> list[list[str]]:
+    return [[r["hyperparameter"], f"{r['fanova']:.3f}", f"{r['ped_anova']:.3f}"] for _, r in imp.iterrows()]
+
+
+IMPORTANCE_HEAD = ("hyperparameter", "fANOVA", "PED-ANOVA")
+
+
+def best_rows(best: dict) -> list[list[str]]:
+    if best.get("config") is None:
+        return []
+    return [[k, str(v)] for k, v in sorted(best["config"].items())]
+
+
+def headline(best: dict, metric: str) -> str:
+    if best.get("config") is None:
+        return f"No best trial: {best.get('reason', 'nothing selected')}"
+    return (f"Best trial {best['trial_name']} ({best['trial_id']}), selected by {best['selection_rule']}: "
+            f"{metric} {fmt(best['value'], metric)}{' %' if is_acc(metric) else ''}; "
+            f"last epoch {fmt(best['last_value'], metric)}, best epoch {fmt(best['best_epoch_value'], metric)} "
+            f"(epoch {best['best_epoch']}), at epoch {best['at_epoch']} {fmt(best['at_epoch_value'], metric)}")
+
+
+def report_markdown(a) -> str:
+    """report.md: the same tables as report.html, with the PNG plots."""
+    parts = [f"# Sweep report: {a.name}", "", a.overview, "", "## Best configuration", "",
+             headline(a.best, a.metric), ""]
+    if best_rows(a.best):
+        parts += [markdown_table(("key", "value"), best_rows(a.best), right_from=2), ""]
+    parts += [trends_markdown(a.trends, a.metric), ""]
+    if a.pairs:
+        parts += ["## Pairwise tables", "", pairs_markdown(a.pairs, a.metric, a.view), ""]
+    parts += ["## Importance", ""]
+    parts += [markdown_table(IMPORTANCE_HEAD, importance_rows(a.importance)) if len(a.importance)
+              else "_Not enough finished trials with varying hyperparameters to attribute importance._", ""]
+    parts += ["## Plots", ""]
+    parts += [f"### {p.title}\n\n![{p.title}](plots/{p.png.name})\n" for p in a.plots]
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- HTML
+
+def html_table(head, rows, caption: str = "", right_from: int = 1) -> str:
+    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f'<td{" class=n" if i >= right_from else ""}>{html.escape(str(c))}</td>'
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _trends_html(trends: pd.DataFrame, metric: str) -> str:
+    out = []
+    for i, (view, by_view) in enumerate(trends.groupby("view", sort=False)):
+        tables = "".join(html_table(TREND_HEAD, trend_rows(g, metric), caption=p)
+                         for p, g in by_view.groupby("hyperparameter", sort=False))
+        body = f"<p class=note>{html.escape(view_caption(view, metric))}.</p>{tables}"
+        out.append(f"<h3>{html.escape(view)}</h3>{body}" if i == 0 else
+                   f"<details><summary><b>{html.escape(view)}</b></summary>{body}</details>")
+    return "".join(out) or "<p>No searched hyperparameter values.</p>"
+
+
+def report_html(a) -> str:
+    """report.html: everything inlined, so the file alone is the report."""
+    from plotly.offline import get_plotlyjs
+
+    e = html.escape
+    sections = [f"<h1>Sweep report: {e(a.name)}</h1><p>{e(a.overview)}</p>",
+                f"<h2>Best configuration</h2><p>{e(headline(a.best, a.metric))}</p>"]
+    if best_rows(a.best):
+        sections.append(html_table(("key", "value"), best_rows(a.best), right_from=2))
+    sections.append(f"<h2>Trends</h2>{_trends_html(a.trends, a.metric)}")
+    if a.pairs:
+        blocks = []
+        for (pa, pb), pair in a.pairs.items():
+            columns, rows = pair_matrix(pair, a.metric)
+            blocks.append(html_table([f"{pa} \\ {pb}", *columns], rows,
+                                     caption=f"{pa} x {pb}: mean {a.metric} (trials), {a.view}"))
+        sections.append("<h2>Pairwise tables</h2>" + "".join(blocks))
+    sections.append("<h2>Importance</h2>" + (
+        html_table(IMPORTANCE_HEAD, importance_rows(a.importance), caption=f"over {a.importance_trials} trials, "
+                   f"{a.metric} at {a.view}") if len(a.importance)
+        else "<p>Not enough finished trials with varying hyperparameters to attribute importance.</p>"))
+    config = {"displaylogo": False, "responsive": True}
+    plots = "".join(f"<div class=plot><h3>{e(p.title)}</h3>"
+                    f"{p.figure.to_html(full_html=False, include_plotlyjs=False, config=config)}</div>"
+                    for p in a.plots)
+    sections.append(f"<h2>Plots</h2>{plots}")
+    return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{e(a.name)}: tune_app report</title>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{STYLE}</style>"
+            f"<script>{get_plotlyjs()}</script></head><body>{''.join(sections)}</body></html>\n")
