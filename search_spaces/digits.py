@@ -4,7 +4,7 @@
 
 20 trials of a small CNN (activation x optimizer x lr x batch size x batch norm x
 epochs), Optuna TPE with ASHA stopping the weak ones. About 2 minutes on a 2-core
-CPU machine (measured 2 min 2 s in a fresh clone); best validation accuracy 99.31 %
+CPU machine (measured 2 min 12 s in a fresh clone, report included); best validation accuracy 99.31 %
 with the default --seed 0 (GELU + AdamW, lr 7.2e-3, batch 64, 15 epochs).
 """
 from ray import tune

@@ -139,6 +139,20 @@ def test_curves_mark_the_best_trial_and_drop_diverged_epochs(history):
         plt.close(fig)
 
 
+def test_a_loss_that_explodes_puts_loss_panels_on_a_log_axis(history):
+    fig, pfig = plots.curves_figures(history)
+    plt.close(fig)
+    assert pfig.layout.yaxis.type == "linear" and fig.axes[0].get_yscale() == "linear"
+    spiked = history.copy()
+    spiked.loc[spiked.index[0], "train_loss"] = 1200.0  # finite, not flagged diverged
+    fig, pfig = plots.curves_figures(spiked)
+    try:
+        assert pfig.layout.yaxis.type == "log" and fig.axes[0].get_yscale() == "log"  # train_loss
+        assert pfig.layout.yaxis3.type == "linear" and fig.axes[2].get_yscale() == "linear"  # train_acc
+    finally:
+        plt.close(fig)
+
+
 def test_metric_vs_step_and_importance_figures(history):
     fig, pfig = plots.metric_vs_step_figures(history, "val_acc")
     plt.close(fig)

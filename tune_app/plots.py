@@ -160,6 +160,12 @@ def metric_vs_step_figures(history: pd.DataFrame, metric: str) -> Figures | None
     return fig, pfig
 
 
+def _spans_decades(values: pd.Series, decades: float = 2.0) -> bool:
+    """True for positive values whose largest is over 10**decades times the smallest (losses only)."""
+    values = values[values > 0]
+    return bool(len(values)) and values.max() / values.min() > 10 ** decades
+
+
 def curves_figures(history: pd.DataFrame, best_trial_id: str | None = None) -> Figures | None:
     """Loss and accuracy curves, every trial faint, the best one bold; diverged epochs are dropped."""
     panels = [c for c in CURVE_PANELS if not _valid(history, c).empty]
@@ -186,7 +192,10 @@ def curves_figures(history: pd.DataFrame, best_trial_id: str | None = None) -> F
                                       showlegend=best and column == panels[0],
                                       hovertemplate=_hover("epoch", _label(column))), **cell)
         _finish(ax, column, "epoch", _label(column))
-        pfig.update_yaxes(title_text=_label(column), **cell)
+        log = column.endswith("loss") and _spans_decades(_valid(history, column)[column])
+        if log:  # one exploding trial would flatten every other curve on a linear axis
+            ax.set_yscale("log")
+        pfig.update_yaxes(title_text=_label(column), type="log" if log else "linear", **cell)
         pfig.update_xaxes(title_text="epoch", **cell)
     if best_line is not None:
         fig.legend(handles=[best_line], loc="outside lower center")
