@@ -12,6 +12,7 @@ from trainables.registry import UnknownName
 
 TRAINABLES = {
     "image_classifier": "trainables.image_classifier",
+    "numpy_mlp": "trainables.numpy_mlp",
 }
 
 
