@@ -99,8 +99,8 @@ def test_missing_data_says_where_which_files_and_how(tmp_path, capsys):
 def test_list_spaces_names_each_with_its_summary(capsys):
     assert main(["--list-spaces"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["cifar_vgg6", "digits"]
-    assert "VGG6 on CIFAR-10" in out[0] and "digits" in out[1]
+    assert [line.split()[0] for line in out] == ["cifar_vgg6", "digits", "fashion_mnist_mlp", "mlp_lab", "mnist_mlp"]
+    assert "VGG6 on CIFAR-10" in out[0] and "digits" in out[1] and "NumPy MLP" in out[2] and "Study 4" in out[3]
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "tune_app.search"],
@@ -110,7 +110,8 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
                          cwd=tmp_path)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "tune_app: error: unknown space 'nope'; known spaces: cifar_vgg6, digits"]
+        "tune_app: error: unknown space 'nope'; known spaces: "
+        "cifar_vgg6, digits, fashion_mnist_mlp, mlp_lab, mnist_mlp"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -62,6 +62,9 @@ METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
 
 
+COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device")  # --plan probes each
+
+
 def run_name(config: dict) -> str:
     """``vgg6_gelu_nadam_bs64_lr0.001``: readable in W&B and Ray's tables."""
     c = {k: config.get(k, p.default) for k, p in PARAMS.items()}

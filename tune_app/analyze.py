@@ -144,6 +144,11 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     at_epoch = at_epoch or analysis.default_at_epoch(history, metric) or 1
     pair_names = parse_pairs(list(pairs), sweep.params)
     trials = trials_frame(sweep.records, metric, mode, at_epoch=at_epoch)
+    plan_file = sweep.path / "plan.json"
+    if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
+        from tune_app import plan
+
+        trials = plan.attach(trials, history, json.loads(plan_file.read_text()), sweep.space.trainable)
     values = analysis.view_values(trials, history, metric, at_epoch)
     trends = analysis.trends(trials, history, sweep.params, metric, mode, at_epoch, sweep.bins)
     pair_tables = {(a, b): analysis.pair_table(trials, values["epoch"], a, b, sweep.bins) for a, b in pair_names}
@@ -213,6 +218,8 @@ def console(a: Analysis) -> str:
     if len(a.importance):
         parts += ["", f"## Importance ({a.importance_trials} trials, {a.metric} at {a.view})", "",
                   report.markdown_table(report.IMPORTANCE_HEAD, report.importance_rows(a.importance))]
+    if "est_epoch_s" in a.trials:
+        parts += ["", report.cost_line(a.trials)]
     parts += ["", f"Summary: {a.sweep.path / 'summary'} ({len(a.trials)} trials); report: "
                   f"{a.sweep.path / 'summary' / 'report.html'}"]
     return "\n".join(parts)

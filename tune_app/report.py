@@ -125,6 +125,29 @@ def headline(best: dict, metric: str) -> str:
             f"(epoch {best['best_epoch']}), at epoch {best['at_epoch']} {fmt(best['at_epoch_value'], metric)}")
 
 
+COST_HEAD = ("trial", "est. s/epoch", "measured s/epoch", "measured / est.", "est. peak MB", "measured peak MB")
+
+
+def cost_rows(trials: pd.DataFrame) -> list[list[str]]:
+    """Estimated (before the sweep) against measured time per epoch and peak memory, per trial."""
+    rows = []
+    for _, r in trials.iterrows():
+        ratio = r["epoch_s"] / r["est_epoch_s"] if r["est_epoch_s"] > 0 else math.nan
+        rows.append([r["name"], f"{r['est_epoch_s']:.2f}", f"{r['epoch_s']:.2f}", f"{ratio:.2f}",
+                     f"{r['est_peak_mem_mb']:.0f}", f"{r['final_peak_mem_mb']:.0f}"])
+    return rows
+
+
+def cost_line(trials: pd.DataFrame) -> str:
+    ratio = (trials["epoch_s"] / trials["est_epoch_s"]).dropna()
+    mem = (trials["final_peak_mem_mb"] / trials["est_peak_mem_mb"]).dropna()
+    if ratio.empty:
+        return "Cost estimates: no trial matched the plan."
+    return (f"Cost estimates vs measured ({len(ratio)} trials): time per epoch measured/estimated median "
+            f"{ratio.median():.2f} (range {ratio.min():.2f} to {ratio.max():.2f}); peak memory median "
+            f"{mem.median():.2f}.")
+
+
 def report_markdown(a) -> str:
     """report.md: the same tables as report.html, with the PNG plots."""
     parts = [f"# Sweep report: {a.name}", "", a.overview, "", "## Best configuration", "",
@@ -137,6 +160,9 @@ def report_markdown(a) -> str:
     parts += ["## Importance", ""]
     parts += [markdown_table(IMPORTANCE_HEAD, importance_rows(a.importance)) if len(a.importance)
               else "_Not enough finished trials with varying hyperparameters to attribute importance._", ""]
+    if "est_epoch_s" in a.trials:
+        parts += ["## Cost: estimated before the sweep vs measured", "", cost_line(a.trials), "",
+                  markdown_table(COST_HEAD, cost_rows(a.trials)), ""]
     parts += ["## Plots", ""]
     parts += [f"### {p.title}\n\n![{p.title}](plots/{p.png.name})\n" for p in a.plots]
     return "\n".join(parts) + "\n"
@@ -184,6 +210,9 @@ def report_html(a) -> str:
         html_table(IMPORTANCE_HEAD, importance_rows(a.importance), caption=f"over {a.importance_trials} trials, "
                    f"{a.metric} at {a.view}") if len(a.importance)
         else "<p>Not enough finished trials with varying hyperparameters to attribute importance.</p>"))
+    if "est_epoch_s" in a.trials:
+        sections.append(f"<h2>Cost: estimated before the sweep vs measured</h2><p>{e(cost_line(a.trials))}</p>"
+                        + html_table(COST_HEAD, cost_rows(a.trials)))
     config = {"displaylogo": False, "responsive": True}
     plots = "".join(f"<div class=plot><h3>{e(p.title)}</h3>"
                     f"{p.figure.to_html(full_html=False, include_plotlyjs=False, config=config)}</div>"

@@ -30,6 +30,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces)")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--plan", action="store_true",
+                   help="print each configuration's parameters, estimated memory and time (measured by a short "
+                        "probe) and the total, then exit without training")
     p.add_argument("--searcher", choices=SEARCHERS.names())
     p.add_argument("--scheduler", choices=SCHEDULERS.names())
     p.add_argument("--num-samples", type=int, help="trials to run (grid: repeats of the grid)")
@@ -117,7 +120,7 @@ def plan_new(args) -> dict:
     check_settings(settings)
     name = args.name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resolve_run_dir(args)
-    if (run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json")):
+    if not args.plan and ((run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json"))):
         raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, "
                          f"or pick another --name")
     return {
@@ -223,6 +226,34 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
             failure_config=tune.FailureConfig(max_failures=0)))
 
 
+def plan_table(space, config: dict, s: dict, dataset) -> tuple[list[dict], str]:
+    """Estimated cost of every configuration (see tune_app.plan), and the table that shows it."""
+    import ray
+
+    from tune_app import plan, tuning
+
+    param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+    configs = plan.configurations(param_space, s["num_samples"], s["seed"])
+    trainable = space.trainable
+    configs = [trainable_config(trainable, c) for c in configs]
+    print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
+          f"({plan.PROBE_STEPS} steps each) to estimate {len(configs)} trials...", flush=True)
+    probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"])
+    rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
+    cluster = ray.cluster_resources()
+    concurrency = min(cluster.get("CPU", 1) / s["cpus_per_trial"],
+                      cluster.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf,
+                      s.get("max_concurrent") or math.inf)
+    return rows, plan.table(rows, max(1.0, math.floor(concurrency)))
+
+
+def trainable_config(trainable, config: dict) -> dict:
+    from trainables.params import resolve
+
+    return resolve(trainable.PARAMS, config)
+
+
 def sweep_provenance(dataset) -> dict:
     """What the sweep ran with, recorded when it starts (best_config.json carries it)."""
     from tune_app.provenance import git_commit, versions
@@ -247,8 +278,15 @@ def run(spec: dict, resume: bool) -> int:
     tuning.check(s, config)  # before any data is read or Ray started
     dataset = load_data(space, s)
     join_ray(s)
+    if spec.get("plan_only"):
+        print(plan_table(space, config, s, dataset)[1])
+        return 0
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and s.get("estimate_cost"):
+        rows, text = plan_table(space, config, s, dataset)
+        print(text, flush=True)
+        (run_dir / "plan.json").write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(
         tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
         {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
@@ -289,6 +327,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search")
                 print(f"{name:20s} {doc[0] if doc else ''}")
             return 0
         spec = plan_resume(args) if args.resume else plan_new(args)
+        spec["plan_only"] = bool(args.plan)
         return run(spec, resume=bool(args.resume))
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)

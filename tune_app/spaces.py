@@ -21,6 +21,7 @@ DEFAULT_KEYS = {
     "cpus_per_trial": float, "gpus_per_trial": float, "max_concurrent": int,
     "grace_period": int,  # epochs a trial runs before a scheduler may stop it
     "reduction_factor": int,  # ASHA/HyperBand: keep 1 in this many at each rung
+    "estimate_cost": bool,  # probe each configuration's time and memory before the sweep (see --plan)
 }
 
 

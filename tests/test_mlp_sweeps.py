@@ -1,0 +1,92 @@
+"""Studies 3 and 4 through the search CLI on a local Ray: the NumPy MLP's spaces on generated
+Fashion-MNIST / MNIST idx files, and --plan's cost estimates."""
+import json
+
+import pandas as pd
+import pytest
+from ray import tune
+
+from tests.fake_datasets import write_mnist
+from tune_app import plan
+from tune_app.search import main
+
+TINY = ["--set", "epochs=2", "--set", "num_layers=[1,2]", "--set", "hidden_size=16", "--set", "batch_size=[16,32]",
+        "--cpus-per-trial", "1", "--wandb-mode", "disabled"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, kind="fashion_mnist", n_train=300, n_test=50)
+    write_mnist(root, kind="mnist", n_train=300, n_test=50, seed=1)
+    return root
+
+
+def test_fashion_mnist_mlp_sweep(ray_local, data_dir, tmp_path, capsys):
+    code = main(["--space", "fashion_mnist_mlp", "--num-samples", "4", "--max-epochs", "2", "--data-dir",
+                 str(data_dir), "--storage-path", str(tmp_path), "--name", "fm", *TINY])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    trials = pd.read_parquet(tmp_path / "fm" / "summary" / "trials.parquet")
+    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped", "diverged"}
+    assert all(n.startswith(f"hl_{h}_bs_{b}_ac_") for n, h, b in
+               zip(trials["name"], trials["config/num_layers"], trials["config/batch_size"]))
+    assert (trials["config/dataset"] == "fashion_mnist").all()
+    assert (trials["final_params"] == [784 * 16 + 16 + (16 * 16 + 16) * (h - 1) + 16 * 10 + 10
+                                       for h in trials["config/num_layers"]]).all()
+    best = json.loads((tmp_path / "fm" / "summary" / "best_config.json").read_text())
+    assert best["dataset"]["name"] == "fashion_mnist" and best["dataset"]["train"] == 270
+    assert "### loss (epoch" in out  # cross-entropy vs squared error, tabulated
+
+
+def test_mnist_by_changing_the_dataset(ray_local, data_dir, tmp_path, capsys):
+    code = main(["--space", "mnist_mlp", "--max-epochs", "2", "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path), "--name", "mn", *TINY])
+    assert code == 0, capsys.readouterr().err
+    trials = pd.read_parquet(tmp_path / "mn" / "summary" / "trials.parquet")
+    assert len(trials) == 3 and (trials["config/dataset"] == "mnist").all()
+
+
+def test_plan_prints_estimates_and_writes_nothing(ray_local, data_dir, tmp_path, capsys):
+    code = main(["--space", "mlp_lab", "--plan", "--num-samples", "5", "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path / "runs"), "--set", "hidden_size=[128,256]",
+                 "--set", "batch_size=[16,32]", "--set", "epochs=[10,20]"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit() and "hl_1_bs_" in line]
+    assert len(rows) == 5
+    for line in rows:
+        fields = line.split()
+        params = int(fields[2].replace(",", ""))
+        width = int(fields[1].split("_sz_")[1].split("_")[0])
+        assert params == 784 * width + width + width * 10 + 10
+        assert float(fields[4]) > 0 and int(fields[5]) in (10, 20)
+        assert float(fields[6]) == pytest.approx(float(fields[4]) * int(fields[5]), rel=0.02)
+    assert "total: 5 trials" in out and "with 2 trials at a time" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_estimates_sit_next_to_measurements_after_the_sweep(ray_local, data_dir, tmp_path, capsys):
+    code = main(["--space", "mlp_lab", "--num-samples", "3", "--max-epochs", "2", "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path), "--name", "lab", "--set", "hidden_size=[128,256]",
+                 "--set", "batch_size=32", "--wandb-mode", "disabled"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = json.loads((tmp_path / "lab" / "plan.json").read_text())
+    assert len(rows) == 3 and all(r["est_epoch_s"] > 0 and r["est_peak_mem_mb"] > 0 for r in rows)
+    trials = pd.read_parquet(tmp_path / "lab" / "summary" / "trials.parquet")
+    assert trials[["est_epoch_s", "epoch_s", "est_trial_s", "est_peak_mem_mb"]].notna().all().all()
+    assert (trials["est_trial_s"] == trials["est_epoch_s"] * 2).all()
+    by_width = {r["cost_key"]: r["est_epoch_s"] for r in rows}
+    assert len(set(by_width)) == len({w for w in trials["config/hidden_size"]})  # one probe per width
+    html = (tmp_path / "lab" / "summary" / "report.html").read_text()
+    assert "Cost: estimated before the sweep vs measured" in html and "Cost estimates vs measured (3 trials)" in out
+
+
+def test_configurations_grid_and_sampled():
+    space = {"a": tune.grid_search([1, 2]), "b": tune.choice(["x", "y"]), "c": tune.loguniform(1e-3, 1e-1), "d": 7}
+    configs = plan.configurations(space, 3, seed=0)
+    assert len(configs) == 6 and [c["a"] for c in configs] == [1, 2] * 3
+    assert all(c["b"] in ("x", "y") and 1e-3 <= c["c"] <= 1e-1 and c["d"] == 7 for c in configs)
+    assert configs == plan.configurations(space, 3, seed=0)  # seeded
+    assert plan.duration(90) == "90 s" and plan.duration(600) == "10.0 min" and plan.duration(36000) == "10.0 h"

@@ -1,0 +1,137 @@
+"""What a sweep will cost, before anything trains: ``python -m tune_app.search --space NAME --plan``.
+
+One row per configuration: parameter count, estimated peak memory, estimated time per
+epoch and per trial, and the total. The estimates come from a short measured probe: for
+each distinct cost-relevant configuration (architecture, batch size, dataset; the
+trainable's ``COST_KEYS``) the real ``fit`` trains three epochs on a slice of the training
+set (20 steps, at least 8192 samples) with the whole validation split, in a fresh Ray worker
+with the trial's resources. The faster warm epoch gives training samples/s and evaluation
+seconds; an epoch is then
+``train size / samples/s + evaluation seconds``. Peak memory is what the trainable itself
+reports (``peak_mem_mb``) in that worker, plus the part of the training set the probe did
+not touch. A grid is listed in full; a sampled space is listed as ``num_samples`` draws
+from its distributions (seeded): the searcher's own picks will differ, the cost mix not much.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+
+import numpy as np
+
+PROBE_STEPS = 20  # training steps per probe epoch, and at least PROBE_SAMPLES samples
+PROBE_SAMPLES = 8192
+PLAN_FILE = "plan.json"
+
+
+def configurations(param_space: dict, num_samples: int, seed: int) -> list[dict]:
+    """The configurations a sweep will run (a grid, times num_samples), or draws from a sampled space."""
+    from ray.tune.search.sample import Domain
+
+    grid = {k: v["grid_search"] for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v}
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+    out = []
+    for _ in range(num_samples):
+        for combo in itertools.product(*grid.values()) if grid else [()]:
+            config = dict(zip(grid, combo))
+            for key, value in param_space.items():
+                if key in grid:
+                    continue
+                config[key] = value.sample(random_state=rng) if isinstance(value, Domain) else value
+            out.append({k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()})
+    return out
+
+
+def cost_key(trainable, config: dict) -> tuple:
+    return tuple((k, json.dumps(config.get(k), default=str)) for k in trainable.COST_KEYS)
+
+
+def _probe(fit, config: dict, data: dict, steps: int) -> dict:
+    """Three epochs on a slice of the training set; the faster of the two warm ones counts (a neighbour
+    starting up can slow one down). The modules a Tune trial's worker holds are imported first, so that
+    the memory the worker reports compares with a trial's."""
+    import tune_app.ray_adapter  # noqa: F401  (Ray Tune, torch: what a trial's process has loaded)
+    from trainables.reporting import LocalReporter
+
+    n = min(len(data["y_train"]), max(steps * int(config["batch_size"]), PROBE_SAMPLES))
+    probe_data = {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]}
+    reporter = LocalReporter()
+    fit({**config, "epochs": 3, "max_epochs": 0}, probe_data, reporter)
+    last = max(reporter.history[1:], key=lambda m: m["samples_per_s"])
+    return {"probe_samples": n, "samples_per_s": last["samples_per_s"],
+            "eval_s": max(0.0, last["epoch_time_s"] - n / last["samples_per_s"]),
+            "peak_mem_mb": last["peak_mem_mb"], "params": last["params"]}
+
+
+def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_bytes: int, cpus: float,
+              gpus: float) -> dict:
+    """Run one probe per distinct cost key as Ray tasks, each in a fresh worker (max_calls=1)."""
+    import ray
+
+    remote = ray.remote(max_calls=1, num_cpus=cpus, num_gpus=gpus)(_probe)
+    keys = list(dict.fromkeys(cost_key(trainable, c) for c in configs))
+    first = {cost_key(trainable, c): c for c in reversed(configs)}
+    futures = {k: remote.remote(trainable.fit, first[k], data_ref, PROBE_STEPS) for k in keys}
+    results = dict(zip(futures, ray.get(list(futures.values()))))
+    for result in results.values():
+        result["untouched_mb"] = train_bytes * (1 - result["probe_samples"] / n_train) / 2**20
+    return results
+
+
+def estimate(trainable, configs: list[dict], probes: dict, n_train: int) -> list[dict]:
+    rows = []
+    for i, c in enumerate(configs, start=1):
+        p = probes[cost_key(trainable, c)]
+        epoch_s = n_train / p["samples_per_s"] + p["eval_s"]
+        epochs = min(int(c["epochs"]), int(c.get("max_epochs") or c["epochs"]))
+        rows.append({"config": i, "name": trainable.run_name(c), "params": int(p["params"]), "epochs": epochs,
+                     "est_peak_mem_mb": p["peak_mem_mb"] + p["untouched_mb"], "est_epoch_s": epoch_s,
+                     "est_trial_s": epoch_s * epochs, "cost_key": json.dumps(cost_key(trainable, c))})
+    return rows
+
+
+def table(rows: list[dict], concurrency: float) -> str:
+    head = f"{'#':>4}  {'configuration':<48} {'params':>10} {'est. peak MB':>12} {'s/epoch':>9} {'epochs':>6} " \
+           f"{'s/trial':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['config']:>4}  {r['name'][:48]:<48} {r['params']:>10,} {r['est_peak_mem_mb']:>12.0f} "
+                     f"{r['est_epoch_s']:>9.3g} {r['epochs']:>6} {r['est_trial_s']:>9.3g}")
+    total = math.fsum(r["est_trial_s"] for r in rows)
+    lines.append(f"total: {len(rows)} trials, {duration(total)} of training; about {duration(total / concurrency)} "
+                 f"with {concurrency:g} trials at a time (before any early stopping)")
+    return "\n".join(lines)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def attach(trials, history, rows: list[dict], trainable):
+    """Estimates next to what each trial measured: est_epoch_s / epoch_s (median epoch), est_peak_mem_mb /
+    final_peak_mem_mb, est_trial_s (at the trial's planned epochs) / seconds."""
+    from trainables.params import resolve
+    from tune_app.summary import config_of
+
+    by_key = {r["cost_key"]: r for r in rows}
+    est_epoch, est_mem = [], []
+    for _, row in trials.iterrows():
+        try:
+            key = json.dumps(cost_key(trainable, resolve(trainable.PARAMS, config_of(row, trials))))
+        except ValueError:
+            key = None
+        hit = by_key.get(key, {})
+        est_epoch.append(hit.get("est_epoch_s", math.nan))
+        est_mem.append(hit.get("est_peak_mem_mb", math.nan))
+    median = history.groupby("trial_id")["epoch_time_s"].median() if "epoch_time_s" in history else {}
+    trials = trials.copy()
+    trials["est_epoch_s"] = est_epoch
+    trials["epoch_s"] = [median.get(t, math.nan) for t in trials["trial_id"]]
+    trials["est_trial_s"] = trials["est_epoch_s"] * trials["target_epochs"].astype("float64")
+    trials["est_peak_mem_mb"] = est_mem
+    return trials
