@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -125,25 +126,55 @@ def _provenance(sweep: rundir.Sweep) -> dict:
     return {**provenance(**sweep_info), **spec.get("provenance", {}), "analyzed_with": provenance()["git_commit"]}
 
 
+def load_trials(path, metric=None, mode=None, at_epoch=None):
+    """(sweep, history, trials table, at_epoch) of a run directory; UsageError when it has no results."""
+    sweep = rundir.load(path, metric, mode)
+    history = history_frame(sweep.records)
+    if history.empty or sweep.metric not in history:
+        raise UsageError(f"{sweep.path}: none of its {len(sweep.records)} trials has reported a result yet; "
+                         f"nothing to analyze")
+    depth = analysis.reached(history, sweep.metric)
+    deepest = int(depth.max()) if len(depth) else 0
+    if at_epoch is not None and not 1 <= at_epoch <= deepest:
+        raise UsageError(f"--at-epoch {at_epoch}: no trial reached that epoch (the deepest any trial reached "
+                         f"is {deepest})")
+    at_epoch = at_epoch or analysis.default_at_epoch(history, sweep.metric) or 1
+    return sweep, history, trials_frame(sweep.records, sweep.metric, sweep.mode, at_epoch=at_epoch), at_epoch
+
+
+def top_configs(path, k: int, flag: str = "--top-k") -> tuple[rundir.Sweep, dict]:
+    """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
+    (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
+    Returns (sweep, topk payload). Raises UsageError when there are fewer than k eligible trials."""
+    if k < 1:
+        raise UsageError(f"{flag} {k}: must be at least 1")
+    saved = Path(path).expanduser() / "summary" / "topk.json"
+    rule, at_epoch = "last", None
+    if saved.is_file():
+        previous = json.loads(saved.read_text())
+        rule, at_epoch = previous.get("selection_rule", rule), previous.get("at_epoch")
+    sweep, _, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
+    if sweep.spec is None or sweep.space is None:
+        raise UsageError(f"{sweep.path} is not a tune_app sweep of a space this version knows (no "
+                         f"{rundir.SPEC_FILE} naming one), so its trainable is unknown")
+    top = top_k_payload(trials, sweep.metric, sweep.mode, rule, k)
+    if len(top["trials"]) < k:
+        counts = _status_counts(trials)
+        raise UsageError(f"{flag} {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
+                         f"({counts['completed']} completed, {counts['stopped']} stopped early, {counts['diverged']} "
+                         f"diverged, {counts['error']} failed); ask for at most {len(top['trials'])}")
+    return sweep, top
+
+
 def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5) -> Analysis:
     """Everything but the files: raises UsageError (one line) before anything is written."""
     if select not in RULES:
         raise UsageError(f"--select {select}: use one of {', '.join(RULES)}")
     if top_k < 1:
         raise UsageError(f"--top-k {top_k}: must be at least 1")
-    sweep = rundir.load(path, metric, mode)
+    sweep, history, trials, at_epoch = load_trials(path, metric, mode, at_epoch)
     metric, mode = sweep.metric, sweep.mode
-    history = history_frame(sweep.records)
-    if history.empty or metric not in history:
-        raise UsageError(f"{sweep.path}: none of its {len(sweep.records)} trials has reported a result yet; "
-                         f"nothing to analyze")
-    deepest = int(analysis.reached(history, metric).max()) if len(analysis.reached(history, metric)) else 0
-    if at_epoch is not None and not 1 <= at_epoch <= deepest:
-        raise UsageError(f"--at-epoch {at_epoch}: no trial reached that epoch (the deepest any trial reached "
-                         f"is {deepest})")
-    at_epoch = at_epoch or analysis.default_at_epoch(history, metric) or 1
     pair_names = parse_pairs(list(pairs), sweep.params)
-    trials = trials_frame(sweep.records, metric, mode, at_epoch=at_epoch)
     plan_file = sweep.path / "plan.json"
     if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
         from tune_app import plan
