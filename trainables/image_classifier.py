@@ -63,6 +63,7 @@ METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 
 
 COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device")  # --plan probes each
+WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
 def run_name(config: dict) -> str:
@@ -139,7 +140,10 @@ def train_epoch(model, opt, data: DeviceData, cfg: dict, gen: torch.Generator, a
 
 
 @torch.inference_mode()
-def evaluate(model, data: DeviceData, batch_size: int) -> tuple[float, float]:
+def evaluate_model(model, data: DeviceData, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy); NaN for both on an empty split (training on train+val)."""
+    if len(data) == 0:
+        return math.nan, math.nan
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
@@ -149,6 +153,47 @@ def evaluate(model, data: DeviceData, batch_size: int) -> tuple[float, float]:
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(data), correct / len(data)
+
+
+def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained network of a checkpoint ``state`` (its config and weights), in eval mode. ``data`` gives
+    the input shape and class count. Weights that do not fit the configured model raise one-line ValueError."""
+    cfg = state["config"]
+    model = build_model(cfg["model"], data["input_shape"], data["num_classes"], cfg["activation"], cfg["batch_norm"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        reason = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise ValueError(f"the weights do not fit model {cfg['model']} (batch_norm={cfg['batch_norm']}) for input "
+                         f"{tuple(data['input_shape'])} and {data['num_classes']} classes: {reason}") from None
+    return model.to(device).eval()
+
+
+def check_weights(state: dict, data: dict) -> None:
+    """One-line ValueError when the weights of ``state`` do not fit its configured model on ``data``."""
+    load_model(state, data)
+
+
+def _logits(state: dict, x_uint8: np.ndarray, data: dict, device) -> torch.Tensor:
+    device = pick_device(device or state["config"]["device"])
+    model = load_model(state, data, device)
+    x = DeviceData(x_uint8, np.zeros(len(x_uint8), np.int64), data["mean"], data["std"], device)
+    batch = state["config"]["eval_batch_size"]
+    with torch.inference_mode():
+        parts = [model(x.normalize(x.x[s:s + batch])).float().cpu() for s in range(0, len(x), batch)]
+    return torch.cat(parts) if parts else torch.empty(0, data["num_classes"])
+
+
+def predict(state: dict, x_uint8: np.ndarray, data: dict, device=None) -> np.ndarray:
+    """Class indices for uint8 images (N, C, H, W) from a checkpoint ``state`` as ``fit`` reports it."""
+    return _logits(state, x_uint8, data, device).argmax(1).numpy()
+
+
+def evaluate(state: dict, x_uint8: np.ndarray, y: np.ndarray, data: dict, device=None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a checkpoint ``state`` on uint8 images and labels."""
+    logits = _logits(state, x_uint8, data, device)
+    target = torch.as_tensor(y, dtype=torch.long)
+    return F.cross_entropy(logits, target).item(), int((logits.argmax(1) == target).sum()) / len(target)
 
 
 def apply_new_hyperparameters(opt, schedule, old: dict, new: dict) -> None:
@@ -208,8 +253,8 @@ def fit(config: dict, data: dict, reporter) -> None:
         if diverged:
             val_loss, val_acc = float("nan"), 0.0
         else:
-            val_loss, val_acc = evaluate(model, val, cfg["eval_batch_size"])
-            diverged = not math.isfinite(val_loss)
+            val_loss, val_acc = evaluate_model(model, val, cfg["eval_batch_size"])
+            diverged = len(val) > 0 and not math.isfinite(val_loss)
         schedule.step()
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": 0.0 if diverged else train_acc,

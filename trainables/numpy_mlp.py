@@ -355,6 +355,7 @@ METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 
 
 COST_KEYS = ("dataset", "num_layers", "hidden_size", "batch_size")  # what --plan probes per distinct value
+WEIGHT_KEYS = ("params",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
 def run_name(config: dict) -> str:
@@ -386,6 +387,9 @@ def peak_memory_mb() -> float:
 
 
 def _evaluate(params, activation: str, loss: str, inputs: Inputs, x_uint8, y) -> tuple[float, float]:
+    """(mean loss, accuracy); NaN for both on an empty split (training on train+val)."""
+    if len(y) == 0:
+        return math.nan, math.nan
     loss_sum, correct = 0.0, 0
     for start in range(0, len(y), EVAL_BATCH):
         logits = forward(params, inputs(x_uint8[start:start + EVAL_BATCH]), activation)[-1]
@@ -401,6 +405,20 @@ def evaluate(state: dict, x_uint8: np.ndarray, y: np.ndarray, data: dict) -> tup
     cfg = state["config"]
     with np.errstate(all="ignore"):
         return _evaluate(state["params"], cfg["activation"], cfg["loss"], Inputs(data), x_uint8, y)
+
+
+def check_weights(state: dict, data: dict) -> None:
+    """One-line ValueError when the weights of ``state`` do not fit its configured network on ``data``."""
+    cfg = state["config"]
+    sizes = layer_sizes(math.prod(data["input_shape"]), cfg["num_layers"], cfg["hidden_size"], data["num_classes"])
+    expected = [shape for fan_in, fan_out in zip(sizes, sizes[1:]) for shape in ((fan_in, fan_out), (fan_out,))]
+    found = [tuple(np.shape(p)) for p in state["params"]]
+    if found != expected:
+        i = next((i for i, (f, e) in enumerate(zip(found, expected)) if f != e), min(len(found), len(expected)))
+        what = f"entry {i} has shape {found[i]}, expected {expected[i]}" if i < min(len(found), len(expected)) \
+            else f"{len(found)} arrays, expected {len(expected)}"
+        raise ValueError(f"the weights do not fit {cfg['num_layers']} hidden layers of {cfg['hidden_size']} units "
+                         f"for input {tuple(data['input_shape'])} and {data['num_classes']} classes: {what}")
 
 
 def predict(state: dict, x_uint8: np.ndarray, data: dict) -> np.ndarray:
@@ -470,7 +488,7 @@ def fit(config: dict, data: dict, reporter) -> None:
                 val_loss, val_acc = float("nan"), 0.0
             else:
                 val_loss, val_acc = _evaluate(params, cfg["activation"], cfg["loss"], inputs, x_val, data["y_val"])
-                diverged = not math.isfinite(val_loss)
+                diverged = len(x_val) > 0 and not math.isfinite(val_loss)
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": 0.0 if diverged else train_acc,
             "val_loss": val_loss, "val_acc": 0.0 if diverged else val_acc, "lr": cfg["lr"],
