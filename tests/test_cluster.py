@@ -31,6 +31,16 @@ def test_search_joins_the_cluster_with_address(two_node_cluster, tmp_path):
     assert len(trials) == 2 and (trials["status"] == "completed").all()
     assert json.loads((tmp_path / "on-cluster" / "summary" / "best_config.json").read_text())["config"]
 
+    # the winner's seeds as Ray tasks on the same cluster, spread over its two nodes
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_app.retrain", str(tmp_path / "on-cluster"), "--address",
+         two_node_cluster.address, "--seeds", "2", "--wandb-mode", "disabled"],
+        capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    retrained = json.loads((tmp_path / "on-cluster" / "retrain" / "retrain.json").read_text())
+    nodes = {r["node"] for r in retrained["configs"][0]["runs"]}
+    assert nodes == {n.node_id for n in two_node_cluster.list_all_nodes()}
+
 
 def test_a_trial_larger_than_the_cluster_is_refused(two_node_cluster, tmp_path):
     run = subprocess.run(

@@ -39,15 +39,21 @@ def records(path: Path) -> list[pb.Record]:
 
 
 def read_run(path: Path) -> dict:
-    """{"name", "group", "project", "id", "config": {...}, "history": [{metric: value}, ...]}"""
-    run = {"config": {}, "history": []}
+    """{"name", "group", "project", "id", "job_type", "config": {...}, "history": [{metric: value}, ...],
+    "artifacts": [{"type", "name", "aliases", "files", "metadata"}]}"""
+    run = {"config": {}, "history": [], "artifacts": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             r = record.run
-            run.update(name=r.display_name, group=r.run_group, project=r.project, id=r.run_id)
+            run.update(name=r.display_name, group=r.run_group, project=r.project, id=r.run_id, job_type=r.job_type)
             run["config"].update({u.key: json.loads(u.value_json) for u in r.config.update if u.key != "_wandb"})
         elif kind == "history":
             run["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                                    for i in record.history.item})
+        elif kind == "artifact":
+            a = record.artifact
+            run["artifacts"].append({"type": a.type, "name": a.name, "aliases": sorted(a.aliases),
+                                     "files": [e.path for e in a.manifest.contents],
+                                     "metadata": json.loads(a.metadata or "{}")})
     return run

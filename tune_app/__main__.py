@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = {"search": "tune_app.search", "analyze": "tune_app.analyze", "train": "tune_app.train"}
+COMMANDS = {"search": "tune_app.search", "analyze": "tune_app.analyze", "retrain": "tune_app.retrain",
+            "train": "tune_app.train"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,7 @@ class Analysis:
     plots: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)
     study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
+    retrain: dict | None = None  # <run dir>/retrain/retrain.json, when tune_app.retrain has run
 
     @property
     def name(self) -> str:
@@ -194,8 +195,20 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
                        "trials": _status_counts(trials), **prov})
     result = Analysis(sweep=sweep, at_epoch=at_epoch, select=select, trials=trials, history=history, trends=trends,
                       pairs=pair_tables, importance=analysis.importance(study), importance_trials=len(study.trials),
-                      best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study)
+                      best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
+                      retrain=_retrain_summary(sweep.path))
     return result
+
+
+def _retrain_summary(path: Path) -> dict | None:
+    from tune_app.retrain import RETRAIN_DIR
+
+    found = path / RETRAIN_DIR / "retrain.json"
+    try:
+        return json.loads(found.read_text()) if found.is_file() else None
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s is unreadable (%s); the report has no retrain section", found, e)
+        return None
 
 
 def _no_best_reason(trials: pd.DataFrame, select: str, at_epoch: int) -> str:

@@ -148,6 +148,40 @@ def cost_line(trials: pd.DataFrame) -> str:
             f"{mem.median():.2f}.")
 
 
+RETRAIN_FIGURES = (("confusion_matrix.png", "Confusion matrix of the kept model on the test set"),
+                   ("samples.png", "One test image per class: true -> predicted"))
+
+
+def retrain_markdown(summary: dict) -> str:
+    from tune_app import retrain
+
+    parts = ["## Retrain on the test set", "", retrain.overview(summary), "",
+             markdown_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2), "",
+             *[f"- {line}" for line in retrain.notes(summary)], ""]
+    parts += [f"![{title}](../{retrain.RETRAIN_DIR}/{name})\n" for name, title in RETRAIN_FIGURES]
+    return "\n".join(parts)
+
+
+def retrain_html(summary: dict, run_dir) -> str:
+    """The retrain section; its figures are inlined as data URIs so the report stays one self-contained file."""
+    import base64
+
+    from tune_app import retrain
+
+    e = html.escape
+    figures = []
+    for name, title in RETRAIN_FIGURES:
+        png = run_dir / retrain.RETRAIN_DIR / name
+        if png.is_file():
+            data = base64.b64encode(png.read_bytes()).decode()
+            figures.append(f"<div class=plot><h3>{e(title)}</h3><img alt='{e(title)}' style='max-width:100%' "
+                           f"src='data:image/png;base64,{data}'></div>")
+    return (f"<h2>Retrain on the test set</h2><p>{e(retrain.overview(summary))}</p>"
+            + html_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2)
+            + "<ul>" + "".join(f"<li>{e(line)}</li>" for line in retrain.notes(summary)) + "</ul>"
+            + "".join(figures))
+
+
 def report_markdown(a) -> str:
     """report.md: the same tables as report.html, with the PNG plots."""
     parts = [f"# Sweep report: {a.name}", "", a.overview, "", "## Best configuration", "",
@@ -163,6 +197,8 @@ def report_markdown(a) -> str:
     if "est_epoch_s" in a.trials:
         parts += ["## Cost: estimated before the sweep vs measured", "", cost_line(a.trials), "",
                   markdown_table(COST_HEAD, cost_rows(a.trials)), ""]
+    if a.retrain is not None:
+        parts += [retrain_markdown(a.retrain), ""]
     parts += ["## Plots", ""]
     parts += [f"### {p.title}\n\n![{p.title}](plots/{p.png.name})\n" for p in a.plots]
     return "\n".join(parts) + "\n"
@@ -213,6 +249,8 @@ def report_html(a) -> str:
     if "est_epoch_s" in a.trials:
         sections.append(f"<h2>Cost: estimated before the sweep vs measured</h2><p>{e(cost_line(a.trials))}</p>"
                         + html_table(COST_HEAD, cost_rows(a.trials)))
+    if a.retrain is not None:
+        sections.append(retrain_html(a.retrain, a.sweep.path))
     config = {"displaylogo": False, "responsive": True}
     plots = "".join(f"<div class=plot><h3>{e(p.title)}</h3>"
                     f"{p.figure.to_html(full_html=False, include_plotlyjs=False, config=config)}</div>"

@@ -1,0 +1,721 @@
+"""Retrain a sweep's best configurations and measure them on the test set:
+``python -m tune_app.retrain runs/<name>``.
+
+A sweep's best validation accuracy is partly luck: one seed, one split, the maximum of many
+noisy numbers. This retrains the best configuration (or the top k, ``--top-k``) with several
+seeds through the same ``fit`` the sweep ran, then evaluates each final model on the test set,
+which no part of the search has seen. By default the seeds are the trial's own seed and the
+next ones, so the first retrain repeats the sweep's trial: on a CPU it must give the sweep's
+numbers to the last digit, and ``retrain.json`` says whether it did.
+
+Selection never looks at the test set: the model kept is the configuration with the best mean
+validation metric over its seeds, and its seed with the best validation metric (with
+``--train-on train+val`` there is no validation split: the search's ranking and the lowest
+training loss decide).
+
+Writes ``<run dir>/retrain/``: ``retrain.json`` (every number and its provenance),
+``model.pt`` (load it with ``tune_app.retrain.load_model(path)``), ``confusion_matrix.csv`` and
+``.png``, ``per_class.csv`` and ``samples.png`` (one test image per class with its prediction).
+The folder is built under a temporary name and swapped in whole; the sweep's report gains a
+retrain section.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import shutil
+import socket
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tune_app import ray_output  # noqa: F401  (before Ray is imported)
+from tune_app.errors import OneLineParser, UsageError
+
+RETRAIN_DIR = "retrain"
+MODEL_FILE = "model.pt"
+MODEL_FORMAT = "tune_app.model/1"
+CONFUSED_PAIRS = 10  # most-confused (true, predicted) pairs listed
+
+
+def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentParser:
+    p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>")
+    p.add_argument("--top-k", type=int, default=1, help="retrain the k best configurations (default 1)")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=3,
+                       help="seeds per configuration: the trial's own seed and the next ones (default 3)")
+    seeds.add_argument("--seed-list", help="explicit seeds, e.g. 1,2,3")
+    p.add_argument("--epochs", type=int, help="train this many epochs; schedules scale with it (default: as the "
+                                              "trial was configured)")
+    p.add_argument("--train-on", choices=("train", "train+val"), default="train",
+                   help="train+val folds the validation split back into training")
+    p.add_argument("--address", help="Ray cluster to run the seeds on (default: the sweep's; a local Ray if none)")
+    p.add_argument("--cpus-per-trial", type=float, help="per retrain (default: the sweep's)")
+    p.add_argument("--gpus-per-trial", type=float, help="per retrain (default: the sweep's)")
+    p.add_argument("--data-dir", help="dataset files (default: the sweep's)")
+    p.add_argument("--evaluate", metavar="MODEL_FILE",
+                   help="train nothing: evaluate a model file on the sweep's test set and print the numbers")
+    p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), help="default: as the sweep did")
+    p.add_argument("--wandb-project", help="default: the sweep's")
+    p.add_argument("--wandb-entity")
+    return p
+
+
+# ---------------------------------------------------------------- planning (no Ray)
+
+@dataclass
+class Candidate:
+    """One configuration to retrain: where it came from in the search, and the seeds it gets."""
+    rank: int
+    trial_id: str
+    trial_name: str
+    search: dict  # the search's numbers for it: value, last_value, best_epoch_value, epochs, status
+    config: dict  # the trial's config, resolved against the trainable (seed and epochs set per run)
+    seeds: list[int]
+    own_seed: int  # the seed the trial ran with in the sweep
+    own_epochs: int  # the length the trial was configured for (its schedule's length)
+    runs: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    run_dir: Path
+    sweep: object
+    trainable: object
+    settings: dict
+    candidates: list[Candidate]
+    epochs: int | None
+    train_on: str
+    rule: str
+
+
+def parse_seeds(args, own_seed: int) -> list[int]:
+    if args.seed_list is not None:
+        try:
+            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seed-list {args.seed_list}: give whole numbers separated by commas, "
+                             f"e.g. --seed-list 1,2,3") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UsageError(f"--seed-list {args.seed_list}: give one or more different seeds, e.g. 1,2,3")
+        return seeds
+    if args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be at least 1")
+    return [own_seed + i for i in range(args.seeds)]
+
+
+def run_config(trainable, config: dict, seed: int, epochs: int | None) -> dict:
+    """The trial's config for one retrain: its seed, and its epochs (the sweep's cap folded in, or --epochs)."""
+    from trainables.params import resolve
+
+    c = resolve(trainable.PARAMS, config)
+    c["epochs"] = epochs or min(c["epochs"], c["max_epochs"] or c["epochs"])
+    return {**c, "seed": seed, "max_epochs": 0}
+
+
+def make_plan(args) -> Plan:
+    """Everything the retrain will do, checked before any data is read or Ray started."""
+    from tune_app.analyze import top_configs
+
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs {args.epochs}: must be at least 1")
+    for flag in ("cpus_per_trial", "gpus_per_trial"):
+        value = getattr(args, flag)
+        if value is not None and (not math.isfinite(value) or value < (0 if flag == "gpus_per_trial" else 1e-9)):
+            raise UsageError(f"--{flag.replace('_', '-')} {value:g}: must be more than 0 (GPUs: 0 or more)")
+    sweep, top = top_configs(args.run_dir, args.top_k)
+    trainable = sweep.space.trainable
+    candidates = []
+    for entry in top["trials"]:
+        try:
+            config = run_config(trainable, entry["config"], 0, args.epochs)
+        except ValueError as e:
+            raise UsageError(f"{sweep.path.name}: trial {entry['trial_name']}'s configuration is not accepted by "
+                             f"this version of tune_app: {str(e).splitlines()[0]}") from None
+        own_seed = int(entry["config"].get("seed", config["seed"]))
+        own_epochs = run_config(trainable, entry["config"], own_seed, None)["epochs"]
+        search = {k: entry.get(k) for k in ("value", "last_value", "best_epoch_value", "best_epoch", "epochs",
+                                            "status")}
+        candidates.append(Candidate(entry["rank"], entry["trial_id"], entry["trial_name"], search, config,
+                                    parse_seeds(args, own_seed), own_seed, own_epochs))
+    s = dict(sweep.spec["settings"])
+    for key in ("address", "cpus_per_trial", "gpus_per_trial", "data_dir", "wandb_mode", "wandb_project",
+                "wandb_entity"):
+        if getattr(args, key, None) is not None:
+            s[key] = getattr(args, key)
+    if args.data_dir is not None:
+        s["data_dir"] = str(Path(args.data_dir).resolve())
+    return Plan(sweep.path, sweep, trainable, s, candidates, args.epochs, args.train_on, top["selection_rule"])
+
+
+def load_dataset(plan: Plan):
+    """The sweep's dataset, read once by the driver; refused when it is not the data the sweep saw."""
+    from tune_app.search import load_data
+
+    dataset = load_data(plan.sweep.space, plan.settings)
+    recorded = (plan.sweep.spec.get("provenance") or {}).get("dataset", {}).get("fingerprint")
+    if recorded and recorded != dataset.fingerprint():
+        raise UsageError(f"the dataset under {plan.settings['data_dir']} (fingerprint {dataset.fingerprint()}) is not "
+                         f"the one the sweep used ({recorded}); point --data-dir at the sweep's copy")
+    return dataset
+
+
+def training_view(dataset, train_on: str) -> dict:
+    """What ``fit`` trains on: the sweep's splits, or train+val merged with an empty validation split."""
+    view = dataset.sweep_view()
+    if train_on == "train+val":
+        view.update(x_train=np.concatenate([dataset.x_train, dataset.x_val]),
+                    y_train=np.concatenate([dataset.y_train, dataset.y_val]),
+                    x_val=dataset.x_val[:0], y_val=dataset.y_val[:0])
+    return view
+
+
+# ---------------------------------------------------------------- one retrain (a Ray task)
+
+def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_test: np.ndarray, cpus: float) -> dict:
+    """Train ``config`` through the trainable's own ``fit``, then measure the final model on the test set.
+
+    The thread count follows the resources, as in a sweep's trial, so a CPU retrain repeats the sweep's
+    arithmetic exactly. Returns the history, test numbers, confusion matrix and the weights."""
+    from trainables.reporting import LocalReporter
+
+    threads = max(1, math.floor(cpus))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    trainable = importlib.import_module(module)
+    reporter = LocalReporter()
+    t0 = time.perf_counter()
+    trainable.fit(config, data, reporter)
+    seconds = time.perf_counter() - t0
+    state = reporter.state
+    test_loss, test_acc = trainable.evaluate(state, x_test, y_test, data)
+    predicted = trainable.predict(state, x_test, data)
+    k = data["num_classes"]
+    confusion = np.bincount(y_test * k + predicted, minlength=k * k).reshape(k, k)
+    return {"seed": config["seed"], "history": reporter.history, "test_loss": float(test_loss),
+            "test_acc": float(test_acc), "confusion": confusion, "seconds": seconds, "threads": threads,
+            "host": socket.gethostname(), "node": _node_id(), "weights": {key: state[key] for key in
+                                                                          trainable.WEIGHT_KEYS},
+            "config": state["config"]}
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except ImportError:
+        return None
+
+
+def run_all(plan: Plan, dataset) -> None:
+    """Every (configuration, seed) as a Ray task with the sweep's per-trial resources, in parallel as the
+    cluster allows; results land in ``candidate.runs`` as they finish."""
+    import ray
+
+    s = plan.settings
+    # A fresh worker per run (max_calls=1) frees its GPU memory; SPREAD puts seeds on different nodes.
+    task = ray.remote(num_cpus=s["cpus_per_trial"], num_gpus=s["gpus_per_trial"], max_calls=1,
+                      scheduling_strategy="SPREAD")(retrain_one)
+    data_ref = ray.put(training_view(dataset, plan.train_on))
+    test_x, test_y = ray.put(dataset.x_test), ray.put(dataset.y_test)
+    pending = {}
+    for c in plan.candidates:
+        for seed in c.seeds:
+            ref = task.remote(plan.trainable.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
+                              s["cpus_per_trial"])
+            pending[ref] = c
+    total = len(pending)
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        candidate = pending.pop(ref)
+        result = ray.get(ref)
+        candidate.runs.append(result)
+        last = result["history"][-1]
+        print(f"tune_app: [{total - len(pending)}/{total}] {candidate.trial_name} seed {result['seed']}: "
+              f"{plan.sweep.metric} {_fmt(last.get(plan.sweep.metric), plan.sweep.metric)}, test acc "
+              f"{100 * result['test_acc']:.2f} % ({result['seconds']:.0f} s)", flush=True)
+    for c in plan.candidates:
+        c.runs.sort(key=lambda r: c.seeds.index(r["seed"]))
+
+
+# ---------------------------------------------------------------- numbers
+
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation (n - 1; None for one value) over finite values."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(finite), "std": statistics.stdev(finite) if len(finite) > 1 else None,
+            "n": len(finite)}
+
+
+def final(run: dict, metric: str) -> float:
+    value = run["history"][-1].get(metric)
+    return math.nan if value is None else float(value)
+
+
+def better(a: float, b: float, mode: str) -> bool:
+    if not math.isfinite(b):
+        return math.isfinite(a)
+    return math.isfinite(a) and (a > b if mode == "max" else a < b)
+
+
+def best_run(c: Candidate, metric: str, mode: str) -> dict:
+    """The seed kept for the model file: best validation metric; without validation, lowest training loss."""
+    def key(run):
+        value = final(run, metric)
+        return value if mode == "max" else -value
+
+    if all(not math.isfinite(final(r, metric)) for r in c.runs):
+        return min(c.runs, key=lambda r: final(r, "train_loss") if math.isfinite(final(r, "train_loss")) else math.inf)
+    return max((r for r in c.runs if math.isfinite(final(r, metric))), key=key)
+
+
+def reproduction(c: Candidate, plan: Plan) -> dict | None:
+    """Does the retrain with the trial's own seed repeat the sweep's number at the trial's last epoch? Only
+    comparable when it trains the same data with the same schedule (no --epochs change, no train+val)."""
+    metric = plan.sweep.metric
+    run = next((r for r in c.runs if r["seed"] == c.own_seed), None)
+    trial_epochs = int(c.search["epochs"] or 0)
+    if run is None or plan.train_on != "train" or trial_epochs == 0 or c.config["epochs"] != c.own_epochs:
+        return None
+    retrained = run["history"][trial_epochs - 1].get(metric)
+    swept = c.search["last_value"]
+    same = retrained is not None and swept is not None and float(retrained) == float(swept)
+    return {"seed": c.own_seed, "epoch": trial_epochs, "sweep": swept, "retrain": retrained, "identical": same,
+            "difference": None if not (retrained is not None and swept is not None) else float(retrained) - swept}
+
+
+def summarize(plan: Plan, dataset) -> dict:
+    """retrain.json's numbers: per seed, per configuration (mean and std), the ranking, the kept model."""
+    metric, mode = plan.sweep.metric, plan.sweep.mode
+    k = dataset.num_classes
+    configs = []
+    for c in plan.candidates:
+        per_class = [np.diag(r["confusion"]) / np.maximum(r["confusion"].sum(1), 1) for r in c.runs]
+        seeds = [{"seed": r["seed"], "epochs": len(r["history"]), f"val_{_short(metric)}": _num(final(r, metric)),
+                  "train_loss": _num(final(r, "train_loss")), "test_loss": r["test_loss"], "test_acc": r["test_acc"],
+                  "seconds": r["seconds"], "threads": r["threads"], "host": r["host"], "node": r["node"],
+                  "diverged": bool(r["history"][-1].get("diverged")), "history": _plain_history(r["history"])}
+                 for r in c.runs]
+        val = mean_std([final(r, metric) for r in c.runs])
+        test = mean_std([r["test_acc"] for r in c.runs])
+        configs.append({
+            "rank": c.rank, "trial_id": c.trial_id, "trial_name": c.trial_name,
+            "config": {k: v for k, v in c.config.items() if k != "seed"}, "seeds": c.seeds,
+            "epochs": c.config["epochs"], "search": c.search, "retrain_val": val, "test_acc": test,
+            "test_loss": mean_std([r["test_loss"] for r in c.runs]),
+            "gap_search_minus_retrain_val": _diff(c.search["value"], val["mean"]),
+            "gap_search_minus_test": _diff(c.search["value"], test["mean"]),
+            "per_class_acc": [float(v) for v in np.mean(per_class, axis=0)],
+            "reproduction": reproduction(c, plan), "runs": seeds,
+        })
+    kept = keep(plan)
+    best_seed = best_run(kept, metric, mode)
+    confusion = best_seed["confusion"]
+    return {
+        "run_dir": str(plan.run_dir), "sweep": plan.sweep.name, "space": plan.sweep.spec["space"],
+        "trainable": plan.trainable.__name__.rsplit(".", 1)[-1], "metric": metric, "mode": mode,
+        "selection_rule": plan.rule, "train_on": plan.train_on, "epochs": plan.epochs,
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "classes": list(dataset.classes),
+                    "train": len(dataset.y_train) + (len(dataset.y_val) if plan.train_on == "train+val" else 0),
+                    "val": 0 if plan.train_on == "train+val" else len(dataset.y_val), "test": len(dataset.y_test)},
+        "configs": configs, "ranking": ranking(configs),
+        "model": {"rank": kept.rank, "trial_name": kept.trial_name, "seed": best_seed["seed"], "file": MODEL_FILE,
+                  "test_acc": best_seed["test_acc"], f"val_{_short(metric)}": _num(final(best_seed, metric)),
+                  "chosen_by": ("validation " + metric) if plan.train_on == "train" else "search rank, then train "
+                                                                                         "loss (no validation split)"},
+        "confusion_matrix": confusion.tolist(), "most_confused": most_confused(confusion, dataset.classes),
+        "test_per_class_n": np.bincount(dataset.y_test, minlength=k).tolist(),
+        "determinism": determinism_note(best_seed),
+    }
+
+
+def keep(plan: Plan) -> Candidate:
+    """The configuration whose model is kept: best mean validation metric (the test set never chooses)."""
+    metric, mode = plan.sweep.metric, plan.sweep.mode
+    scored = [(mean_std([final(r, metric) for r in c.runs])["mean"], c) for c in plan.candidates]
+    pool = [(v, c) for v, c in scored if v is not None]
+    if not pool:  # train+val: no validation, the search's ranking stands
+        return plan.candidates[0]
+    return sorted(pool, key=lambda vc: (-vc[0] if mode == "max" else vc[0], vc[1].rank))[0][1]
+
+
+def ranking(configs: list[dict]) -> dict:
+    """Does the search's order of the top k hold on the test set? Kendall's tau between the two orders."""
+    from scipy.stats import kendalltau
+
+    if len(configs) < 2:
+        return {"k": len(configs), "holds": None, "kendall_tau": None, "test_order": [c["rank"] for c in configs]}
+    means = [c["test_acc"]["mean"] if c["test_acc"]["mean"] is not None else -math.inf for c in configs]
+    order = [c["rank"] for _, c in sorted(zip(means, configs), key=lambda mc: (-mc[0], mc[1]["rank"]))]
+    tau = kendalltau([c["rank"] for c in configs], [-m for m in means]).statistic
+    return {"k": len(configs), "holds": order == sorted(order), "kendall_tau": None if math.isnan(tau) else tau,
+            "test_order": order}
+
+
+def most_confused(confusion: np.ndarray, classes, n: int = CONFUSED_PAIRS) -> list[dict]:
+    """The largest off-diagonal counts: which true class is most often taken for which."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:n]
+    rows = confusion.sum(1)
+    out = []
+    for i in flat:
+        t, p = divmod(int(i), confusion.shape[1])
+        if off[t, p] == 0:
+            break
+        out.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p]),
+                    "share_of_true": float(off[t, p] / rows[t])})
+    return out
+
+
+def determinism_note(run: dict) -> str:
+    device = run["config"].get("device", "cpu")
+    return (f"seeded: {run['config']['seed']} drives init, shuffling and augmentation; {run['threads']} CPU "
+            f"threads, as the sweep's trials had; device {device}. On a CPU the same config and seed give the same "
+            f"numbers to the last digit. On a GPU cuDNN may choose other kernels between runs unless "
+            f"deterministic=true.")
+
+
+def _short(metric: str) -> str:
+    return metric.removeprefix("val_")
+
+
+def _num(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _diff(a, b) -> float | None:
+    return None if a is None or b is None else float(a) - float(b)
+
+
+def _fmt(value, metric: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f} %" if metric.endswith("acc") else f"{value:.4g}"
+
+
+def _plain_history(history: list[dict]) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in h.items()}
+            for h in history]
+
+
+# ---------------------------------------------------------------- files
+
+def model_payload(plan: Plan, dataset, summary: dict) -> dict:
+    from tune_app.provenance import provenance
+
+    kept = next(c for c in plan.candidates if c.rank == summary["model"]["rank"])
+    run = next(r for r in kept.runs if r["seed"] == summary["model"]["seed"])
+    return {"format": MODEL_FORMAT, "trainable": summary["trainable"], "config": run["config"],
+            "state_dict": run["weights"], "data": data_meta(dataset),
+            "metrics": {"test_acc": run["test_acc"], "test_loss": run["test_loss"]},
+            "provenance": {**provenance(sweep=plan.sweep.name, trial_id=kept.trial_id, train_on=plan.train_on),
+                           "sweep_provenance": plan.sweep.spec.get("provenance")}}
+
+
+def data_meta(dataset) -> dict:
+    return {"name": dataset.name, "classes": list(dataset.classes), "mean": list(dataset.mean),
+            "std": list(dataset.std), "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+            "fingerprint": dataset.fingerprint()}
+
+
+def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
+    """Build the retrain folder under a temporary name, then swap it in: a failure or a kill midway leaves the
+    previous retrain whole."""
+    import torch
+
+    from tune_app import plots
+
+    out = plan.run_dir / RETRAIN_DIR
+    tmp = plan.run_dir / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        torch.save(payload, tmp / MODEL_FILE)
+        classes = list(dataset.classes)
+        confusion = np.asarray(summary["confusion_matrix"])
+        header = ",".join(["true \\ predicted", *(_csv(c) for c in classes)])
+        rows = [",".join([_csv(name), *map(str, row)]) for name, row in zip(classes, confusion)]
+        (tmp / "confusion_matrix.csv").write_text("\n".join([header, *rows]) + "\n")
+        kept = next(c for c in summary["configs"] if c["rank"] == summary["model"]["rank"])
+        best_seed_acc = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
+        lines = ["class,test_images,acc_mean_over_seeds,acc_kept_model"]
+        lines += [f"{_csv(name)},{n},{m:.6f},{b:.6f}" for name, n, m, b in
+                  zip(classes, summary["test_per_class_n"], kept["per_class_acc"], best_seed_acc)]
+        (tmp / "per_class.csv").write_text("\n".join(lines) + "\n")
+        plots.confusion_png(tmp / "confusion_matrix.png", confusion, classes,
+                                    f"{summary['model']['trial_name']} seed {summary['model']['seed']}: test set")
+        predicted = load_model(tmp / MODEL_FILE).predict(dataset.x_test)
+        plots.samples_png(tmp / "samples.png", dataset.x_test, dataset.y_test, predicted, classes)
+        (tmp / "retrain.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+        old = plan.run_dir / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.old"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _csv(text: str) -> str:
+    text = str(text)
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(ch in text for ch in ',"\n') else text
+
+
+# ---------------------------------------------------------------- the model file
+
+class TrainedModel:
+    """A model file, ready to predict: ``load_model("runs/<name>/retrain/model.pt").predict(images)``.
+
+    ``images`` are uint8 arrays shaped (N, C, H, W) like the dataset's; normalization is part of the model.
+    ``module`` is the PyTorch network for image_classifier (None for the NumPy MLP)."""
+
+    def __init__(self, payload: dict, device: str = "cpu") -> None:
+        from trainables.catalog import get_trainable
+
+        self.payload = payload
+        self.trainable = get_trainable(payload["trainable"])
+        self.config, self.data = payload["config"], payload["data"]
+        self.classes = list(self.data["classes"])
+        self.state = {"config": self.config, **payload["state_dict"]}
+        self.device = device
+        self.trainable.check_weights(self.state, self.data)
+        self.module = self.trainable.load_model(self.state, self.data, device) \
+            if hasattr(self.trainable, "load_model") else None
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self._check(images)
+        kwargs = {"device": self.device} if self.module is not None else {}
+        return self.trainable.predict(self.state, images, self.data, **kwargs)
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """(mean loss, accuracy) on uint8 images and integer labels."""
+        self._check(images)
+        kwargs = {"device": self.device} if self.module is not None else {}
+        return self.trainable.evaluate(self.state, images, labels, self.data, **kwargs)
+
+    def _check(self, images: np.ndarray) -> None:
+        if tuple(images.shape[1:]) != tuple(self.data["input_shape"]):
+            raise ValueError(f"images of shape {tuple(images.shape[1:])}; this model takes "
+                             f"{tuple(self.data['input_shape'])} (C, H, W) uint8 images")
+
+
+def load_model(path, device: str = "cpu") -> TrainedModel:
+    """Load a model file written by ``tune_app.retrain``. Raises ValueError (one line) when the file is not one, or
+    its weights do not fit the model its config describes."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a tune_app model file (no format {MODEL_FORMAT!r}); write one with "
+                         f"python -m tune_app.retrain")
+    try:
+        return TrainedModel(payload, device)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# ---------------------------------------------------------------- W&B
+
+def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
+    """One run per retrain seed in the sweep's group; the kept model as an artifact of type model, alias best.
+    A W&B failure is a warning: the files on disk are complete without it."""
+    from tune_app.wandb_setup import resolve_mode
+
+    s = plan.settings
+    mode = resolve_mode(s.get("wandb_mode"))
+    if mode == "disabled":
+        return
+    try:
+        import logging
+
+        import wandb
+
+        logging.getLogger("wandb").setLevel(logging.WARNING)
+        for cfg in summary["configs"]:
+            for seed_run in cfg["runs"]:
+                kept = cfg["rank"] == summary["model"]["rank"] and seed_run["seed"] == summary["model"]["seed"]
+                run = wandb.init(project=s.get("wandb_project") or "tune_app", entity=s.get("wandb_entity"),
+                                 group=plan.sweep.name, job_type="retrain", dir=str(plan.run_dir), mode=mode,
+                                 name=f"{cfg['trial_name']}-retrain-seed{seed_run['seed']}", reinit="create_new",
+                                 config={**cfg["config"], "seed": seed_run["seed"], "rank": cfg["rank"],
+                                         "train_on": plan.train_on, "search_trial_id": cfg["trial_id"]})
+                try:
+                    for row in seed_run["history"]:
+                        run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},
+                                step=int(row["epoch"]))
+                    run.summary.update({"test_acc": seed_run["test_acc"], "test_loss": seed_run["test_loss"]})
+                    if kept:
+                        artifact = wandb.Artifact(f"{plan.sweep.name}-model", type="model",
+                                                  metadata={"trial_name": cfg["trial_name"], "seed": seed_run["seed"],
+                                                            "test_acc": seed_run["test_acc"],
+                                                            "trainable": summary["trainable"]})
+                        artifact.add_file(str(out / MODEL_FILE))
+                        run.log_artifact(artifact, aliases=["best", "latest"])
+                finally:
+                    run.finish()
+        if mode == "offline":
+            print(f"tune_app: W&B retrain runs kept offline; upload them with: wandb sync "
+                  f"{plan.run_dir}/wandb/offline-run-*", flush=True)
+    except Exception as e:  # noqa: BLE001 - W&B must never cost the retrain
+        print(f"tune_app: warning: W&B logging of the retrain failed ({type(e).__name__}: {e}); the files in {out} "
+              f"are complete", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- output
+
+TABLE_HEAD = ("rank", "configuration", "seeds", "epochs", "search", "retrain validation", "test acc",
+              "search - test")
+
+
+def table_rows(summary: dict) -> list[list[str]]:
+    """One row per retrained configuration: the search's number, the retrain's validation and test numbers."""
+    metric = summary["metric"]
+    return [[str(c["rank"]), c["trial_name"], ",".join(map(str, c["seeds"])), str(c["epochs"]),
+             _fmt(c["search"]["value"], metric), _pm(c["retrain_val"], metric), _pm(c["test_acc"], "acc"),
+             _points(c["gap_search_minus_test"], metric)] for c in summary["configs"]]
+
+
+def notes(summary: dict) -> list[str]:
+    """Reproduction, ranking, the model kept and the most confused classes, a sentence each."""
+    metric, lines = summary["metric"], []
+    for c in summary["configs"]:
+        rep = c["reproduction"]
+        if rep is not None:
+            verdict = "identical" if rep["identical"] else f"differs by {rep['difference']:+.3g}"
+            lines.append(f"Reproduction: {c['trial_name']} seed {rep['seed']} at epoch {rep['epoch']}: sweep "
+                         f"{_fmt(rep['sweep'], metric)}, retrain {_fmt(rep['retrain'], metric)} ({verdict}).")
+    r = summary["ranking"]
+    if r["holds"] is not None:
+        lines.append(f"Ranking of the top {r['k']} on the test set: {' > '.join(map(str, r['test_order']))} "
+                     f"({'the search order holds' if r['holds'] else 'the search order does not hold'}; "
+                     f"Kendall tau {r['kendall_tau']:.2f}).")
+    m = summary["model"]
+    lines.append(f"Model kept: rank {m['rank']} {m['trial_name']} seed {m['seed']} (chosen by {m['chosen_by']}), "
+                 f"test acc {100 * m['test_acc']:.2f} %.")
+    if summary["most_confused"]:
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
+        lines.append(f"Most confused (true -> predicted): {pairs}.")
+    return lines
+
+
+def overview(summary: dict) -> str:
+    d = summary["dataset"]
+    return (f"Retrain of {summary['sweep']} ({summary['trainable']}): train on {summary['train_on']} "
+            f"({d['train']} images), metric {summary['metric']}; test set {d['test']} images never seen by the search.")
+
+
+def console(summary: dict) -> str:
+    from tune_app.report import markdown_table
+
+    return "\n".join([overview(summary), "", markdown_table(TABLE_HEAD, table_rows(summary), right_from=2), "",
+                      *notes(summary)])
+
+
+def _pm(stats: dict, metric: str) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    text = _fmt(stats["mean"], metric)
+    if stats["std"] is not None:
+        text += f" ± {100 * stats['std']:.2f}" if metric.endswith("acc") else f" ± {stats['std']:.3g}"
+    return text
+
+
+def _points(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f} points" if metric.endswith("acc") else f"{value:+.4g}"
+
+
+def refresh_report(plan: Plan) -> None:
+    """Re-analyze with the choices the summary was made with, so the report shows the retrain section."""
+    from tune_app import analyze
+
+    options = {}
+    topk = plan.run_dir / "summary" / "topk.json"
+    if topk.is_file():
+        saved = json.loads(topk.read_text())
+        options = {"select": saved.get("selection_rule", "last"), "at_epoch": saved.get("at_epoch"),
+                   "top_k": saved.get("k", 5)}
+    pairs_csv = plan.run_dir / "summary" / "pairs.csv"
+    if pairs_csv.is_file():
+        import pandas as pd
+
+        pairs = pd.read_csv(pairs_csv)
+        if len(pairs):
+            options["pairs"] = list(dict.fromkeys(f"{a},{b}" for a, b in zip(pairs["first"], pairs["second"])))
+    try:
+        analyze.run(plan.run_dir, wandb_mode="disabled", quiet=True, **options)
+    except UsageError as e:
+        print(f"tune_app: warning: the report was not refreshed ({e})", file=sys.stderr)
+
+
+def evaluate_file(plan: Plan, path: str) -> int:
+    """--evaluate: a model file's numbers on the sweep's test set; writes nothing."""
+    dataset = load_dataset(plan)
+    try:
+        model = load_model(path)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    meta = model.data
+    if (tuple(meta["input_shape"]), meta["num_classes"]) != (dataset.input_shape, dataset.num_classes):
+        raise UsageError(f"{path}: the model takes {tuple(meta['input_shape'])} images in {meta['num_classes']} "
+                         f"classes, the sweep's {dataset.name} has {dataset.input_shape} in {dataset.num_classes}")
+    loss, acc = model.evaluate(dataset.x_test, dataset.y_test)
+    print(f"{path}: {model.payload['trainable']} {model.trainable.run_name(model.config)} on the {dataset.name} test "
+          f"set ({len(dataset.y_test)} images): accuracy {100 * acc:.2f} %, loss {loss:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        plan = make_plan(args)
+        if args.evaluate:
+            return evaluate_file(plan, args.evaluate)
+        dataset = load_dataset(plan)
+        from tune_app.search import join_ray
+
+        join_ray(plan.settings)
+        runs = sum(len(c.seeds) for c in plan.candidates)
+        print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
+              f"{len(plan.candidates[0].seeds)} seeds = {runs} runs on {plan.train_on} "
+              f"({plan.settings['cpus_per_trial']:g} CPU / {plan.settings['gpus_per_trial']:g} GPU each), then the "
+              f"test set ({len(dataset.y_test)} images)", flush=True)
+        run_all(plan, dataset)
+        summary = summarize(plan, dataset)
+        out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary))
+        log_wandb(plan, summary, out)
+        refresh_report(plan)
+        print(console(summary))
+        print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png); "
+              f"report: {plan.run_dir / 'summary' / 'report.html'}")
+        return 0
+    except UsageError as e:
+        print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
