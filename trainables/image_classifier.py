@@ -8,12 +8,16 @@ augmented there.
 Determinism: the seed drives model init, shuffling and augmentation (a
 ``torch.Generator`` on the device) and torch's global RNG (AutoAugment); all of
 them are checkpointed, so a resumed trial continues exactly where it stopped. On a
-CPU the same config and seed give the same metrics to the last digit; on a GPU
-cuDNN kernel choice can differ in the last bits unless ``deterministic`` is set.
+CPU the same config, seed and thread count give the same metrics to the last digit.
+On a GPU cuDNN's kernel choice (``cudnn.benchmark``) and atomic adds in some backward
+kernels can change the last bits between runs; ``deterministic: true`` turns off
+benchmarking, asks cuDNN and torch for deterministic kernels (warning where an op has
+none) and fixes cuBLAS's workspace.
 """
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import time
@@ -217,6 +221,10 @@ def fit(config: dict, data: dict, reporter) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg["deterministic"]
         torch.backends.cudnn.deterministic = cfg["deterministic"]
+        if cfg["deterministic"]:
+            # cuBLAS needs a fixed workspace for repeatable matmuls; set before its first use in this process.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(cfg["seed"])
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
 
