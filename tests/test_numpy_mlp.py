@@ -44,12 +44,14 @@ def numerical_grads(params, x, y, activation, loss, weight_decay):
 @pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision long double")
 @pytest.mark.parametrize("activation, loss", itertools.product(nm.ACTIVATIONS.names(), nm.LOSSES.names()))
 def test_gradients_match_central_differences(activation, loss):
-    """Every weight and bias, for every init and 1-3 hidden layers, in float64; weight decay at depth 2.
+    """Every weight and bias, for every init and 1-3 hidden layers of equal or unequal widths, in float64;
+    weight decay at depth 2.
     Biases are drawn N(0, 0.5^2) instead of zero, so that no ReLU sits within H of its kink."""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((6, 5)), np.array([0, 1, 2, 0, 1, 2])
     for init, depth in itertools.product(nm.INITS.names(), (1, 2, 3)):
-        params = nm.init_params(nm.layer_sizes(5, depth, 4, 3), init, rng, np.float64)
+        width = [6, 3][:depth] if depth < 3 else 4  # one width per layer, and a shared one
+        params = nm.init_params(nm.layer_sizes(5, depth, width, 3), init, rng, np.float64)
         for b in params[1::2]:
             b[:] = rng.normal(0, 0.5, b.shape)
         weight_decay = 0.1 if depth == 2 else 0.0
@@ -88,6 +90,20 @@ def test_param_count():
     assert nm.param_count(5, 3, 4, 3) == (5 * 4 + 4) + 2 * (4 * 4 + 4) + (4 * 3 + 3)
     params = nm.init_params(nm.layer_sizes(64, 3, 7, 10), "xavier", np.random.default_rng(0))
     assert sum(p.size for p in params) == nm.param_count(64, 3, 7, 10)
+    # study 3's best: 784 -> 2048 -> 1024 -> 10
+    assert nm.param_count(784, 2, [2048, 1024], 10) == 785 * 2048 + 2049 * 1024 + 1025 * 10 == 3_716_106
+    assert [p.shape for p in nm.init_params(nm.layer_sizes(5, 2, [4, 3], 2), "he", np.random.default_rng(0))] == [
+        (5, 4), (4,), (4, 3), (3,), (3, 2), (2,)]
+
+
+def test_a_list_of_widths_needs_one_per_layer(digits):
+    with pytest.raises(ValueError, match=r"^hidden_size=\[64, 32\] lists 2 widths but num_layers=3; give one width "
+                                         r"per hidden layer \(num_layers=2\)$"):
+        run({**BASE, "num_layers": 3, "hidden_size": [64, 32]}, digits.sweep_view())
+    reporter = run({**BASE, "hidden_size": [48, 16], "epochs": 1}, digits.sweep_view())
+    assert reporter.history[0]["params"] == nm.param_count(64, 2, [48, 16], 10) == 65 * 48 + 49 * 16 + 17 * 10
+    assert [p.shape for p in reporter.state["params"][::2]] == [(64, 48), (48, 16), (16, 10)]
+    assert nm.run_name(reporter.state["config"]).startswith("hl_2_bs_32_ac_tanh_sz_48-16_")
 
 
 # ---------------------------------------------------------------- optimizers

@@ -47,8 +47,24 @@ def test_every_study_3_flag_short_and_long():
         "weight_decay": 0.01, "weight_init": "he", "num_layers": 4, "hidden_size": 32, "activation": "relu"}
     # no arguments: the default configuration
     defaults = config_of(build_parser().parse_args([]), numpy_mlp)
-    assert defaults["optimizer"] == DEFAULTS["optimizer"] == "nadam" and defaults["hidden_size"] == 1024
+    assert defaults["optimizer"] == DEFAULTS["optimizer"] == "nadam" and defaults["weight_init"] == "xavier"
+    assert (defaults["num_layers"], defaults["hidden_size"]) == (2, [2048, 1024])  # study 3's best
     assert defaults["dataset"] == "fashion_mnist" and defaults["activation"] == "tanh"
+
+
+@pytest.mark.parametrize("argv, layers, size", [
+    (["-sz", "64", "32"], 2, [64, 32]),  # one width per layer sets the depth
+    (["-sz", "64", "32", "16", "-nhl", "3"], 3, [64, 32, 16]),
+    (["-sz", "64"], 2, 64),  # one width for every layer, at the default depth
+    (["-sz", "64", "-nhl", "4"], 4, 64),
+    (["-nhl", "3"], 3, 1024),  # depth alone: the default's last width everywhere
+    (["-nhl", "2"], 2, [2048, 1024]),
+])
+def test_hidden_widths_one_for_all_or_one_per_layer(argv, layers, size):
+    from trainables import numpy_mlp
+
+    config = config_of(build_parser().parse_args(argv), numpy_mlp)
+    assert (config["num_layers"], config["hidden_size"]) == (layers, size)
 
 
 def test_choices_are_case_insensitive():
@@ -88,6 +104,7 @@ def test_image_classifier_through_the_same_cli(tmp_path, capsys):
     (["-o", "eve"], "argument -o/--optimizer: invalid choice: 'eve'"),
     (["-nhl", "0"], "num_layers=0"),
     (["-sz", "0"], "hidden_size=0"),
+    (["-sz", "64", "32", "-nhl", "3"], "hidden_size=[64, 32] lists 2 widths but num_layers=3"),
     (["-b", "100000"], "batch_size"),
     (["--set", "colour=red"], "unknown key 'colour'"),
     (["--trainable", "xgboost"], "unknown trainable 'xgboost'"),

@@ -40,6 +40,17 @@ class NameParam(Param):
         return super().check(key, value.lower() if isinstance(value, str) else value)
 
 
+class WidthParam(Param):
+    """One width for every hidden layer, or a list of widths, one per layer (study 3's best: [2048, 1024])."""
+
+    def check(self, key: str, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"{key}=[]: give one width, or one width per hidden layer")
+            return [super(WidthParam, self).check(key, v) for v in value]
+        return super().check(key, value)
+
+
 # ---------------------------------------------------------------- activations
 
 @dataclass(frozen=True)
@@ -132,11 +143,21 @@ def mean_squared_error(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, n
 
 # ---------------------------------------------------------------- the network
 
-def layer_sizes(input_dim: int, num_layers: int, hidden_size: int, num_classes: int) -> list[int]:
-    return [input_dim] + [hidden_size] * num_layers + [num_classes]
+def widths(num_layers: int, hidden_size: int | list[int]) -> list[int]:
+    """Units per hidden layer; a list of widths must have one per layer."""
+    if isinstance(hidden_size, list):
+        if len(hidden_size) != num_layers:
+            raise ValueError(f"hidden_size={hidden_size} lists {len(hidden_size)} widths but num_layers={num_layers}; "
+                             f"give one width per hidden layer (num_layers={len(hidden_size)})")
+        return list(hidden_size)
+    return [hidden_size] * num_layers
 
 
-def param_count(input_dim: int, num_layers: int, hidden_size: int, num_classes: int) -> int:
+def layer_sizes(input_dim: int, num_layers: int, hidden_size: int | list[int], num_classes: int) -> list[int]:
+    return [input_dim, *widths(num_layers, hidden_size), num_classes]
+
+
+def param_count(input_dim: int, num_layers: int, hidden_size: int | list[int], num_classes: int) -> int:
     """Weights and biases of the network."""
     sizes = layer_sizes(input_dim, num_layers, hidden_size, num_classes)
     return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes, sizes[1:]))
@@ -330,7 +351,7 @@ PARAMS: dict[str, Param] = {
     "split_seed": Param(0, int, "seed of the train/validation split", data=True),
     # network
     "num_layers": Param(3, int, "hidden layers, >= 1", low=1),
-    "hidden_size": Param(128, int, "units per hidden layer, >= 1", low=1),
+    "hidden_size": WidthParam(128, int, "units per hidden layer, >= 1 (a list: one width per layer)", low=1),
     "activation": NameParam("tanh", str, "hidden-layer activation", choices=ACTIVATIONS.names),
     "weight_init": NameParam("xavier", str, "weight initialisation", choices=INITS.names),
     "loss": NameParam("cross_entropy", str, "training loss", choices=LOSSES.names),
@@ -359,10 +380,11 @@ WEIGHT_KEYS = ("params",)  # the checkpoint entries that hold the trained weight
 
 
 def run_name(config: dict) -> str:
-    """``hl_3_bs_16_ac_tanh_sz_128_o_nadam_lr_0.001``: study 3's prefix, then width, optimizer, lr."""
+    """``hl_3_bs_16_ac_tanh_sz_128_o_nadam_lr_0.001``: study 3's prefix, then width(s), optimizer, lr."""
     c = {k: config.get(k, p.default) for k, p in PARAMS.items()}
+    size = "-".join(map(str, c["hidden_size"])) if isinstance(c["hidden_size"], list) else c["hidden_size"]
     return (f"hl_{c['num_layers']}_bs_{c['batch_size']}_ac_{str(c['activation']).lower()}"
-            f"_sz_{c['hidden_size']}_o_{str(c['optimizer']).lower()}_lr_{c['lr']:.3g}")
+            f"_sz_{size}_o_{str(c['optimizer']).lower()}_lr_{c['lr']:.3g}")
 
 
 class Inputs:
