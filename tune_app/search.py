@@ -24,6 +24,7 @@ SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it 
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3}
+TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
 
 
 def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentParser:
@@ -47,6 +48,11 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
                    help="continue an interrupted sweep: a run directory, or the one --name names")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry; a list (key=[a,b]) becomes a searched choice")
+    p.add_argument("--from-run", metavar="RUN_DIR",
+                   help="begin with the top configurations of this finished sweep (same trainable), restricted "
+                        "to the keys this space searches")
+    p.add_argument("--top-k", type=int, help=f"how many configurations --from-run transfers (default "
+                                             f"{TRANSFER_TOP_K}); --num-samples defaults to it")
     p.add_argument("--data-dir", default="./data", help="dataset files (default ./data)")
     p.add_argument("--seed", type=int, default=0, help="searcher seed, and the trials' seed where the space sets none")
     p.add_argument("--wandb-project", default="tune_app")
@@ -97,6 +103,9 @@ def plan_resume(args) -> dict:
     given = {k: getattr(args, k) for k in ("space", *SETTING_FLAGS) if getattr(args, k, None) is not None}
     changed = sorted(k for k, v in given.items() if saved.get(k) != v)
     changed += sorted(k for k, v in parse_overrides(args.overrides).items() if spec["overrides"].get(k) != v)
+    transfer = {"from_run": str(Path(args.from_run).expanduser().resolve()) if args.from_run else None,
+                "top_k": args.top_k}
+    changed += [k for k, v in transfer.items() if v is not None and spec.get(k) != v]
     if changed:
         raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
                          f"(start a new sweep with another --name to change them)")
@@ -109,6 +118,10 @@ def plan_new(args) -> dict:
 
     if not args.space:
         raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
+    if args.top_k is not None and not args.from_run:
+        raise UsageError("--top-k needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
     space = load_space(args.space, parse_overrides(args.overrides))
     settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
     for key in SETTING_FLAGS:
@@ -117,18 +130,59 @@ def plan_new(args) -> dict:
             settings[key] = value
     if args.searcher == "grid" and args.num_samples is None:
         settings["num_samples"] = 1  # the grid itself defines the trials
+    top_k = TRANSFER_TOP_K if args.top_k is None else args.top_k
+    if args.from_run and args.num_samples is None:
+        settings["num_samples"] = top_k  # the budget is the transferred configurations
     check_settings(settings)
+    transferred = transfer(args.from_run, top_k, space, settings) if args.from_run else {}
     name = args.name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = resolve_run_dir(args)
     if not args.plan and ((run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json"))):
         raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, "
                          f"or pick another --name")
     return {
-        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir),
+        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir), **transferred,
         "settings": {**settings, "seed": args.seed, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
                      "address": args.address, "wandb_project": args.wandb_project,
                      "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
     }
+
+
+def transfer(from_run: str, k: int, space, settings: dict) -> dict:
+    """The k best configurations of the sweep `from_run`, as points this space's searcher evaluates first:
+    each holds the keys this space searches (what it fixes stays as it is), with values it can take."""
+    from tune_app.analyze import top_configs
+    from tune_app.tuning import check, point_value
+
+    if settings["num_samples"] < k:
+        raise UsageError(f"--num-samples {settings['num_samples']}: fewer than the {k} configurations --from-run "
+                         f"transfers; give at least {k}, or --top-k {settings['num_samples']}")
+    try:
+        sweep, top = top_configs(from_run, k)
+    except UsageError as e:
+        raise UsageError(str(e) if str(e).startswith("--") else f"--from-run {from_run}: {e}") from None
+    source = sweep.space
+    if source.module.TRAINABLE != space.module.TRAINABLE:
+        raise UsageError(f"--from-run {from_run}: that sweep's space {source.name} trains {source.module.TRAINABLE}, "
+                         f"space {space.name} trains {space.module.TRAINABLE}; configurations transfer only "
+                         f"between spaces of one trainable")
+    defaults = {key: p.default for key, p in space.trainable.PARAMS.items()}
+    points = []
+    for trial in top["trials"]:
+        config = {**defaults, **trial["config"]}  # a key the source space left out ran with its default
+        point = {}
+        for key in space.searched:
+            try:
+                point[key] = point_value(space.space[key], config[key])
+            except ValueError as e:
+                takes, widened = e.args
+                raise UsageError(f"--from-run {from_run}: trial {trial['trial_name']} ({trial['trial_id']}) has "
+                                 f"{key}={config[key]}, which space {space.name} cannot take ({takes}); widen it "
+                                 f"with --set {key}=[{','.join(map(str, widened))}]") from None
+        points.append(point)
+    check(settings, space.space, points)
+    return {"from_run": str(sweep.path), "top_k": k, "from_trials": [t["trial_id"] for t in top["trials"]],
+            "points": points}
 
 
 def max_epochs_of(space) -> int:
@@ -200,7 +254,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
 
     s = spec["settings"]
     searched = {k: space.space[k] for k in space.searched}
-    search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir)
+    search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir, spec.get("points", []))
     spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
@@ -226,14 +280,15 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
             failure_config=tune.FailureConfig(max_failures=0)))
 
 
-def plan_table(space, config: dict, s: dict, dataset) -> tuple[list[dict], str]:
+def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[dict], str]:
     """Estimated cost of every configuration (see tune_app.plan), and the table that shows it."""
     import ray
 
     from tune_app import plan, tuning
 
     param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
-    configs = plan.configurations(param_space, s["num_samples"], s["seed"])
+    points = [{**config, **p} for p in points]  # --from-run's configurations come first
+    configs = points + plan.configurations(param_space, s["num_samples"] - len(points), s["seed"])
     trainable = space.trainable
     configs = [trainable_config(trainable, c) for c in configs]
     print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
@@ -275,16 +330,17 @@ def run(spec: dict, resume: bool) -> int:
     space = load_space(spec["space"], spec["overrides"])
     config = {**space.space, "max_epochs": s["max_epochs"]}
     config.setdefault("seed", s["seed"])
-    tuning.check(s, config)  # before any data is read or Ray started
+    points = spec.get("points", [])  # --from-run's configurations
+    tuning.check(s, config, points)  # before any data is read or Ray started
     dataset = load_data(space, s)
     join_ray(s)
     if spec.get("plan_only"):
-        print(plan_table(space, config, s, dataset)[1])
+        print(plan_table(space, config, s, dataset, points)[1])
         return 0
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and s.get("estimate_cost"):
-        rows, text = plan_table(space, config, s, dataset)
+        rows, text = plan_table(space, config, s, dataset, points)
         print(text, flush=True)
         (run_dir / "plan.json").write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(
@@ -295,8 +351,9 @@ def run(spec: dict, resume: bool) -> int:
     else:
         spec["provenance"] = sweep_provenance(dataset)
         tuner = new_tuner(spec, space, config, trainable, run_dir)
+    begins = f", beginning with the top {len(points)} configurations of {spec['from_run']}" if points else ""
     print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
-          f"{spec['expected_trials']} trials, {s['searcher']} + {s['scheduler']}, "
+          f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
           f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_dir}", flush=True)
     results = tuner.fit()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ray import tune
-from ray.tune.search.sample import Categorical, Domain
+from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from trainables.registry import Registry
 from tune_app.errors import UsageError
@@ -37,20 +37,41 @@ def choice_space(space: dict) -> dict:
             for k, v in space.items()}
 
 
+def point_value(domain, value):
+    """`value` as the space entry `domain` holds it (64, not the 64.0 a table may give back).
+    Raises ValueError(what the entry takes, the values a widened entry would list) when it cannot take it."""
+    if isinstance(domain, dict) and "grid_search" in domain:
+        domain = Categorical(list(domain["grid_search"]))
+    if isinstance(domain, Categorical):
+        for category in domain.categories:
+            if category == value and isinstance(category, bool) == isinstance(value, bool):  # True == 1
+                return category
+        raise ValueError(f"choose from {', '.join(map(str, domain.categories))}", [*domain.categories, value])
+    if isinstance(domain, (Float, Integer)):
+        upper = domain.upper - 1 if isinstance(domain, Integer) else domain.upper  # randint's upper is exclusive
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and domain.lower <= value <= upper and (isinstance(domain, Float) or value == int(value)):
+            return float(value) if isinstance(domain, Float) else int(value)
+        raise ValueError(f"a range from {domain.lower:g} to {upper:g}", [domain.lower, upper, value])
+    return value  # a custom sampler: the trial checks the value when it runs
+
+
+# Each searcher factory takes `points`: configurations to evaluate before the searcher's own,
+# counted in num_samples (Ray's points_to_evaluate).
 @SEARCHERS.register("grid")
-def grid(space, settings, run_dir):
+def grid(space, settings, run_dir, points=()):
     return None, grid_space(space)
 
 
 @SEARCHERS.register("random")
-def random(space, settings, run_dir):
+def random(space, settings, run_dir, points=()):
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=settings["seed"]), space
+    return BasicVariantGenerator(points_to_evaluate=list(points), random_state=settings["seed"]), space
 
 
 @SEARCHERS.register("optuna")
-def optuna(space, settings, run_dir):
+def optuna(space, settings, run_dir, points=()):
     import optuna as _optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -62,15 +83,18 @@ def optuna(space, settings, run_dir):
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / "optuna.journal")))
     sampler = _optuna.samplers.TPESampler(seed=settings["seed"])
-    return OptunaSearch(sampler=sampler, storage=storage, study_name=settings["name"]), choice_space(space)
+    # The points are enqueued in the study: its first trials, and TPE learns from them.
+    return OptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
+                        study_name=settings["name"]), choice_space(space)
 
 
 @SEARCHERS.register("hyperopt")
-def hyperopt(space, settings, run_dir):
+def hyperopt(space, settings, run_dir, points=()):
     from ray.tune.search.hyperopt import HyperOptSearch
 
     initial = max(1, min(20, settings["num_samples"] // 2))  # random points before TPE takes over
-    return HyperOptSearch(random_state_seed=settings["seed"], n_initial_points=initial), choice_space(space)
+    return HyperOptSearch(points_to_evaluate=list(points) or None, random_state_seed=settings["seed"],
+                          n_initial_points=initial), choice_space(space)
 
 
 @SCHEDULERS.register("fifo")
@@ -111,18 +135,21 @@ def pbt(settings, searched):
         hyperparam_mutations=mutations, quantile_fraction=0.25)
 
 
-def check(settings: dict, space: dict) -> None:
+def check(settings: dict, space: dict, points=()) -> None:
     """What ``build`` would refuse, without building anything (no files, no Ray)."""
     if settings["scheduler"] == "pbt" and settings["searcher"] not in ("random", "grid"):
         raise UsageError("--scheduler pbt explores by itself and takes no model-based searcher; "
                          "use --searcher random (or grid)")
     if settings["searcher"] == "grid":
+        if points:
+            raise UsageError("--searcher grid runs every combination of its lists and takes no configurations "
+                             "from --from-run; use --searcher random, optuna or hyperopt")
         grid_space(space)
 
 
-def build(settings: dict, space: dict, searched: dict, run_dir):
-    """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``."""
-    check(settings, space)
-    search_alg, param_space = SEARCHERS.get(settings["searcher"])(space, settings, run_dir)
+def build(settings: dict, space: dict, searched: dict, run_dir, points=()):
+    """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``; `points` are evaluated first."""
+    check(settings, space, points)
+    search_alg, param_space = SEARCHERS.get(settings["searcher"])(space, settings, run_dir, points)
     scheduler = SCHEDULERS.get(settings["scheduler"])(settings, searched)
     return search_alg, scheduler, param_space
