@@ -13,7 +13,7 @@ def two_node_cluster():
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)  # 3 CPUs in all: a number a fresh local Ray here would not have
+    cluster.add_node(num_cpus=6)  # 7 CPUs in all: a number a fresh local Ray would not have
     cluster.wait_for_nodes()
     yield cluster
     cluster.shutdown()
@@ -26,7 +26,7 @@ def test_search_joins_the_cluster_with_address(two_node_cluster, tmp_path):
          "--storage-path", str(tmp_path), "--name", "on-cluster", "--wandb-mode", "disabled"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "/3 CPUs" in run.stdout  # Ray's status table: the two-node cluster, not a new local Ray
+    assert "/7 CPUs" in run.stdout  # Ray's status table: the two-node cluster, not a new local Ray
     trials = pq.read_table(tmp_path / "on-cluster" / "summary" / "trials.parquet").to_pandas()
     assert len(trials) == 2 and (trials["status"] == "completed").all()
     assert json.loads((tmp_path / "on-cluster" / "summary" / "best_config.json").read_text())["config"]
@@ -45,10 +45,21 @@ def test_search_joins_the_cluster_with_address(two_node_cluster, tmp_path):
 def test_a_trial_larger_than_the_cluster_is_refused(two_node_cluster, tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "tune_app.search", "--space", "digits", "--address", two_node_cluster.address,
-         "--cpus-per-trial", "4", "--storage-path", str(tmp_path), "--name", "big"],
+         "--cpus-per-trial", "8", "--storage-path", str(tmp_path), "--name", "big"],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
-        "tune_app: error: --cpus-per-trial 4: the Ray cluster has 3 CPUs in all; "
+        "tune_app: error: --cpus-per-trial 8: the Ray cluster has 7 CPUs in all; "
         "ask for at most that, or join a bigger cluster with --address")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_without_address_a_sweep_starts_its_own_ray(two_node_cluster, tmp_path):
+    """Ray alone would join the cluster that last started on this machine; tune_app starts a local one."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run(
+        [sys.executable, "-m", "tune_app.search", "--space", "digits", "--num-samples", "1", "--set", "epochs=1",
+         "--max-epochs", "1", "--storage-path", str(tmp_path), "--name", "local", "--wandb-mode", "disabled"],
+        capture_output=True, text=True, timeout=300, env={**env, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Logical resource usage" in run.stdout and "/7 CPUs" not in run.stdout

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -236,11 +237,15 @@ def join_ray(s: dict) -> None:
     import ray
 
     if not ray.is_initialized():
+        # With no address Ray would join whatever cluster last ran on this machine; tune_app starts its own
+        # unless told otherwise (--address, or RAY_ADDRESS as cluster launchers set it).
+        address = s["address"] or os.environ.get("RAY_ADDRESS") or "local"
         try:
-            ray.init(address=s["address"], log_to_driver=False, include_dashboard=False,
+            ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      logging_level=logging.WARNING, configure_logging=True)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UsageError(f"--address {s['address']}: cannot join that Ray cluster ({first_line(e)}); "
+            given = f"--address {address}" if s["address"] else f"RAY_ADDRESS={address}"
+            raise UsageError(f"{given}: cannot join that Ray cluster ({first_line(e)}); "
                              f"start one with 'ray start --head' or leave --address out") from None
     check_resources(ray.cluster_resources(), s)
 
