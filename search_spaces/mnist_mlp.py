@@ -5,6 +5,7 @@
 The same values as ``fashion_mnist_mlp``; study 3 allowed itself 3 configurations here,
 chosen from what Fashion-MNIST taught (``--num-samples 3``).
 """
+from search_spaces.fashion_mnist_mlp import CURVES_BY  # noqa: F401  (same comparison as on Fashion-MNIST)
 from search_spaces.fashion_mnist_mlp import DEFAULTS as FASHION_DEFAULTS
 from search_spaces.fashion_mnist_mlp import SPACE as FASHION_SPACE
 

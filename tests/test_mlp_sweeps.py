@@ -1,7 +1,10 @@
 """Studies 3 and 4 through the search CLI on a local Ray: the NumPy MLP's spaces on generated
 Fashion-MNIST / MNIST idx files, and --plan's cost estimates."""
+import contextlib
+import io
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from ray import tune
@@ -22,11 +25,21 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def test_fashion_mnist_mlp_sweep(ray_local, data_dir, tmp_path, capsys):
-    code = main(["--space", "fashion_mnist_mlp", "--num-samples", "4", "--max-epochs", "2", "--data-dir",
-                 str(data_dir), "--storage-path", str(tmp_path), "--name", "fm", *TINY])
-    out = capsys.readouterr().out
-    assert code == 0, out
+@pytest.fixture(scope="module")
+def fashion_sweep(ray_local, data_dir, tmp_path_factory):
+    """A tiny fashion_mnist_mlp sweep (its own Optuna + ASHA); returns (run dir, what it printed)."""
+    runs = tmp_path_factory.mktemp("runs")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--space", "fashion_mnist_mlp", "--num-samples", "4", "--max-epochs", "2", "--data-dir",
+                     str(data_dir), "--storage-path", str(runs), "--name", "fm", *TINY])
+    assert code == 0, out.getvalue()
+    return runs / "fm", out.getvalue()
+
+
+def test_fashion_mnist_mlp_sweep(fashion_sweep):
+    run_dir, out = fashion_sweep
+    tmp_path = run_dir.parent
     trials = pd.read_parquet(tmp_path / "fm" / "summary" / "trials.parquet")
     assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped", "diverged"}
     assert all(n.startswith(f"hl_{h}_bs_{b}_ac_") for n, h, b in
@@ -90,3 +103,34 @@ def test_configurations_grid_and_sampled():
     assert all(c["b"] in ("x", "y") and 1e-3 <= c["c"] <= 1e-1 and c["d"] == 7 for c in configs)
     assert configs == plan.configurations(space, 3, seed=0)  # seeded
     assert plan.duration(90) == "90 s" and plan.duration(600) == "10.0 min" and plan.duration(36000) == "10.0 h"
+
+
+def test_the_report_compares_cross_entropy_with_squared_error(fashion_sweep):
+    """Study 3: a trend table and learning curves by loss (the space's CURVES_BY)."""
+    run_dir, out = fashion_sweep
+    trials = pd.read_parquet(run_dir / "summary" / "trials.parquet")
+    assert set(trials["config/loss"]) == {"cross_entropy", "mean_squared_error"}  # both ran
+    trends = pd.read_csv(run_dir / "summary" / "trends.csv")
+    assert set(trends.loc[trends["hyperparameter"] == "loss", "value"]) == {"cross_entropy", "mean_squared_error"}
+    assert (run_dir / "summary" / "plots" / "curves_by_loss.png").is_file()
+    page = (run_dir / "summary" / "report.html").read_text()
+    assert "Learning curves by loss" in page and "loss=mean_squared_error (mean of" in page
+
+
+def test_study_3_retrain_confusion_matrix_and_one_image_per_class(fashion_sweep, data_dir):
+    from trainables.data import prepare
+    from tune_app import retrain
+
+    run_dir, _ = fashion_sweep
+    assert retrain.main([str(run_dir), "--seeds", "1", "--wandb-mode", "disabled"]) == 0
+    result = json.loads((run_dir / "retrain" / "retrain.json").read_text())
+    assert result["trainable"] == "numpy_mlp" and result["dataset"]["test"] == 50
+    confusion = pd.read_csv(run_dir / "retrain" / "confusion_matrix.csv", index_col=0)
+    assert list(confusion.columns) == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                       "Sneaker", "Bag", "Ankle boot"] and int(confusion.to_numpy().sum()) == 50
+    assert (run_dir / "retrain" / "samples.png").is_file()
+    model = retrain.load_model(run_dir / "retrain" / "model.pt")
+    dataset = prepare("fashion_mnist", data_dir)
+    assert model.module is None and model.classes[0] == "T-shirt/top"
+    assert np.mean(model.predict(dataset.x_test) == dataset.y_test) == result["model"]["test_acc"]
+    assert result["configs"][0]["reproduction"]["identical"] is True

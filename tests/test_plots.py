@@ -252,3 +252,28 @@ def test_foreign_history_missing_columns(tmp_path, history):
     assert all(np.isfinite(np.asarray(t.y, dtype=float)).all() for t in curves.data)
     assert result[0].figure.layout.yaxis.title.text == "val_loss"
     assert plots.curves_figures(foreign[["trial_id", "name", "epoch"]]) is None
+
+
+def test_curves_by_groups_trials_by_a_hyperparameter_and_averages_each_epoch(history, tmp_path):
+    trials = _trials(history)
+    fig, pfig = plots.curves_by_figures(history, trials, "optimizer")
+    plt.close(fig)
+    # train_acc's traces come first; the dict keeps each value's last trace: its val_acc mean
+    means = {t.name: (list(t.x), list(t.y)) for t in pfig.data if t.name.startswith("optimizer=")}
+    # val_acc panel (the second): every value's mean over the trials that reached that epoch, diverged epochs out
+    valid = history[~history["diverged"] & history["val_acc"].notna()].assign(
+        optimizer=lambda d: d["trial_id"].map(dict(zip(trials["trial_id"], trials["config/optimizer"]))))
+    for optimizer in ("adam", "sgd"):
+        rows = valid[valid["optimizer"] == optimizer]
+        expected = rows.groupby("epoch")["val_acc"].mean() * 100
+        n = rows["trial_id"].nunique()
+        x, y = means[f"optimizer={optimizer} (mean of {n})"]
+        assert x == expected.index.tolist() and y == pytest.approx(expected.tolist(), rel=1e-12)
+    faint = [t for t in pfig.data if not t.name.startswith("optimizer=")]
+    assert len(faint) == 2 * len(trials)  # every trial, faint, in both panels (train_acc, val_acc)
+    assert plots.curves_by_figures(history, trials.assign(**{"config/optimizer": "adam"}), "optimizer") is None
+    assert plots.curves_by_figures(history, trials, "momentum") is None
+    written = plots.write_plots(tmp_path, trials, history, "val_acc", "max", curves_by=("optimizer",))
+    assert "curves_by_optimizer" in [p.name for p in written]
+    with Image.open(tmp_path / "curves_by_optimizer.png") as image:
+        assert np.asarray(image.convert("L")).std() > 5

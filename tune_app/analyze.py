@@ -47,6 +47,9 @@ def build_parser(prog: str = "python -m tune_app.analyze") -> argparse.ArgumentP
                    help="compare trials at epoch K (default: the deepest epoch a third of the trials reached)")
     p.add_argument("--pair", action="append", default=[], metavar="A,B",
                    help="also tabulate two hyperparameters against each other (repeatable)")
+    p.add_argument("--curves-by", action="append", default=[], metavar="NAME",
+                   help="learning curves grouped by this hyperparameter's values (repeatable; default: the space's "
+                        "CURVES_BY, e.g. loss for study 3)")
     p.add_argument("--select", choices=RULES, default="last",
                    help="how the best trial is chosen: its last epoch (default), its best epoch, or at --at-epoch")
     p.add_argument("--top-k", type=int, default=5, help="configurations in topk.json (default 5)")
@@ -75,6 +78,7 @@ class Analysis:
     paths: dict = field(default_factory=dict)
     study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
     retrain: dict | None = None  # <run dir>/retrain/retrain.json, when tune_app.retrain has run
+    curves_by: tuple[str, ...] = ()  # hyperparameters whose values get learning curves side by side
 
     @property
     def name(self) -> str:
@@ -167,7 +171,8 @@ def top_configs(path, k: int, flag: str = "--top-k") -> tuple[rundir.Sweep, dict
     return sweep, top
 
 
-def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5) -> Analysis:
+def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5,
+            curves_by=()) -> Analysis:
     """Everything but the files: raises UsageError (one line) before anything is written."""
     if select not in RULES:
         raise UsageError(f"--select {select}: use one of {', '.join(RULES)}")
@@ -176,6 +181,11 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     sweep, history, trials, at_epoch = load_trials(path, metric, mode, at_epoch)
     metric, mode = sweep.metric, sweep.mode
     pair_names = parse_pairs(list(pairs), sweep.params)
+    curves_by = tuple(curves_by) or tuple(getattr(sweep.space.module, "CURVES_BY", ()) if sweep.space else ())
+    for name in curves_by:
+        if name not in sweep.params:
+            raise UsageError(f"--curves-by {name}: not a searched hyperparameter; searched: "
+                             f"{', '.join(sweep.params)}")
     plan_file = sweep.path / "plan.json"
     if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
         from tune_app import plan
@@ -196,7 +206,7 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     result = Analysis(sweep=sweep, at_epoch=at_epoch, select=select, trials=trials, history=history, trends=trends,
                       pairs=pair_tables, importance=analysis.importance(study), importance_trials=len(study.trials),
                       best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
-                      retrain=_retrain_summary(sweep.path))
+                      retrain=_retrain_summary(sweep.path), curves_by=curves_by)
     return result
 
 
@@ -227,7 +237,7 @@ def write(a: Analysis, plots: bool = True) -> dict:
         best_id = a.best.get("trial_id") if a.best.get("config") is not None else None
         a.plots = write_plots(out / "plots", a.trials, a.history, a.metric, a.sweep.mode,
                               study=a.study if len(a.study.trials) >= 2 else None, importance=a.importance,
-                              best_trial_id=best_id)
+                              best_trial_id=best_id, curves_by=a.curves_by)
     text = lambda s: lambda p: p.write_text(s, encoding="utf-8")  # noqa: E731
     pairs_csv = pd.concat([t.assign(first=x, second=y) for (x, y), t in a.pairs.items()], ignore_index=True) \
         if a.pairs else pd.DataFrame(columns=["first", "second", "a", "b", "n", "mean", "std"])
@@ -312,9 +322,10 @@ def _wandb_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**{c: frame[c].map(str) for c in frame.columns if frame[c].dtype == object})
 
 
-def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5, wandb_mode=None,
-        wandb_project=None, wandb_entity=None, quiet=False) -> Analysis:
-    a = compute(path, metric=metric, mode=mode, at_epoch=at_epoch, pairs=pairs, select=select, top_k=top_k)
+def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5, curves_by=(),
+        wandb_mode=None, wandb_project=None, wandb_entity=None, quiet=False) -> Analysis:
+    a = compute(path, metric=metric, mode=mode, at_epoch=at_epoch, pairs=pairs, select=select, top_k=top_k,
+                curves_by=curves_by)
     write(a)
     log_wandb(a, wandb_mode, wandb_project, wandb_entity)
     if not quiet:
@@ -330,7 +341,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
     args = build_parser(prog).parse_args(argv)
     try:
         run(args.run_dir, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
-            select=args.select, top_k=args.top_k, wandb_mode=args.wandb_mode, wandb_project=args.wandb_project,
+            select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
+            wandb_project=args.wandb_project,
             wandb_entity=args.wandb_entity)
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)

@@ -205,6 +205,52 @@ def curves_figures(history: pd.DataFrame, best_trial_id: str | None = None) -> F
     return fig, pfig
 
 
+def curves_by_figures(history: pd.DataFrame, trials: pd.DataFrame, param: str) -> Figures | None:
+    """Training and validation accuracy per epoch grouped by one hyperparameter's values (study 3: cross-entropy
+    against squared error): every trial faint in its value's colour, the value's mean over the trials that reached
+    each epoch bold. Accuracy, because losses of different kinds do not share a scale."""
+    column = f"config/{param}"
+    if column not in trials or trials[column].nunique(dropna=True) < 2:
+        return None
+    value_of = dict(zip(trials["trial_id"], trials[column].astype(str)))
+    panels = [c for c in ("train_acc", "val_acc") if not _valid(history, c).empty]
+    if not panels:
+        return None
+    values = sorted(set(value_of.values()))
+    cycle = plt.get_cmap("tab10").colors
+    colour = {v: matplotlib.colors.to_hex(cycle[i % len(cycle)]) for i, v in enumerate(values)}
+    title = f"Learning curves by {param}"
+    fig, axes = _mpl((CURVES_SIZE[0], CURVES_SIZE[1] / 1.6), nrows=1, ncols=len(panels), squeeze=False)
+    pfig = make_subplots(rows=1, cols=len(panels), subplot_titles=panels, horizontal_spacing=0.08)
+    for i, (panel, ax) in enumerate(zip(panels, axes.flat)):
+        data = _valid(history, panel).assign(value=lambda d: d["trial_id"].map(value_of))
+        data = data[data["value"].notna()]
+        scale = _scale(panel)
+        for (value, _), rows in data.groupby(["value", "trial_id"], sort=True):
+            ax.plot(rows["epoch"], rows[panel] * scale, color=colour[value], lw=1, alpha=FAINT)
+            pfig.add_trace(go.Scatter(x=rows["epoch"], y=rows[panel] * scale, mode="lines", opacity=FAINT,
+                                      name=rows["name"].iloc[0], line={"color": colour[value], "width": 1},
+                                      legendgroup=value, showlegend=False,
+                                      hovertemplate=_hover("epoch", _label(panel))), row=1, col=i + 1)
+        for value, rows in data.groupby("value", sort=True):
+            mean = rows.groupby("epoch")[panel].agg(["mean", "count"])
+            label = f"{param}={value} (mean of {rows['trial_id'].nunique()})"
+            ax.plot(mean.index, mean["mean"] * scale, color=colour[value], lw=2.5, label=label)
+            pfig.add_trace(go.Scatter(x=mean.index, y=mean["mean"] * scale, mode="lines+markers", name=label,
+                                      line={"color": colour[value], "width": 3}, legendgroup=value,
+                                      showlegend=i == 0, customdata=mean["count"],
+                                      hovertemplate="epoch %{x}<br>" + _label(panel) + " %{y:.4g}<br>"
+                                                    "%{customdata} trials<extra></extra>"), row=1, col=i + 1)
+        _finish(ax, panel, "epoch", _label(panel))
+        pfig.update_yaxes(title_text=_label(panel), row=1, col=i + 1)
+        pfig.update_xaxes(title_text="epoch", row=1, col=i + 1)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)))
+    fig.suptitle(title)
+    pfig.update_layout(title=title, hovermode="closest")
+    return fig, pfig
+
+
 def best_so_far_frame(history: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """All reports in chronological order with cumulative compute seconds and the running best metric.
 
@@ -296,12 +342,13 @@ def _save(out: Path, name: str, figures: Figures) -> Plot:
 
 
 def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str, study=None,
-                importance: pd.DataFrame | None = None, best_trial_id: str | None = None) -> list[Plot]:
+                importance: pd.DataFrame | None = None, best_trial_id: str | None = None,
+                curves_by: tuple[str, ...] = ()) -> list[Plot]:
     """Write every applicable plot into out_dir and return them in a fixed order (skipped ones absent).
 
     The optuna plots need ``study``; the importance chart needs a non-empty ``importance``; plots whose
-    metric columns are missing from ``history`` are skipped. ``trials`` is accepted for symmetry with the
-    summary tables; every plot here is drawn from ``history`` (which carries the trial names) and ``study``.
+    metric columns are missing from ``history`` are skipped. ``curves_by`` names hyperparameters whose values
+    get learning curves side by side (their values come from ``trials``' config columns).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +357,7 @@ def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: st
         "slices": lambda: study is not None and slices_figures(study, metric),
         "metric_vs_step": lambda: metric_vs_step_figures(history, metric),
         "curves": lambda: curves_figures(history, best_trial_id),
+        **{f"curves_by_{p}": (lambda p=p: curves_by_figures(history, trials, p)) for p in curves_by},
         "best_so_far": lambda: best_so_far_figures(history, metric, mode),
         "importance": lambda: importance_figures(importance),
     }

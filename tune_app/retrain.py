@@ -649,7 +649,8 @@ def _points(value, metric: str) -> str:
 
 
 def refresh_report(plan: Plan) -> None:
-    """Re-analyze with the choices the summary was made with, so the report shows the retrain section."""
+    """Re-analyze with the choices the summary was made with (read back from its files), so the report shows
+    the retrain section."""
     from tune_app import analyze
 
     options = {}
@@ -665,6 +666,9 @@ def refresh_report(plan: Plan) -> None:
         pairs = pd.read_csv(pairs_csv)
         if len(pairs):
             options["pairs"] = list(dict.fromkeys(f"{a},{b}" for a, b in zip(pairs["first"], pairs["second"])))
+    drawn = sorted((plan.run_dir / "summary" / "plots").glob("curves_by_*.png"))
+    if drawn:
+        options["curves_by"] = [p.stem.removeprefix("curves_by_") for p in drawn]
     try:
         analyze.run(plan.run_dir, wandb_mode="disabled", quiet=True, **options)
     except UsageError as e:
