@@ -134,3 +134,15 @@ def test_study_3_retrain_confusion_matrix_and_one_image_per_class(fashion_sweep,
     assert model.module is None and model.classes[0] == "T-shirt/top"
     assert np.mean(model.predict(dataset.x_test) == dataset.y_test) == result["model"]["test_acc"]
     assert result["configs"][0]["reproduction"]["identical"] is True
+
+
+def test_plan_works_for_the_pytorch_trainable_too(ray_local, tmp_path, capsys):
+    code = main(["--space", "digits", "--plan", "--num-samples", "3", "--set", "batch_norm=true",
+                 "--set", "batch_size=64", "--storage-path", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "probing 1 distinct configurations" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "digits_cnn_" in line]
+    assert len(rows) == 3 and all(int(r[2].replace(",", "")) == 53_098 for r in rows)  # digits_cnn with BN
+    assert all(float(r[6]) == pytest.approx(float(r[4]) * int(r[5]), rel=0.02) for r in rows)
+    assert "total: 3 trials" in out and not (tmp_path / "runs").exists()

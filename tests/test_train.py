@@ -125,3 +125,15 @@ def test_missing_dataset_says_where_and_how(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "nothing"), "--wandb-mode", "disabled"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fashion_mnist" in err
+
+
+def test_no_arguments_trains_the_default_configuration(data_dir, tmp_path, capsys):
+    """Only where the data lives and where to write: everything else is study 3's best configuration."""
+    out = tmp_path / "default"
+    assert main(["--data-dir", str(data_dir), "--out", str(out), "--wandb-mode", "disabled"]) == 0
+    printed = capsys.readouterr().out
+    rows = history(out)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, DEFAULTS["epochs"] + 1))
+    assert int(float(rows[0]["params"])) == 785 * 2048 + 2049 * 1024 + 1025 * 10  # 784 -> 2048 -> 1024 -> 10
+    assert "training numpy_mlp hl_2_bs_64_ac_tanh_sz_2048-1024_o_nadam_lr_0.001 on fashion_mnist" in printed
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
