@@ -29,3 +29,14 @@ def digits():
     from trainables.data import prepare
 
     return prepare("digits", None, val_fraction=0.1, split_seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """Generated Fashion-MNIST and MNIST idx files (300 train, 50 test images each) under one --data-dir."""
+    from tests.fake_datasets import write_mnist
+
+    root = tmp_path_factory.mktemp("mnist_data")
+    write_mnist(root, kind="fashion_mnist", n_train=300, n_test=50)
+    write_mnist(root, kind="mnist", n_train=300, n_test=50, seed=1)
+    return root

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from tests.fake_datasets import write_mnist
 from tune_app import plan
 from tune_app.search import main
 
@@ -18,11 +17,8 @@ TINY = ["--set", "epochs=2", "--set", "num_layers=[1,2]", "--set", "hidden_size=
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_mnist(root, kind="fashion_mnist", n_train=300, n_test=50)
-    write_mnist(root, kind="mnist", n_train=300, n_test=50, seed=1)
-    return root
+def data_dir(mnist_dir):
+    return mnist_dir
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import pickle
 
 import pytest
 
-from tests.fake_datasets import write_mnist
 from tests.wandb_records import read_run
 from tune_app.train import DEFAULTS, build_parser, config_of, main
 
@@ -12,11 +11,8 @@ SMALL = ["-e", "2", "-nhl", "1", "-sz", "16", "-b", "16", "-lr", "0.01"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_mnist(root, kind="fashion_mnist", n_train=200, n_test=40)
-    write_mnist(root, kind="mnist", n_train=200, n_test=40, seed=1)
-    return root
+def data_dir(mnist_dir):
+    return mnist_dir
 
 
 def history(out):

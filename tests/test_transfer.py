@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from tests.fake_datasets import write_mnist
 from tune_app.search import main
 from tune_app.tuning import point_value
 
@@ -18,15 +17,13 @@ TINY = ["--set", "epochs=2", "--set", "num_layers=[1,2]", "--set", "hidden_size=
 
 
 @pytest.fixture(scope="module")
-def source(ray_local, tmp_path_factory):
+def source(ray_local, mnist_dir, tmp_path_factory):
     """A finished 4-trial Fashion-MNIST sweep, and the data directory it read."""
     root = tmp_path_factory.mktemp("transfer")
-    write_mnist(root / "data", kind="fashion_mnist", n_train=300, n_test=50)
-    write_mnist(root / "data", kind="mnist", n_train=300, n_test=50, seed=1)
     code = main(["--space", "fashion_mnist_mlp", "--searcher", "random", "--scheduler", "fifo", "--num-samples", "4",
-                 "--data-dir", str(root / "data"), "--storage-path", str(root / "runs"), "--name", "fm", *TINY])
+                 "--data-dir", str(mnist_dir), "--storage-path", str(root / "runs"), "--name", "fm", *TINY])
     assert code == 0
-    return root / "runs" / "fm", root / "data"
+    return root / "runs" / "fm", mnist_dir
 
 
 def top3(source_dir: Path) -> list[dict]:
