@@ -142,3 +142,20 @@ def test_plan_works_for_the_pytorch_trainable_too(ray_local, tmp_path, capsys):
     assert len(rows) == 3 and all(int(r[2].replace(",", "")) == 53_098 for r in rows)  # digits_cnn with BN
     assert all(float(r[6]) == pytest.approx(float(r[4]) * int(r[5]), rel=0.02) for r in rows)
     assert "total: 3 trials" in out and not (tmp_path / "runs").exists()
+
+
+def test_probes_of_a_wave_train_side_by_side_until_all_have_measured(ray_local, data_dir):
+    """A quick probe keeps its neighbour company until the slow one has measured, as trials will."""
+    import ray
+
+    from trainables import numpy_mlp
+    from trainables.data import prepare
+
+    dataset = prepare("fashion_mnist", data_dir)
+    base = {"dataset": "fashion_mnist", "num_layers": 1, "hidden_size": 64, "epochs": 10}
+    configs = [numpy_mlp.resolve(numpy_mlp.PARAMS, {**base, "batch_size": b}) for b in (128, 1)]
+    probes = plan.probe_all(numpy_mlp, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+                            dataset.x_train.nbytes, 1, 0, concurrency=2)
+    fast, slow = (probes[plan.cost_key(numpy_mlp, c)] for c in configs)
+    assert slow["epochs_run"] == 1 + plan.WARM_EPOCHS < fast["epochs_run"]
+    assert fast["samples_per_s"] > slow["samples_per_s"] > 0 and fast["probe_samples"] == slow["probe_samples"] == 270

@@ -3,10 +3,11 @@
 One row per configuration: parameter count, estimated peak memory, estimated time per
 epoch and per trial, and the total. The estimates come from a short measured probe: for
 each distinct cost-relevant configuration (architecture, batch size, dataset; the
-trainable's ``COST_KEYS``) the real ``fit`` trains three epochs on a slice of the training
-set (20 steps, at least 8192 samples) with the whole validation split, in a fresh Ray worker
-with the trial's resources. The faster warm epoch gives training samples/s and evaluation
-seconds; an epoch is then
+trainable's ``COST_KEYS``) the real ``fit`` trains a cold epoch and two measured ones on a slice of
+the training set (20 steps, at least 8192 samples) with the whole validation split, in a fresh Ray worker
+with the trial's resources, alongside as many other probes as the sweep will run trials at once
+(so it shares the machine as a trial will). The faster warm epoch gives training samples/s and
+evaluation seconds; an epoch is then
 ``train size / samples/s + evaluation seconds``. Peak memory is what the trainable itself
 reports (``peak_mem_mb``) in that worker, plus the part of the training set the probe did
 not touch. A grid is listed in full; a sampled space is listed as ``num_samples`` draws
@@ -49,33 +50,97 @@ def cost_key(trainable, config: dict) -> tuple:
     return tuple((k, json.dumps(config.get(k), default=str)) for k in trainable.COST_KEYS)
 
 
-def _probe(fit, config: dict, data: dict, steps: int) -> dict:
-    """Three epochs on a slice of the training set; the faster of the two warm ones counts (a neighbour
-    starting up can slow one down). The modules a Tune trial's worker holds are imported first, so that
-    the memory the worker reports compares with a trial's."""
+WARM_EPOCHS = 2  # measured epochs after the first (cold) one; the faster counts
+BARRIER_TIMEOUT_S = 300  # a wave that cannot all start at once must not wait forever
+
+
+class _Wave:
+    """Ray actor that lines up the probes of one wave: they start training together, once every worker has
+    imported what a trial's process holds, and go on training until all have measured. So each probe shares
+    the machine with as many busy neighbours as a trial of the sweep will, and none is starting up."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.ready, self.measured = size, 0, 0
+
+    async def start(self) -> None:
+        import asyncio
+        import time
+
+        self.ready += 1
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while self.ready < self.size and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def measured_one(self) -> None:
+        self.measured += 1
+
+    def all_measured(self) -> bool:
+        return self.measured >= self.size
+
+
+class _ProbeReporter:
+    """Keeps each epoch's metrics; after the cold and the warm epochs, tells the wave, and stops the probe once
+    every probe of the wave has measured."""
+
+    def __init__(self, wave) -> None:
+        self.wave, self.history = wave, []
+
+    def restore(self):
+        return None
+
+    def report(self, metrics: dict, state: dict) -> None:
+        import ray
+
+        from trainables.reporting import StopTraining
+
+        self.history.append(dict(metrics))
+        if len(self.history) == 1 + WARM_EPOCHS:
+            ray.get(self.wave.measured_one.remote())
+        if len(self.history) >= 1 + WARM_EPOCHS and ray.get(self.wave.all_measured.remote()):
+            raise StopTraining
+
+
+def _probe(fit, config: dict, data: dict, steps: int, wave) -> dict:
+    """Epochs on a slice of the training set: a cold one, then WARM_EPOCHS measured ones (the faster counts),
+    then more while other probes of the wave still measure. The modules a Tune trial's worker holds are imported
+    first, so that the memory the worker reports compares with a trial's."""
+    import ray
+
     import tune_app.ray_adapter  # noqa: F401  (Ray Tune, torch: what a trial's process has loaded)
-    from trainables.reporting import LocalReporter
+    from trainables.reporting import StopTraining
 
     n = min(len(data["y_train"]), max(steps * int(config["batch_size"]), PROBE_SAMPLES))
     probe_data = {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]}
-    reporter = LocalReporter()
-    fit({**config, "epochs": 3, "max_epochs": 0}, probe_data, reporter)
-    last = max(reporter.history[1:], key=lambda m: m["samples_per_s"])
+    reporter = _ProbeReporter(wave)
+    ray.get(wave.start.remote())
+    try:
+        fit({**config, "epochs": 10_000, "max_epochs": 0}, probe_data, reporter)
+    except StopTraining:
+        pass
+    last = max(reporter.history[1:1 + WARM_EPOCHS], key=lambda m: m["samples_per_s"])
     return {"probe_samples": n, "samples_per_s": last["samples_per_s"],
             "eval_s": max(0.0, last["epoch_time_s"] - n / last["samples_per_s"]),
-            "peak_mem_mb": last["peak_mem_mb"], "params": last["params"]}
+            "peak_mem_mb": max(m["peak_mem_mb"] for m in reporter.history), "params": last["params"],
+            "epochs_run": len(reporter.history)}
 
 
 def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_bytes: int, cpus: float,
-              gpus: float) -> dict:
-    """Run one probe per distinct cost key as Ray tasks, each in a fresh worker (max_calls=1)."""
+              gpus: float, concurrency: int) -> dict:
+    """One probe per distinct cost key, each a Ray task in a fresh worker (max_calls=1), in waves of as many as
+    the sweep will run at once (see _Wave)."""
     import ray
 
     remote = ray.remote(max_calls=1, num_cpus=cpus, num_gpus=gpus)(_probe)
+    wave_actor = ray.remote(num_cpus=0)(_Wave)
     keys = list(dict.fromkeys(cost_key(trainable, c) for c in configs))
     first = {cost_key(trainable, c): c for c in reversed(configs)}
-    futures = {k: remote.remote(trainable.fit, first[k], data_ref, PROBE_STEPS) for k in keys}
-    results = dict(zip(futures, ray.get(list(futures.values()))))
+    results = {}
+    for start in range(0, len(keys), concurrency):
+        batch = keys[start:start + concurrency]
+        wave = wave_actor.remote(len(batch))
+        futures = [remote.remote(trainable.fit, first[k], data_ref, PROBE_STEPS, wave) for k in batch]
+        results.update(zip(batch, ray.get(futures)))
+        ray.kill(wave)
     for result in results.values():
         result["untouched_mb"] = train_bytes * (1 - result["probe_samples"] / n_train) / 2**20
     return results

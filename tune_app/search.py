@@ -296,16 +296,18 @@ def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[d
     configs = points + plan.configurations(param_space, s["num_samples"] - len(points), s["seed"])
     trainable = space.trainable
     configs = [trainable_config(trainable, c) for c in configs]
-    print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
-          f"({plan.PROBE_STEPS} steps each) to estimate {len(configs)} trials...", flush=True)
-    probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
-                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"])
-    rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
     cluster = ray.cluster_resources()
     concurrency = min(cluster.get("CPU", 1) / s["cpus_per_trial"],
                       cluster.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf,
                       s.get("max_concurrent") or math.inf)
-    return rows, plan.table(rows, max(1.0, math.floor(concurrency)))
+    concurrency = max(1, math.floor(concurrency))
+    print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
+          f"({plan.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
+          f"{len(configs)} trials...", flush=True)
+    probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency)
+    rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
+    return rows, plan.table(rows, concurrency)
 
 
 def trainable_config(trainable, config: dict) -> dict:
