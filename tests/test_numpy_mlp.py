@@ -310,3 +310,28 @@ def test_bad_values_are_refused_with_one_line(digits, key, value, message):
     with pytest.raises(ValueError) as e:
         run({**BASE, key: value}, digits.sweep_view())
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_adding_an_optimizer_is_one_class_and_its_registry_line(digits):
+    """The README's example, run as written: registered, it trains and checkpoints like the others."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split('@OPTIMIZERS.register("adamax")')[1].split("```")[0]
+    try:
+        exec('@OPTIMIZERS.register("adamax")' + block, vars(nm).copy())
+        w = W0.copy()
+        opt = nm.OPTIMIZERS.get("adamax")([w.shape], dict(HYPER), np.float64)
+        for g in GRADS:
+            opt.step([w], [g.copy()])
+        m, u, expected = [0.0, 0.0], [0.0, 0.0], list(W0)  # AdaMax (Kingma & Ba 2015, alg. 2), by hand
+        for t, g in enumerate(GRADS, start=1):
+            for i, gi in enumerate(g):
+                m[i] = 0.9 * m[i] + 0.1 * gi
+                u[i] = max(0.999 * u[i], abs(gi))
+                expected[i] -= 0.1 / (1 - 0.9 ** t) * m[i] / (u[i] + 1e-8)
+        np.testing.assert_allclose(w, expected, rtol=1e-12)
+        history = run({**BASE, "optimizer": "adamax"}, digits.sweep_view()).history
+        assert history[-1]["val_acc"] > 0.8 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
+    finally:
+        nm.OPTIMIZERS._items.pop("adamax", None)
