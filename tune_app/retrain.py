@@ -136,21 +136,20 @@ def make_plan(args) -> Plan:
     trainable = sweep.space.trainable
     candidates = []
     for entry in top["trials"]:
+        own_seed = int(entry["config"].get("seed", trainable.PARAMS["seed"].default))
         try:
-            config = run_config(trainable, entry["config"], 0, args.epochs)
+            config = run_config(trainable, entry["config"], own_seed, args.epochs)
         except ValueError as e:
             raise UsageError(f"{sweep.path.name}: trial {entry['trial_name']}'s configuration is not accepted by "
                              f"this version of tune_app: {str(e).splitlines()[0]}") from None
-        own_seed = int(entry["config"].get("seed", config["seed"]))
         own_epochs = run_config(trainable, entry["config"], own_seed, None)["epochs"]
         search = {k: entry.get(k) for k in ("value", "last_value", "best_epoch_value", "best_epoch", "epochs",
                                             "status")}
         candidates.append(Candidate(entry["rank"], entry["trial_id"], entry["trial_name"], search, config,
                                     parse_seeds(args, own_seed), own_seed, own_epochs))
     s = dict(sweep.spec["settings"])
-    for key in ("address", "cpus_per_trial", "gpus_per_trial", "data_dir", "wandb_mode", "wandb_project",
-                "wandb_entity"):
-        if getattr(args, key, None) is not None:
+    for key in ("address", "cpus_per_trial", "gpus_per_trial", "wandb_mode", "wandb_project", "wandb_entity"):
+        if getattr(args, key) is not None:
             s[key] = getattr(args, key)
     if args.data_dir is not None:
         s["data_dir"] = str(Path(args.data_dir).resolve())
@@ -186,15 +185,12 @@ def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_tes
 
     The thread count follows the resources, as in a sweep's trial, so a CPU retrain repeats the sweep's
     arithmetic exactly. Returns the history, test numbers, confusion matrix and the weights."""
+    import torch
+
     from trainables.reporting import LocalReporter
 
     threads = max(1, math.floor(cpus))
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    torch.set_num_threads(threads)
     trainable = importlib.import_module(module)
     reporter = LocalReporter()
     t0 = time.perf_counter()
@@ -268,12 +264,6 @@ def final(run: dict, metric: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def better(a: float, b: float, mode: str) -> bool:
-    if not math.isfinite(b):
-        return math.isfinite(a)
-    return math.isfinite(a) and (a > b if mode == "max" else a < b)
-
-
 def best_run(c: Candidate, metric: str, mode: str) -> dict:
     """The seed kept for the model file: best validation metric; without validation, lowest training loss."""
     def key(run):
@@ -303,7 +293,6 @@ def reproduction(c: Candidate, plan: Plan) -> dict | None:
 def summarize(plan: Plan, dataset) -> dict:
     """retrain.json's numbers: per seed, per configuration (mean and std), the ranking, the kept model."""
     metric, mode = plan.sweep.metric, plan.sweep.mode
-    k = dataset.num_classes
     configs = []
     for c in plan.candidates:
         per_class = [np.diag(r["confusion"]) / np.maximum(r["confusion"].sum(1), 1) for r in c.runs]
@@ -340,7 +329,7 @@ def summarize(plan: Plan, dataset) -> dict:
                   "chosen_by": ("validation " + metric) if plan.train_on == "train" else "search rank, then train "
                                                                                          "loss (no validation split)"},
         "confusion_matrix": confusion.tolist(), "most_confused": most_confused(confusion, dataset.classes),
-        "test_per_class_n": np.bincount(dataset.y_test, minlength=k).tolist(),
+        "test_per_class_n": np.bincount(dataset.y_test, minlength=dataset.num_classes).tolist(),
         "determinism": determinism_note(best_seed),
     }
 
@@ -438,6 +427,7 @@ def data_meta(dataset) -> dict:
 def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
     """Build the retrain folder under a temporary name, then swap it in: a failure or a kill midway leaves the
     previous retrain whole."""
+    import pandas as pd
     import torch
 
     from tune_app import plots
@@ -449,17 +439,15 @@ def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
         torch.save(payload, tmp / MODEL_FILE)
         classes = list(dataset.classes)
         confusion = np.asarray(summary["confusion_matrix"])
-        header = ",".join(["true \\ predicted", *(_csv(c) for c in classes)])
-        rows = [",".join([_csv(name), *map(str, row)]) for name, row in zip(classes, confusion)]
-        (tmp / "confusion_matrix.csv").write_text("\n".join([header, *rows]) + "\n")
+        pd.DataFrame(confusion, index=classes, columns=classes).to_csv(tmp / "confusion_matrix.csv",
+                                                                        index_label="true \\ predicted")
         kept = next(c for c in summary["configs"] if c["rank"] == summary["model"]["rank"])
-        best_seed_acc = np.diag(confusion) / np.maximum(confusion.sum(1), 1)
-        lines = ["class,test_images,acc_mean_over_seeds,acc_kept_model"]
-        lines += [f"{_csv(name)},{n},{m:.6f},{b:.6f}" for name, n, m, b in
-                  zip(classes, summary["test_per_class_n"], kept["per_class_acc"], best_seed_acc)]
-        (tmp / "per_class.csv").write_text("\n".join(lines) + "\n")
+        pd.DataFrame({"class": classes, "test_images": summary["test_per_class_n"],
+                      "acc_mean_over_seeds": kept["per_class_acc"],
+                      "acc_kept_model": np.diag(confusion) / np.maximum(confusion.sum(1), 1)}).to_csv(
+            tmp / "per_class.csv", index=False)
         plots.confusion_png(tmp / "confusion_matrix.png", confusion, classes,
-                                    f"{summary['model']['trial_name']} seed {summary['model']['seed']}: test set")
+                            f"{summary['model']['trial_name']} seed {summary['model']['seed']}: test set")
         predicted = load_model(tmp / MODEL_FILE).predict(dataset.x_test)
         plots.samples_png(tmp / "samples.png", dataset.x_test, dataset.y_test, predicted, classes)
         (tmp / "retrain.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
@@ -472,11 +460,6 @@ def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _csv(text: str) -> str:
-    text = str(text)
-    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(ch in text for ch in ',"\n') else text
 
 
 # ---------------------------------------------------------------- the model file
