@@ -263,3 +263,11 @@ def test_no_finished_trial(tmp_path, trials, capsys):
     assert pd.read_parquet(s / "trials.parquet")["status"].tolist() == ["diverged", "error"]
     assert not [p for p in s.rglob("*") if p.name.endswith(".tmp")]
     assert json.loads((s / "best_config.json").read_text())["config"] is None
+
+
+def test_saved_options_repeat_the_choices_a_summary_was_made_with(analyzed, trials, tmp_path):
+    from tune_app.analyze import saved_options
+
+    assert saved_options(analyzed) == {"select": "last", "at_epoch": expected_at_epoch(trials), "top_k": 3,
+                                       "pairs": ["optimizer,batch_size"]}
+    assert saved_options(tmp_path) == {}  # never analyzed: the defaults apply

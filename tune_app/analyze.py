@@ -147,17 +147,34 @@ def load_trials(path, metric=None, mode=None, at_epoch=None):
     return sweep, history, trials_frame(sweep.records, sweep.metric, sweep.mode, at_epoch=at_epoch), at_epoch
 
 
-def top_configs(path, k: int, flag: str = "--top-k") -> tuple[rundir.Sweep, dict]:
+def saved_options(path) -> dict:
+    """The choices the summary in ``<path>/summary`` was made with, read back from its files (selection rule,
+    equal-length epoch and k from topk.json, the pairs in pairs.csv, the grouped curves drawn), so that a new
+    analysis can repeat them; empty when there is no summary."""
+    summary = Path(path).expanduser() / "summary"
+    options = {}
+    if (summary / "topk.json").is_file():
+        saved = json.loads((summary / "topk.json").read_text())
+        options = {"select": saved.get("selection_rule", "last"), "at_epoch": saved.get("at_epoch"),
+                   "top_k": saved.get("k", 5)}
+    if (summary / "pairs.csv").is_file():
+        pairs = pd.read_csv(summary / "pairs.csv")
+        if len(pairs):
+            options["pairs"] = list(dict.fromkeys(f"{a},{b}" for a, b in zip(pairs["first"], pairs["second"])))
+    drawn = sorted((summary / "plots").glob("curves_by_*.png"))
+    if drawn:
+        options["curves_by"] = [p.stem.removeprefix("curves_by_") for p in drawn]
+    return options
+
+
+def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
     """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
     (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
     Returns (sweep, topk payload). Raises UsageError when there are fewer than k eligible trials."""
     if k < 1:
-        raise UsageError(f"{flag} {k}: must be at least 1")
-    saved = Path(path).expanduser() / "summary" / "topk.json"
-    rule, at_epoch = "last", None
-    if saved.is_file():
-        previous = json.loads(saved.read_text())
-        rule, at_epoch = previous.get("selection_rule", rule), previous.get("at_epoch")
+        raise UsageError(f"--top-k {k}: must be at least 1")
+    options = saved_options(path)
+    rule, at_epoch = options.get("select", "last"), options.get("at_epoch")
     sweep, _, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
     if sweep.spec is None or sweep.space is None:
         raise UsageError(f"{sweep.path} is not a tune_app sweep of a space this version knows (no "
@@ -165,7 +182,7 @@ def top_configs(path, k: int, flag: str = "--top-k") -> tuple[rundir.Sweep, dict
     top = top_k_payload(trials, sweep.metric, sweep.mode, rule, k)
     if len(top["trials"]) < k:
         counts = _status_counts(trials)
-        raise UsageError(f"{flag} {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
+        raise UsageError(f"--top-k {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
                          f"({counts['completed']} completed, {counts['stopped']} stopped early, {counts['diverged']} "
                          f"diverged, {counts['error']} failed); ask for at most {len(top['trials'])}")
     return sweep, top
@@ -186,10 +203,10 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
         if name not in sweep.params:
             raise UsageError(f"--curves-by {name}: not a searched hyperparameter; searched: "
                              f"{', '.join(sweep.params)}")
-    plan_file = sweep.path / "plan.json"
-    if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
-        from tune_app import plan
+    from tune_app import plan
 
+    plan_file = sweep.path / plan.PLAN_FILE
+    if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
         trials = plan.attach(trials, history, json.loads(plan_file.read_text()), sweep.space.trainable)
     values = analysis.view_values(trials, history, metric, at_epoch)
     trends = analysis.trends(trials, history, sweep.params, metric, mode, at_epoch, sweep.bins)
@@ -342,8 +359,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
     try:
         run(args.run_dir, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
             select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
-            wandb_project=args.wandb_project,
-            wandb_entity=args.wandb_entity)
+            wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
         return UsageError.exit_code

@@ -209,12 +209,9 @@ def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_tes
 
 
 def _node_id() -> str | None:
-    try:
-        import ray
+    import ray
 
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except ImportError:
-        return None
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def run_all(plan: Plan, dataset) -> None:
@@ -636,22 +633,7 @@ def refresh_report(plan: Plan) -> None:
     the retrain section."""
     from tune_app import analyze
 
-    options = {}
-    topk = plan.run_dir / "summary" / "topk.json"
-    if topk.is_file():
-        saved = json.loads(topk.read_text())
-        options = {"select": saved.get("selection_rule", "last"), "at_epoch": saved.get("at_epoch"),
-                   "top_k": saved.get("k", 5)}
-    pairs_csv = plan.run_dir / "summary" / "pairs.csv"
-    if pairs_csv.is_file():
-        import pandas as pd
-
-        pairs = pd.read_csv(pairs_csv)
-        if len(pairs):
-            options["pairs"] = list(dict.fromkeys(f"{a},{b}" for a, b in zip(pairs["first"], pairs["second"])))
-    drawn = sorted((plan.run_dir / "summary" / "plots").glob("curves_by_*.png"))
-    if drawn:
-        options["curves_by"] = [p.stem.removeprefix("curves_by_") for p in drawn]
+    options = analyze.saved_options(plan.run_dir)
     try:
         analyze.run(plan.run_dir, wandb_mode="disabled", quiet=True, **options)
     except UsageError as e:

@@ -349,7 +349,9 @@ def run(spec: dict, resume: bool) -> int:
     if not resume and s.get("estimate_cost"):
         rows, text = plan_table(space, config, s, dataset, points)
         print(text, flush=True)
-        (run_dir / "plan.json").write_text(json.dumps(rows, indent=1))
+        from tune_app.plan import PLAN_FILE
+
+        (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(
         tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
         {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
