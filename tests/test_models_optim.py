@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from tests.fake_datasets import class_images
 from trainables.models import ACTIVATIONS, MODELS, build_model
-from trainables.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
+from trainables.optim import OPTIMIZERS, build_optimizer
 from trainables.registry import Registry, UnknownName
 
 INPUTS = {"digits_cnn": (1, 8, 8), "vgg6": (3, 32, 32)}
@@ -101,23 +101,6 @@ def test_nesterov_uses_momentum_even_when_given_zero():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = build_optimizer("nesterov", [p], 0.1, weight_decay=0.0, momentum=0.0)
     assert opt.param_groups[0]["nesterov"] is True and opt.param_groups[0]["momentum"] == 0.9
-
-
-@pytest.mark.parametrize("name", SCHEDULES.names())
-def test_every_schedule_steps_per_epoch(name):
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    schedule = build_schedule(name, opt, epochs=4)
-    lrs = []
-    for _ in range(4):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        schedule.step()
-    assert lrs[0] == pytest.approx(0.1)
-    if name == "cosine":
-        assert lrs == pytest.approx([0.1, 0.1 * (1 + 2**-0.5) / 2, 0.05, 0.1 * (1 - 2**-0.5) / 2])
-    else:
-        assert lrs == pytest.approx([0.1] * 4)
 
 
 def test_registry_refuses_duplicates_and_lists_known_names():
