@@ -1,10 +1,15 @@
 """Batch augmentations as whole-tensor operations on the trial's device.
 
-Every function takes a batch (B, C, H, W) and a ``torch.Generator`` on the same
-device, so a trial's augmentations are reproducible from its seed and need no
-worker processes or per-image PIL work.
+Every random function takes a batch (B, C, H, W) and a ``torch.Generator`` on the
+same device, so a trial's augmentations are reproducible from its seed and need no
+worker processes or per-image PIL work. Crop, flip and AutoAugment work on uint8
+images; rotation, color jitter, blur and noise on float images in [0, 1]; Cutout,
+MixUp and CutMix on normalized images. ``rotate``, ``adjust_colors`` and ``blur`` are
+their deterministic cores, for tests and for corruptions.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +70,177 @@ class AutoAugment:
         if x.dtype != torch.uint8:
             raise TypeError("AutoAugment works on uint8 images")
         return torch.stack([self.transform(img) for img in x])
+
+
+# Float augmentations: images in [0, 1], shape (B, C, H, W) with C = 1 or 3; each returns
+# its input unchanged at strength 0 and clamps its output to [0, 1].
+
+def _check_float(x: torch.Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name} works on float images in [0, 1], got {x.dtype}")
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate image i by ``angles[i]`` degrees counter-clockwise about its centre, bilinear,
+    black outside, as torchvision's ``rotate`` (one ``grid_sample`` for the batch)."""
+    _check_float(x, "rotate")
+    b, _, h, w = x.shape
+    rad = torch.deg2rad(angles.to(x.device, x.dtype))
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    # Output -> input pixel offsets from the centre, rotated by -angle (y points down), in
+    # affine_grid's [-1, 1] coordinates, which stretch x by W/2 and y by H/2.
+    theta = torch.stack([torch.stack([cos, -sin * h / w, zero], 1),
+                         torch.stack([sin * w / h, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp_(0, 1)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image by its own angle, uniform in [-degrees, degrees] (torchvision RandomRotation)."""
+    if degrees == 0:
+        return x
+    angles = (torch.rand(x.shape[0], generator=gen, device=x.device) * 2 - 1) * abs(degrees)
+    return rotate(x, angles)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) luma, 0.299 R + 0.587 G + 0.114 B; a 1-channel image is its own."""
+    if x.shape[1] == 1:
+        return x
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def adjust_colors(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                  saturation: torch.Tensor) -> torch.Tensor:
+    """Per-image factors (B,), applied in this order with torchvision's formulas: brightness
+    scales, contrast blends with the mean of the grayscale image, saturation with the
+    grayscale image (no-op on 1 channel); clamped to [0, 1] after each, as torchvision."""
+    _check_float(x, "adjust_colors")
+
+    def blend(img, other, factor):
+        f = factor.to(x.device, x.dtype)[:, None, None, None]
+        return (f * img + (1 - f) * other).clamp_(0, 1)
+
+    x = blend(x, 0.0, brightness)
+    x = blend(x, _grayscale(x).mean(dim=(1, 2, 3), keepdim=True), contrast)
+    if x.shape[1] == 1:
+        return x
+    return blend(x, _grayscale(x), saturation)
+
+
+def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Per-image brightness, contrast and saturation factors uniform in [max(0, 1-s), 1+s]
+    (torchvision ColorJitter(s, s, s), in a fixed order rather than its random one)."""
+    if strength == 0:
+        return x
+    low, high = max(0.0, 1 - strength), 1 + strength
+    f = low + (high - low) * torch.rand(3, x.shape[0], generator=gen, device=x.device)
+    return adjust_colors(x, f[0], f[1], f[2])
+
+
+def _blur(x: torch.Tensor, sigmas: torch.Tensor, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur, sigma ``sigmas[i]`` for image i, kernel 2*radius+1 wide,
+    reflect padding: two grouped convolutions over all B*C channels at once."""
+    b, c, h, w = x.shape
+    radius = min(radius, h - 1, w - 1)  # reflect padding needs less than the image size
+    d = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-d**2 / (2 * sigmas.to(x.device, x.dtype)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, k)
+    out = F.pad(x.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    out = F.conv2d(out, kernel[:, None, None, :], groups=b * c)  # along rows
+    out = F.conv2d(out, kernel[:, None, :, None], groups=b * c)  # along columns
+    return out.reshape(b, c, h, w).clamp_(0, 1)
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of every image with ``sigma`` (pixels), kernel 2*ceil(3 sigma)+1, reflect padding."""
+    _check_float(x, "blur")
+    if sigma <= 0:
+        return x
+    return _blur(x, torch.full((x.shape[0],), float(sigma)), math.ceil(3 * sigma))
+
+
+def gaussian_blur(x: torch.Tensor, sigma_max: float, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
+    """With probability ``p`` per image, blur with sigma uniform in [0.1, sigma_max] (pixels),
+    kernel 2*ceil(3 sigma_max)+1 for all (torchvision GaussianBlur under RandomApply)."""
+    _check_float(x, "gaussian_blur")
+    if sigma_max <= 0 or p <= 0:
+        return x
+    b = x.shape[0]
+    u = torch.rand(2, b, generator=gen, device=x.device)
+    sigmas = 0.1 + (max(sigma_max, 0.1) - 0.1) * u[0]
+    return torch.where((u[1] < p)[:, None, None, None], _blur(x, sigmas, math.ceil(3 * sigma_max)), x)
+
+
+def gaussian_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
+    """Add N(0, std^2) noise per pixel (std on the 0..1 scale), clamped to [0, 1]."""
+    _check_float(x, "gaussian_noise")
+    if std <= 0:
+        return x
+    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return (x + std * noise).clamp_(0, 1)
+
+
+# Batch mixing, on normalized images and integer labels, returning soft targets (B, num_classes).
+# lam ~ Beta(alpha, alpha) comes from torch's global CPU RNG, since torch.distributions takes
+# no generator (the trainable seeds and checkpoints that RNG, as for AutoAugment); the
+# partner permutation and CutMix's box come from ``gen``.
+
+MIX_MODES = ("none", "mixup", "cutmix", "cutmix_mixup")
+
+
+def _one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.one_hot(y.long(), num_classes).to(dtype if dtype.is_floating_point else torch.float32)
+
+
+def _beta(alpha: float) -> float:
+    return float(torch.distributions.Beta(alpha, alpha).sample())
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float,
+          gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """MixUp (Zhang et al. 2018): x = lam x + (1-lam) x[perm], targets likewise, one lam per batch."""
+    targets = _one_hot(y, num_classes, x.dtype)
+    if alpha <= 0:
+        return x, targets, 1.0
+    lam = _beta(alpha)
+    perm = torch.randperm(x.shape[0], generator=gen, device=x.device)
+    return lam * x + (1 - lam) * x[perm], lam * targets + (1 - lam) * targets[perm], lam
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float,
+           gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): one box of area about (1-lam) H W, centre uniform in the image
+    and clipped at the borders, pasted from x[perm] into every image; lam is then the area
+    actually kept, which the targets use (torchvision's and timm's correction)."""
+    targets = _one_hot(y, num_classes, x.dtype)
+    if alpha <= 0:
+        return x, targets, 1.0
+    lam = _beta(alpha)
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=gen, device=x.device)
+    u = torch.rand(2, generator=gen, device=x.device).tolist()  # the box centre; one sync per batch
+    cy, cx = int(u[0] * h), int(u[1] * w)
+    half_h, half_w = int(0.5 * math.sqrt(1 - lam) * h), int(0.5 * math.sqrt(1 - lam) * w)
+    y1, y2 = max(cy - half_h, 0), min(cy + half_h, h)
+    x1, x2 = max(cx - half_w, 0), min(cx + half_w, w)
+    out = x.clone()
+    out[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
+    lam = 1 - (y2 - y1) * (x2 - x1) / (h * w)
+    return out, lam * targets + (1 - lam) * targets[perm], lam
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mode: str, alpha: float,
+              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, soft targets) for ``mode`` in MIX_MODES; "cutmix_mixup" picks one of the two
+    per batch with probability 1/2, drawn from torch's global CPU RNG like lam (torchvision's
+    RandomChoice([CutMix, MixUp]))."""
+    if mode not in MIX_MODES:
+        raise ValueError(f"unknown mix mode {mode!r}; known: {', '.join(MIX_MODES)}")
+    if mode == "none":
+        return x, _one_hot(y, num_classes, x.dtype)
+    if mode == "cutmix_mixup":
+        mode = "cutmix" if torch.rand(()) < 0.5 else "mixup"
+    mixed, targets, _ = (cutmix if mode == "cutmix" else mixup)(x, y, num_classes, alpha, gen)
+    return mixed, targets
