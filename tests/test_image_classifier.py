@@ -20,10 +20,10 @@ def test_reports_every_design_metric_each_epoch(digits):
     history = run(BASE, digits.sweep_view()).history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for h in history:
-        assert set(h) == {*ic.METRICS, "diverged"}
+        assert set(h) == {*ic.METRICS, "diverged", "early_stopped"}
         assert 0 <= h["train_acc"] <= 1 and 0 <= h["val_acc"] <= 1
         assert h["params"] == 53_098 and h["samples_per_s"] > 0 and h["peak_mem_mb"] > 0
-        assert h["diverged"] is False
+        assert h["diverged"] is False and h["early_stopped"] is False
     assert history[-1]["val_acc"] > 0.85
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     # cosine over 3 epochs: lr reported at the start of each epoch
@@ -96,3 +96,100 @@ def test_bad_values_are_refused_with_one_line(digits, key, value, message):
     with pytest.raises(ValueError) as e:
         run({**BASE, key: value}, digits.sweep_view())
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("values, patience, min_delta, metric, stop_at", [
+    ([1.0, 0.95, 0.945, 0.944, 0.946, 0.5], 3, 0.01, "val_loss", 5),  # 0.95 -> 0.944 is less than 0.01
+    ([1.0, 0.95, 0.945, 0.90, 0.91, 0.92, 0.93], 3, 0.01, "val_loss", 7),  # 0.90 counts: the wait restarts
+    ([0.5, 0.6, 0.6, 0.61, 0.61, 0.61], 2, 0.0, "val_acc", 6),  # higher is better; equal is no improvement
+    ([0.5, float("nan"), 0.4, 0.4], 2, 0.0, "val_acc", 4),  # NaN (no validation split) is not an epoch lost
+    ([1.0, 2.0, 3.0], 0, 0.0, "val_loss", None),  # patience 0: off
+])
+def test_early_stopping_stops_at_the_right_epoch(values, patience, min_delta, metric, stop_at):
+    stopper = ic.EarlyStopping(patience, min_delta, metric)
+    stops = [epoch for epoch, v in enumerate(values, 1) if stopper.update(v)]
+    assert (stops[0] if stops else None) == stop_at
+
+
+def test_early_stopping_ends_the_trial_with_its_own_flag(digits):
+    """No epoch can improve val_acc by 2 (it is a fraction): the trial stops after epoch 1 + patience."""
+    config = {**BASE, "epochs": 6, "early_stop_patience": 2, "early_stop_min_delta": 2.0,
+              "early_stop_metric": "val_acc"}
+    history = run(config, digits.sweep_view()).history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["early_stopped"] for h in history] == [False, False, True]
+    from tune_app.summary import trial_status
+    assert trial_status({"history": history, "target_epochs": 6}) == "early_stopped"
+
+
+NEW_OPTIONS = [
+    {"rotation": 15.0, "color_jitter": 0.3, "blur_sigma": 1.0, "noise_std": 0.05},
+    {"mix": "mixup", "label_smoothing": 0.1},
+    {"mix": "cutmix"},
+    {"mix": "cutmix_mixup", "mix_alpha": 0.5},
+    {"schedule": "step", "step_size": 1, "step_gamma": 0.5, "warmup_epochs": 1.0},
+    {"schedule": "plateau", "plateau_patience": 0},
+    {"schedule": "onecycle", "warmup_epochs": 1.0},
+    {"amp": "bf16", "channels_last": "on", "cache": "host"},
+]
+
+
+@pytest.mark.parametrize("options", NEW_OPTIONS, ids=lambda o: "+".join(o))
+def test_every_new_option_trains_and_is_reproducible(digits, options):
+    config = {**BASE, "epochs": 2, **options}
+    a = run(config, digits.sweep_view()).history
+    assert all(math.isfinite(h["train_loss"]) and not h["diverged"] for h in a)
+    assert a[-1]["val_acc"] > 0.3  # ten classes: well above chance after two epochs
+    assert strip(a) == strip(run(config, digits.sweep_view()).history)
+
+
+def test_schedules_report_the_lr_their_formula_gives(digits):
+    steps = len(ic.batch_starts(len(digits.y_train), 64))
+    step = run({**BASE, "epochs": 3, "schedule": "step", "step_size": 2, "step_gamma": 0.1}, digits.sweep_view())
+    assert [h["lr"] for h in step.history] == pytest.approx([3e-3, 3e-3, 3e-4])
+    warm = run({**BASE, "epochs": 2, "schedule": "none", "warmup_epochs": 2.0}, digits.sweep_view())
+    # the lr of each epoch's first step: 1/W of the way up, then (steps + 1)/W
+    assert [h["lr"] for h in warm.history] == pytest.approx([3e-3 / (2 * steps), 3e-3 * (steps + 1) / (2 * steps)])
+
+
+def test_resume_continues_exactly_with_mixing_onecycle_and_early_stopping(digits):
+    config = {**BASE, "epochs": 3, "mix": "cutmix_mixup", "schedule": "onecycle", "label_smoothing": 0.1,
+              "rotation": 10.0, "early_stop_patience": 5}
+    full = run(config, digits.sweep_view()).history
+    first = LocalReporter(stop_after=1)
+    with pytest.raises(StopTraining):
+        ic.fit(config, digits.sweep_view(), first)
+    rest = run(config, digits.sweep_view(), LocalReporter(state=first.state)).history
+    assert strip(full[1:]) == strip(rest)
+
+
+def test_ood_acc_equals_val_acc_at_severity_zero_and_falls_with_corruption(digits):
+    config = {**BASE, "epochs": 2, "ood_corruptions": "gaussian_noise,contrast", "ood_images": 0}
+    clean = run({**config, "ood_severities": "0"}, digits.sweep_view()).history
+    assert [h["ood_acc"] for h in clean] == [h["val_acc"] for h in clean]
+    harsh = run({**config, "ood_severities": "5"}, digits.sweep_view()).history
+    assert strip(harsh)[-1]["val_acc"] == strip(clean)[-1]["val_acc"]  # scoring corrupted copies changes no training
+    assert harsh[-1]["ood_acc"] < harsh[-1]["val_acc"]
+    n = len(digits.y_val)
+    assert round(harsh[-1]["ood_acc"] * 2 * n, 6) % 1 == 0  # the mean of 2 sets of n images
+
+
+def test_a_model_that_outputs_probabilities_cannot_mix(digits, monkeypatch):
+    from torch import nn
+
+    from trainables.models import MODELS, digits_cnn
+
+    def softmax_cnn(input_shape, num_classes, activation="relu", batch_norm=True):
+        return nn.Sequential(digits_cnn(input_shape, num_classes, activation, batch_norm), nn.Softmax(1))
+
+    monkeypatch.setitem(MODELS._items, "softmax_cnn", softmax_cnn)
+    config = {**BASE, "model": "softmax_cnn", "mix": "cutmix", "epochs": 1}
+    with pytest.raises(ValueError) as e:
+        run(config, digits.sweep_view())
+    assert str(e.value) == ("mix needs a model that outputs logits; softmax_cnn outputs probabilities (every row "
+                            "sums to 1): remove its final softmax, or set mix=none")
+    softmax_cnn.outputs = "probabilities"  # a model that says so is refused before anything runs
+    with pytest.raises(ValueError, match="search it with mix=none"):
+        ic.check_space({"model": ["digits_cnn", "softmax_cnn"], "mix": ["none", "cutmix"]})
+    ic.check_space({"model": ["softmax_cnn"], "mix": ["none"]})
+    assert len(run({**config, "mix": "none"}, digits.sweep_view()).history) == 1

@@ -37,7 +37,7 @@ def exit_code(argv) -> int:
 
 
 BAD = [
-    (["--space", "nope"], "unknown space 'nope'; known spaces: cifar_vgg6, digits"),
+    (["--space", "nope"], "unknown space 'nope'; known spaces: cifar100_ood, cifar100_resnet, cifar_vgg6, digits"),
     (["--space", "digits", "--set", "lrr=0.1"], "unknown --set key 'lrr'; known keys: activation,"),
     (["--space", "digits", "--set", "lr=-1"], "lr=-1.0: must be >= 1e-12"),
     (["--space", "digits", "--set", "optimizer=foo"], "optimizer='foo': choose one of adagrad, adam,"),
@@ -47,7 +47,7 @@ BAD = [
     (["--space", "digits", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: use a fraction up to 1"),
     (["--space", "digits", "--searcher", "grid"], "--searcher grid needs a list of values for lr"),
     (["--space", "digits", "--scheduler", "pbt"], "--scheduler pbt explores by itself"),
-    (["--searcher", "optuna"], "--space is required; known spaces: cifar_vgg6, digits"),
+    (["--searcher", "optuna"], "--space is required; known spaces: cifar100_ood, cifar100_resnet, cifar_vgg6, digits"),
     (["--space", "digits", "--searcher", "bayes"], "argument --searcher: invalid choice: 'bayes'"),
 ]
 
@@ -99,8 +99,10 @@ def test_missing_data_says_where_which_files_and_how(tmp_path, capsys):
 def test_list_spaces_names_each_with_its_summary(capsys):
     assert main(["--list-spaces"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["cifar_vgg6", "digits", "fashion_mnist_mlp", "mlp_lab", "mnist_mlp"]
-    assert "VGG6 on CIFAR-10" in out[0] and "digits" in out[1] and "NumPy MLP" in out[2] and "Study 4" in out[3]
+    assert [line.split()[0] for line in out] == ["cifar100_ood", "cifar100_resnet", "cifar_vgg6", "digits",
+                                                   "fashion_mnist_mlp", "mlp_lab", "mnist_mlp"]
+    assert "Study 5" in out[0] and "Study 2" in out[1] and "VGG6 on CIFAR-10" in out[2] and "digits" in out[3]
+    assert "NumPy MLP" in out[4] and "Study 4" in out[5]
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "tune_app.search"],
@@ -111,7 +113,7 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "tune_app: error: unknown space 'nope'; known spaces: "
-        "cifar_vgg6, digits, fashion_mnist_mlp, mlp_lab, mnist_mlp"]
+        "cifar100_ood, cifar100_resnet, cifar_vgg6, digits, fashion_mnist_mlp, mlp_lab, mnist_mlp"]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -17,7 +17,8 @@ def test_every_space_is_valid_and_documented(name):
     assert space.searched, "a space searches something"
     assert set(space.defaults) <= set(DEFAULT_KEYS)
     assert space.defaults["searcher"] in SEARCHERS and space.defaults["scheduler"] in SCHEDULERS
-    assert space.metric in space.trainable.METRICS and space.mode in ("max", "min")
+    metrics = (*space.trainable.METRICS, *getattr(space.trainable, "OPTIONAL_METRICS", ()))
+    assert space.metric in metrics and space.mode in ("max", "min")
     assert f"python -m tune_app.search --space {name}" in space.module.__doc__
 
 
@@ -33,6 +34,38 @@ def test_cifar_vgg6_is_study_one_in_full():
     assert space.defaults["num_samples"] == 111
     assert (space.defaults["searcher"], space.defaults["scheduler"]) == ("optuna", "asha")
     assert space.space["dataset"] == "cifar10" and space.space["model"] == "vgg6"
+
+
+def test_cifar100_resnet_is_study_two_grid_exactly():
+    from ray.tune.search.variant_generator import generate_variants
+
+    from tune_app.tuning import grid_space
+
+    space = load_space("cifar100_resnet")
+    grid = [v for _, v in generate_variants(grid_space(space.space))]
+    axes = ("model", "mix", "optimizer", "lr", "schedule")
+    assert len(grid) == 32 and len({tuple(v[k] for k in axes) for v in grid}) == 32
+    assert {v["model"] for v in grid} == {"resnet18", "preact_resnet18"}
+    assert {v["mix"] for v in grid} == {"cutmix_mixup", "none"} and {v["lr"] for v in grid} == {1e-4, 1e-2}
+    assert {v["optimizer"] for v in grid} == {"nesterov", "adam"}
+    assert {v["schedule"] for v in grid} == {"plateau", "cosine"}
+    fixed = {k: space.space[k] for k in ("batch_size", "epochs", "early_stop_patience", "early_stop_min_delta",
+                                          "weight_decay", "momentum", "dataset", "flip")}
+    assert fixed == {"batch_size": 256, "epochs": 50, "early_stop_patience": 3, "early_stop_min_delta": 0.01,
+                     "weight_decay": 1e-3, "momentum": 0.9, "dataset": "cifar100", "flip": True}
+    assert space.space["rotation"] > 0 and space.space["color_jitter"] > 0 and space.space["crop_padding"] == 4
+    assert (space.defaults["searcher"], space.defaults["scheduler"], space.defaults["num_samples"]) == (
+        "grid", "fifo", 1)
+
+
+def test_cifar100_ood_ranks_by_accuracy_on_corrupted_data():
+    space = load_space("cifar100_ood")
+    assert (space.metric, space.mode) == ("ood_acc", "max")
+    cats = {k: sorted(map(str, v.categories)) for k, v in space.space.items() if isinstance(v, Categorical)}
+    assert cats["model"] == ["resnet18", "resnet50", "small_cnn2", "small_cnn4"]
+    assert cats["schedule"] == ["onecycle", "step"] and cats["optimizer"] == ["adam", "sgd"]
+    assert {"label_smoothing", "rotation", "blur_sigma", "noise_std"} <= set(cats)
+    assert space.space["ood_corruptions"] == "all" and space.space["ood_severities"] == "1-5"
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -53,7 +86,7 @@ def test_a_list_override_becomes_a_searched_choice():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"lrr": 0.1}, "unknown --set key 'lrr'; known keys: activation, autoaugment, batch_norm,"),
+    ({"lrr": 0.1}, "unknown --set key 'lrr'; known keys: activation, amp, autoaugment, batch_norm,"),
     ({"lr": -1}, "lr=-1.0: must be >= 1e-12"),
     ({"optimizer": "foo"}, "optimizer='foo': choose one of"),
     ({"batch_size": 0}, "batch_size=0: must be >= 1"),
@@ -67,5 +100,6 @@ def test_bad_overrides_are_one_clear_line(overrides, message):
 
 
 def test_unknown_space_lists_the_known_ones():
-    with pytest.raises(UsageError, match=r"unknown space 'nope'; known spaces: cifar_vgg6, digits"):
+    with pytest.raises(UsageError,
+                       match=r"unknown space 'nope'; known spaces: cifar100_ood, cifar100_resnet, cifar_vgg6, digits"):
         load_space("nope")

@@ -13,6 +13,14 @@ On a GPU cuDNN's kernel choice (``cudnn.benchmark``) and atomic adds in some bac
 kernels can change the last bits between runs; ``deterministic: true`` turns off
 benchmarking, asks cuDNN and torch for deterministic kernels (warning where an op has
 none) and fixes cuBLAS's workspace.
+
+One batch goes: uint8 crop/flip/AutoAugment -> float rotation, color jitter, blur, noise
+-> normalize -> Cutout -> MixUp/CutMix (soft targets) -> forward under autocast
+(``amp``) in ``channels_last`` when asked -> label-smoothed cross-entropy -> step, and the
+schedule steps per batch (warm-up, OneCycle) and per epoch (cosine, StepLR, plateau).
+Early stopping ends a trial whose ``early_stop_metric`` stopped improving; its last report
+says ``early_stopped: True``. With ``ood_corruptions`` set, every epoch also scores the
+model on corrupted copies of the validation images (``ood_acc``, study 5).
 """
 from __future__ import annotations
 
@@ -26,47 +34,123 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables.augment import AutoAugment, cutout, random_crop, random_flip
+from trainables import corruptions
+from trainables.augment import (
+    MIX_MODES,
+    AutoAugment,
+    color_jitter,
+    cutout,
+    gaussian_blur,
+    gaussian_noise,
+    mix_batch,
+    random_crop,
+    random_flip,
+    random_rotation,
+)
 from trainables.data import DATASETS
-from trainables.models import ACTIVATIONS, MODELS, build_model
+from trainables.models import ACTIVATIONS, MODELS, PRETRAINED, build_model
 from trainables.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from trainables.params import Param, resolve
+
+
+class CorruptionsParam(Param):
+    """'none', 'all' or a comma list of corruption names (trainables.corruptions.CORRUPTIONS)."""
+
+    def check(self, key: str, value):
+        value = super().check(key, value)
+        if value != "none":
+            try:
+                corruptions.parse_names(value)
+            except ValueError as e:
+                raise ValueError(f"{key}={value!r}: {e}") from None
+        return value
+
+
+class SeveritiesParam(Param):
+    """Severities as '1,3,5' or '1-5' (0 = the clean image)."""
+
+    def check(self, key: str, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        value = super().check(key, value)
+        try:
+            corruptions.parse_severities(value)
+        except ValueError as e:
+            raise ValueError(f"{key}={value!r}: {e}") from None
+        return value
 
 PARAMS: dict[str, Param] = {
     # data (fixed for a sweep: prepared once by the driver)
     "dataset": Param("cifar10", str, "dataset name", choices=lambda: list(DATASETS), data=True),
     "val_fraction": Param(0.1, float, "share of the training set held out", low=0.0, high=1.0, data=True),
-    "split_seed": Param(0, int, "seed of the train/validation split", data=True),
+    "split_seed": Param(0, int, "seed of the train/validation split (and of the corrupted copies)", data=True),
     # model
     "model": Param("vgg6", str, "model name", choices=MODELS.names),
     "activation": Param("relu", str, "activation name", choices=ACTIVATIONS.names),
     "batch_norm": Param(True, bool, "batch norm after every conv"),
+    "pretrained_weights": Param("", str, "ImageNet .pth file for tv_resnet18/tv_resnet50; '' = random init"),
     # optimisation
     "optimizer": Param("sgd", str, "optimizer name", choices=OPTIMIZERS.names),
-    "lr": Param(0.01, float, "learning rate per step, > 0", low=1e-12),
+    "lr": Param(0.01, float, "learning rate per step, > 0 (OneCycle's peak)", low=1e-12),
     "momentum": Param(0.9, float, "SGD/Nesterov momentum in [0, 1)", low=0.0, high=1.0),
     "weight_decay": Param(0.0, float, "L2 weight decay, >= 0", low=0.0),
+    "label_smoothing": Param(0.0, float, "share of the target spread over all classes, in [0, 1)",
+                             low=0.0, high=1.0),
     "schedule": Param("none", str, "learning-rate schedule", choices=SCHEDULES.names),
+    "warmup_epochs": Param(0.0, float, "epochs of linear lr warm-up, per step (OneCycle: its rising phase)",
+                           low=0.0),
+    "step_size": Param(30, int, "StepLR: epochs between lr drops", low=1),
+    "step_gamma": Param(0.1, float, "StepLR: lr factor at each drop, > 0", low=1e-12),
+    "plateau_patience": Param(2, int, "ReduceLROnPlateau: epochs without val_loss improvement", low=0),
+    "plateau_factor": Param(0.1, float, "ReduceLROnPlateau: lr factor at each drop, in (0, 1)",
+                            low=1e-12, high=1.0),
     "batch_size": Param(128, int, "examples per step, >= 1", low=1),
     "epochs": Param(20, int, "epochs to train, >= 1", low=1),
     "max_epochs": Param(0, int, "cap on epochs for the whole sweep; 0 = no cap", low=0),
+    "early_stop_patience": Param(0, int, "epochs without improvement before the trial stops; 0 = off", low=0),
+    "early_stop_min_delta": Param(0.0, float, "smallest change of early_stop_metric that counts as improvement",
+                                  low=0.0),
+    "early_stop_metric": Param("val_loss", str, "what early stopping watches",
+                               choices=lambda: ["val_loss", "val_acc"]),
     # augmentation
     "crop_padding": Param(0, int, "random-crop padding in pixels; 0 = off", low=0),
     "flip": Param(False, bool, "random horizontal flip"),
     "autoaugment": Param(False, bool, "AutoAugment, CIFAR-10 policy"),
+    "rotation": Param(0.0, float, "random rotation up to this many degrees either way; 0 = off",
+                      low=0.0, high=180.000001),
+    "color_jitter": Param(0.0, float, "brightness/contrast/saturation factors in [1-s, 1+s]; 0 = off",
+                          low=0.0, high=1.0),
+    "blur_sigma": Param(0.0, float, "Gaussian blur of half the images, sigma up to this (pixels); 0 = off",
+                        low=0.0),
+    "noise_std": Param(0.0, float, "Gaussian pixel noise, std on the 0..1 scale; 0 = off", low=0.0),
     "cutout": Param(0, int, "Cutout square side in pixels; 0 = off", low=0),
+    "mix": Param("none", str, "batch mixing; cutmix_mixup picks one per batch", choices=lambda: list(MIX_MODES)),
+    "mix_alpha": Param(1.0, float, "MixUp/CutMix lambda ~ Beta(alpha, alpha), > 0", low=1e-12),
+    # robustness (study 5): corrupted copies of the validation images, scored every epoch as ood_acc
+    "ood_corruptions": CorruptionsParam("none", str, "'none', 'all' or a comma list of corruptions"),
+    "ood_severities": SeveritiesParam("1-5", str, "corruption severities, e.g. '1-5' or '1,3,5'"),
+    "ood_images": Param(1000, int, "validation images corrupted for ood_acc; 0 = all", low=0),
+    # speed
+    "amp": Param("auto", str, "mixed precision; auto = bf16 on a GPU (fp16 where bf16 is missing), off on a CPU",
+                 choices=lambda: ["auto", "bf16", "fp16", "off"]),
+    "channels_last": Param("auto", str, "NHWC memory format; auto = on a GPU, off on a CPU",
+                           choices=lambda: ["auto", "on", "off"]),
+    "cache": Param("auto", str, "where the uint8 dataset lives: device memory, or host memory copied per batch; "
+                   "auto = device", choices=lambda: ["auto", "device", "host"]),
     # run
     "seed": Param(0, int, "seed of init, shuffling and augmentation"),
     "eval_batch_size": Param(1024, int, "examples per evaluation step", low=1),
     "device": Param("auto", str, "where to train", choices=lambda: ["auto", "cpu", "cuda"]),
-    "deterministic": Param(False, bool, "deterministic cuDNN kernels (slower on GPU)"),
+    "deterministic": Param(False, bool, "deterministic cuDNN kernels, amp off (slower on GPU)"),
 }
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
+OPTIONAL_METRICS = ("ood_acc",)  # reported when ood_corruptions is set; a space may rank by it
 
 
-COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device")  # --plan probes each
+COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device", "amp", "channels_last",
+             "ood_corruptions", "ood_severities", "ood_images")  # --plan probes each
 WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
@@ -96,19 +180,63 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class DeviceData:
-    """A split as uint8 on the device, normalized per batch."""
+    """A split as uint8, normalized per batch on the device.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> None:
-        self.x = torch.tensor(x, dtype=torch.uint8, device=device)
-        self.y = torch.tensor(y, dtype=torch.long, device=device)
+    ``resident`` (the ``cache`` key): the whole split lives in device memory, or in host
+    memory (pinned when the device is a GPU) with each batch copied over as it is needed,
+    for datasets larger than the GPU's memory. On a CPU the two are the same."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device, resident: bool = True) -> None:
+        home = device if resident else torch.device("cpu")
+        self.device = device
+        self.x = torch.tensor(x, dtype=torch.uint8, device=home)
+        self.y = torch.tensor(y, dtype=torch.long, device=home)
+        if home != device and device.type == "cuda":
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels at ``idx``, on the device."""
+        idx = idx.to(self.x.device)
+        return (self.x[idx].to(self.device, non_blocking=True), self.y[idx].to(self.device, non_blocking=True))
+
+    def slice(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.x[start:stop].to(self.device, non_blocking=True),
+                self.y[start:stop].to(self.device, non_blocking=True))
+
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float() - self.mean) / self.std
+
+    def normalize_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize float images on the 0..1 scale (after the photometric augmentations)."""
+        return (x * 255 - self.mean) / self.std
+
+
+class Precision:
+    """Autocast dtype, GradScaler and memory format for one device and config."""
+
+    def __init__(self, cfg: dict, device: torch.device) -> None:
+        amp = cfg["amp"]
+        if amp == "auto":
+            amp = "off" if device.type != "cuda" or cfg["deterministic"] else (
+                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        self.name = amp
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        self.device_type = device.type
+        # fp16's narrow range needs loss scaling; bf16 has float32's range and does not.
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        last = cfg["channels_last"]
+        self.channels_last = last == "on" or (last == "auto" and device.type == "cuda")
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def batch_starts(n: int, batch_size: int) -> range:
@@ -117,53 +245,114 @@ def batch_starts(n: int, batch_size: int) -> range:
     return range(0, end, batch_size)
 
 
-def train_epoch(model, opt, data: DeviceData, cfg: dict, gen: torch.Generator, autoaugment):
+def augment(x: torch.Tensor, data: DeviceData, cfg: dict, gen: torch.Generator, autoaugment) -> torch.Tensor:
+    """uint8 batch in, normalized float batch out, every augmentation the config asks for."""
+    if autoaugment is not None:
+        x = autoaugment(x)
+    x = random_crop(x, cfg["crop_padding"], gen)
+    if cfg["flip"]:
+        x = random_flip(x, gen)
+    if cfg["rotation"] or cfg["color_jitter"] or cfg["blur_sigma"] or cfg["noise_std"]:
+        x = x.float() / 255
+        x = random_rotation(x, cfg["rotation"], gen)
+        x = color_jitter(x, cfg["color_jitter"], gen)
+        x = gaussian_blur(x, cfg["blur_sigma"], gen)
+        x = data.normalize_unit(gaussian_noise(x, cfg["noise_std"], gen))
+    else:
+        x = data.normalize(x)
+    return cutout(x, cfg["cutout"], gen)
+
+
+def check_logits(model_name: str, logits: torch.Tensor) -> None:
+    """MixUp/CutMix train against soft targets through log-softmax: a model that already ends in a
+    softmax (rows of non-negative numbers summing to 1) would be trained on the wrong loss."""
+    out = logits.detach().float()
+    if out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-4):
+        raise ValueError(f"mix needs a model that outputs logits; {model_name} outputs probabilities "
+                         f"(every row sums to 1): remove its final softmax, or set mix=none")
+
+
+def train_epoch(model, opt, schedule, data: DeviceData, cfg: dict, gen: torch.Generator, autoaugment,
+                precision: Precision, num_classes: int):
     model.train()
-    perm = torch.randperm(len(data), generator=gen, device=data.x.device)
-    loss_sum = torch.zeros((), device=data.x.device)
-    correct = torch.zeros((), device=data.x.device, dtype=torch.long)
+    device = data.device
+    perm = torch.randperm(len(data), generator=gen, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     for start in batch_starts(len(data), cfg["batch_size"]):
-        idx = perm[start:start + cfg["batch_size"]]
-        x, y = data.x[idx], data.y[idx]
-        if autoaugment is not None:
-            x = autoaugment(x)
-        x = random_crop(x, cfg["crop_padding"], gen)
-        if cfg["flip"]:
-            x = random_flip(x, gen)
-        x = cutout(data.normalize(x), cfg["cutout"], gen)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        x, y = data.take(perm[start:start + cfg["batch_size"]])
+        x = augment(x, data, cfg, gen, autoaugment)
+        target = y
+        if cfg["mix"] != "none":
+            x, target = mix_batch(x, y, num_classes, cfg["mix"], cfg["mix_alpha"], gen)
+        with precision.autocast():
+            logits = model(precision.format(x))
+        if cfg["mix"] != "none" and seen == 0:
+            check_logits(cfg["model"], logits)
+        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg["label_smoothing"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if precision.scaler is not None:
+            precision.scaler.scale(loss).backward()
+            precision.scaler.step(opt)
+            precision.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        schedule.step_batch()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(1) == y).sum()  # against the unmixed labels
         seen += len(y)
     return loss_sum.item() / seen, correct.item() / seen, seen
 
 
 @torch.inference_mode()
-def evaluate_model(model, data: DeviceData, batch_size: int) -> tuple[float, float]:
+def evaluate_model(model, data: DeviceData, batch_size: int, precision: Precision | None = None
+                   ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy); NaN for both on an empty split (training on train+val)."""
     if len(data) == 0:
         return math.nan, math.nan
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = data.normalize(data.x[start:start + batch_size])
-        y = data.y[start:start + batch_size]
-        logits = model(x)
+        x, y = data.slice(start, start + batch_size)
+        x = data.normalize(x)
+        if precision is not None:
+            with precision.autocast():
+                logits = model(precision.format(x)).float()
+        else:
+            logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(data), correct / len(data)
 
 
+def ood_sets(data: dict, cfg: dict, device: torch.device, resident: bool) -> list[DeviceData]:
+    """Corrupted copies of (the first ``ood_images`` of) the validation images, one per corruption and
+    severity, the same for every trial of a sweep (seeded by split_seed)."""
+    if cfg["ood_corruptions"] == "none" or len(data["y_val"]) == 0:
+        return []
+    n = cfg["ood_images"] or len(data["y_val"])
+    x, y = data["x_val"][:n], data["y_val"][:n]
+    names = corruptions.parse_names(cfg["ood_corruptions"])
+    severities = corruptions.parse_severities(cfg["ood_severities"])
+    return [DeviceData(xc, y, data["mean"], data["std"], device, resident)
+            for _, _, xc in corruptions.corrupted_sets(x, names, severities, seed=cfg["split_seed"])]
+
+
+def build(cfg: dict, data: dict, pretrained: bool = True) -> torch.nn.Module:
+    """The configured model; ImageNet weights from ``pretrained_weights`` only for a fresh model (a checkpoint
+    carries all its weights) and only for the models that take them."""
+    weights = cfg["pretrained_weights"] if pretrained and cfg["model"] in PRETRAINED else ""
+    return build_model(cfg["model"], data["input_shape"], data["num_classes"], cfg["activation"],
+                       cfg["batch_norm"], pretrained_weights=weights or None)
+
+
 def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The trained network of a checkpoint ``state`` (its config and weights), in eval mode. ``data`` gives
     the input shape and class count. Weights that do not fit the configured model raise one-line ValueError."""
-    cfg = state["config"]
-    model = build_model(cfg["model"], data["input_shape"], data["num_classes"], cfg["activation"], cfg["batch_norm"])
+    cfg = resolve(PARAMS, state["config"])
+    model = build(cfg, data, pretrained=False)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -176,6 +365,28 @@ def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> t
 def check_weights(state: dict, data: dict) -> None:
     """One-line ValueError when the weights of ``state`` do not fit its configured model on ``data``."""
     load_model(state, data)
+
+
+def check_space(values: dict[str, list]) -> None:
+    """Checks across keys, before anything runs: ``values`` maps each key a space sets to the values it can
+    take. Raises a one-line ValueError."""
+    def given(key):
+        return values.get(key, [PARAMS[key].default])
+
+    weights = [w for w in given("pretrained_weights") if w]
+    models = given("model")
+    for path in weights:
+        usable = [m for m in models if m in PRETRAINED]
+        if not usable:
+            raise ValueError(f"pretrained_weights={path!r} but no model here takes them; they are for "
+                             f"{', '.join(PRETRAINED)}")
+        for name in usable:  # loads the file into the architecture: a mismatch stops the sweep here
+            build_model(name, (3, 32, 32), 10, "relu", True, pretrained_weights=path)
+    if any(m != "none" for m in given("mix")):
+        for name in models:
+            if getattr(MODELS.get(name), "outputs", "logits") != "logits":
+                raise ValueError(f"mix needs a model that outputs logits; {name} outputs "
+                                 f"{MODELS.get(name).outputs}: search it with mix=none")
 
 
 def _logits(state: dict, x_uint8: np.ndarray, data: dict, device) -> torch.Tensor:
@@ -203,20 +414,39 @@ def evaluate(state: dict, x_uint8: np.ndarray, y: np.ndarray, data: dict, device
 def apply_new_hyperparameters(opt, schedule, old: dict, new: dict) -> None:
     """PBT restarts a trial from another's checkpoint with a mutated lr or weight
     decay; the optimizer state loaded from the checkpoint must not undo that."""
-    scale = new["lr"] / old["lr"]
     for group in opt.param_groups:
-        group["lr"] *= scale
-        group["initial_lr"] = new["lr"]
         group["weight_decay"] = new["weight_decay"]
-    schedule.base_lrs = [new["lr"] for _ in schedule.base_lrs]
+    if new["lr"] != old["lr"]:
+        schedule.set_base_lr(new["lr"])
 
 
-def fit(config: dict, data: dict, reporter) -> None:
-    """Train one configuration, reporting METRICS and a checkpoint every epoch.
+class EarlyStopping:
+    """Stop when ``metric`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
-    A NaN/inf training loss ends the trial after reporting that epoch with
-    ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last."""
-    cfg = resolve(PARAMS, config)
+    A NaN (no validation split) never counts as an epoch without improvement."""
+
+    def __init__(self, patience: int, min_delta: float, metric: str) -> None:
+        self.patience, self.min_delta, self.sign = patience, min_delta, (1 if metric == "val_acc" else -1)
+        self.best, self.bad = -math.inf, 0
+
+    def update(self, value: float) -> bool:
+        """Record one epoch's value; True when the trial should stop now."""
+        if self.patience <= 0 or not math.isfinite(value):
+            return False
+        if self.sign * value > self.best + self.min_delta:
+            self.best, self.bad = self.sign * value, 0
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
+def setup_device(cfg: dict) -> torch.device:
     device = pick_device(cfg["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not cfg["deterministic"]
@@ -225,17 +455,35 @@ def fit(config: dict, data: dict, reporter) -> None:
             # cuBLAS needs a fixed workspace for repeatable matmuls; set before its first use in this process.
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def fit(config: dict, data: dict, reporter) -> None:
+    """Train one configuration, reporting METRICS and a checkpoint every epoch.
+
+    A NaN/inf training loss ends the trial after reporting that epoch with
+    ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last. Early stopping
+    ends it after reporting ``early_stopped: True``."""
+    cfg = resolve(PARAMS, config)
+    device = setup_device(cfg)
     seed_everything(cfg["seed"])
     gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    resident = cfg["cache"] != "host"
 
-    train = DeviceData(data["x_train"], data["y_train"], data["mean"], data["std"], device)
-    val = DeviceData(data["x_val"], data["y_val"], data["mean"], data["std"], device)
+    train = DeviceData(data["x_train"], data["y_train"], data["mean"], data["std"], device, resident)
+    val = DeviceData(data["x_val"], data["y_val"], data["mean"], data["std"], device, resident)
+    ood = ood_sets(data, cfg, device, resident)
     epochs = min(cfg["epochs"], cfg["max_epochs"] or cfg["epochs"])
-    model = build_model(cfg["model"], data["input_shape"], data["num_classes"],
-                        cfg["activation"], cfg["batch_norm"]).to(device)
-    opt = build_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"],
-                          cfg["weight_decay"], cfg["momentum"])
-    schedule = build_schedule(cfg["schedule"], opt, epochs)
+    precision = Precision(cfg, device)
+    model = build(cfg, data).to(device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(cfg["optimizer"], model.parameters(), cfg["lr"], cfg["weight_decay"], cfg["momentum"])
+    schedule = build_schedule(cfg["schedule"], opt, epochs, len(batch_starts(len(train), cfg["batch_size"])),
+                              warmup_epochs=cfg["warmup_epochs"], step_size=cfg["step_size"],
+                              gamma=cfg["step_gamma"], plateau_patience=cfg["plateau_patience"],
+                              plateau_factor=cfg["plateau_factor"])
+    stopper = EarlyStopping(cfg["early_stop_patience"], cfg["early_stop_min_delta"], cfg["early_stop_metric"])
     autoaugment = AutoAugment() if cfg["autoaugment"] else None
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -245,6 +493,9 @@ def fit(config: dict, data: dict, reporter) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
+        stopper.load_state_dict(state.get("early_stopping", stopper.state_dict()))
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["generator"])
         first_epoch = state["epoch"] + 1
@@ -255,26 +506,34 @@ def fit(config: dict, data: dict, reporter) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         lr = opt.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = train_epoch(model, opt, train, cfg, gen, autoaugment)
+        train_loss, train_acc, seen = train_epoch(model, opt, schedule, train, cfg, gen, autoaugment, precision,
+                                                  data["num_classes"])
         train_s = time.perf_counter() - t0
         diverged = not math.isfinite(train_loss)
         if diverged:
             val_loss, val_acc = float("nan"), 0.0
         else:
-            val_loss, val_acc = evaluate_model(model, val, cfg["eval_batch_size"])
+            val_loss, val_acc = evaluate_model(model, val, cfg["eval_batch_size"], precision)
             diverged = len(val) > 0 and not math.isfinite(val_loss)
-        schedule.step()
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": 0.0 if diverged else train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-            "epoch_time_s": time.perf_counter() - t0, "samples_per_s": seen / train_s,
-            "peak_mem_mb": peak_memory_mb(device), "params": n_params, "diverged": diverged,
+            "epoch_time_s": 0.0, "samples_per_s": seen / train_s,
+            "peak_mem_mb": 0.0, "params": n_params, "diverged": diverged, "early_stopped": False,
         }
+        if ood:
+            accs = [0.0 if diverged else evaluate_model(model, d, cfg["eval_batch_size"], precision)[1] for d in ood]
+            metrics["ood_acc"] = float(np.mean(accs))
+        schedule.step_epoch(val_loss if math.isfinite(val_loss) else train_loss)
+        metrics["early_stopped"] = not diverged and epoch < epochs and stopper.update(metrics[cfg["early_stop_metric"]])
+        metrics["epoch_time_s"] = time.perf_counter() - t0
+        metrics["peak_mem_mb"] = peak_memory_mb(device)
         state = {
             "epoch": epoch, "config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-            "generator": gen.get_state(),
+            "schedule": schedule.state_dict(), "early_stopping": stopper.state_dict(),
+            "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
+            "torch_rng": torch.get_rng_state(), "generator": gen.get_state(),
         }
         reporter.report(metrics, state)
-        if diverged:
+        if diverged or metrics["early_stopped"]:
             return

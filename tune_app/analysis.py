@@ -115,7 +115,8 @@ def trend_table(trials: pd.DataFrame, values: pd.Series, params: list[str], mode
             status = group["status"]
             low, high = ci95(v, bounds)
             rows.append({"hyperparameter": p, "value": label,
-                         "completed": int((status == "completed").sum()), "stopped": int((status == "stopped").sum()),
+                         "completed": int((status == "completed").sum()),
+                         "stopped": int(status.isin(["stopped", "early_stopped"]).sum()),
                          "diverged": int((status == "diverged").sum()),
                          "failed": int((~status.isin([*ELIGIBLE, "diverged"])).sum()),
                          "n": len(v), "mean": v.mean() if len(v) else math.nan,

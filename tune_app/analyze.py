@@ -100,7 +100,7 @@ class Analysis:
         how = (f"space {spec.get('space')}, {s.get('searcher')} + {s.get('scheduler')}; " if spec
                else "a Ray Tune experiment; ")
         return (f"{how}{c['total']} trials: {c['completed']} completed, {c['stopped']} stopped early, "
-                f"{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} ({self.sweep.mode}); "
+                f"{_early(c)}{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} ({self.sweep.mode}); "
                 f"trends compared at epoch {self.at_epoch}; best selected by {self.select}.")
 
 
@@ -167,6 +167,11 @@ def saved_options(path) -> dict:
     return options
 
 
+def _early(counts: dict) -> str:
+    """Trials ended by their own early stopping, said only where there are any."""
+    return f"{counts['early_stopped']} stopped by early stopping, " if counts.get("early_stopped") else ""
+
+
 def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
     """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
     (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
@@ -183,7 +188,8 @@ def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
     if len(top["trials"]) < k:
         counts = _status_counts(trials)
         raise UsageError(f"--top-k {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
-                         f"({counts['completed']} completed, {counts['stopped']} stopped early, {counts['diverged']} "
+                         f"({counts['completed']} completed, {counts['stopped']} stopped early, {_early(counts)}"
+                         f"{counts['diverged']} "
                          f"diverged, {counts['error']} failed); ask for at most {len(top['trials'])}")
     return sweep, top
 

@@ -158,6 +158,9 @@ def retrain_markdown(summary: dict) -> str:
     parts = ["## Retrain on the test set", "", retrain.overview(summary), "",
              markdown_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2), "",
              *[f"- {line}" for line in retrain.notes(summary)], ""]
+    robustness = retrain.robustness_table(summary)
+    if robustness:
+        parts += ["### Accuracy on corrupted test images", "", markdown_table(*robustness, right_from=1), ""]
     parts += [f"![{title}](../{retrain.RETRAIN_DIR}/{name})\n" for name, title in RETRAIN_FIGURES]
     return "\n".join(parts)
 
@@ -179,6 +182,8 @@ def retrain_html(summary: dict, run_dir) -> str:
     return (f"<h2>Retrain on the test set</h2><p>{e(retrain.overview(summary))}</p>"
             + html_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2)
             + "<ul>" + "".join(f"<li>{e(line)}</li>" for line in retrain.notes(summary)) + "</ul>"
+            + (f"<h3>Accuracy on corrupted test images</h3>{html_table(*robustness, right_from=1)}"
+               if (robustness := retrain.robustness_table(summary)) else "")
             + "".join(figures))
 
 

@@ -15,9 +15,12 @@ training loss decide).
 
 Writes ``<run dir>/retrain/``: ``retrain.json`` (every number and its provenance),
 ``model.pt`` (load it with ``tune_app.retrain.load_model(path)``), ``confusion_matrix.csv`` and
-``.png``, ``per_class.csv`` and ``samples.png`` (one test image per class with its prediction).
-The folder is built under a temporary name and swapped in whole; the sweep's report gains a
-retrain section.
+``.png``, ``per_class.csv`` and ``samples.png`` (one test image per class with its prediction);
+with ``--predict PATH`` also ``submission.csv`` (``id,label``) for a folder of images or an ``.npy``
+array; and for a robustness sweep (metric ``ood_acc``, study 5) or ``--corruptions``,
+``robustness.csv``: the kept model's accuracy per corruption and severity on corrupted copies of
+the test set (generated, or CIFAR-100-C's files with ``--corruption-dir``). The folder is built
+under a temporary name and swapped in whole; the sweep's report gains a retrain section.
 """
 from __future__ import annotations
 
@@ -37,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tune_app import ray_output  # noqa: F401  (before Ray is imported)
+from tune_app import (
+    imageset,
+    ray_output,  # noqa: F401  (before Ray is imported)
+)
 from tune_app.errors import OneLineParser, UsageError
 
 RETRAIN_DIR = "retrain"
@@ -62,6 +68,13 @@ def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentP
     p.add_argument("--cpus-per-trial", type=float, help="per retrain (default: the sweep's)")
     p.add_argument("--gpus-per-trial", type=float, help="per retrain (default: the sweep's)")
     p.add_argument("--data-dir", help="dataset files (default: the sweep's)")
+    p.add_argument("--predict", metavar="PATH",
+                   help="also write submission.csv (id,label) for these images: a folder of image files or a .npy")
+    p.add_argument("--corruptions", help="score every model on corrupted test images: 'all' or a comma list "
+                                         "(default: the trial's ood_corruptions; all for an ood_acc sweep)")
+    p.add_argument("--severities", help="corruption severities, e.g. 1-5 or 1,3,5 (default: the trial's)")
+    p.add_argument("--corruption-dir", metavar="DIR",
+                   help="read the corrupted test set from CIFAR-10-C/100-C .npy files instead of generating it")
     p.add_argument("--evaluate", metavar="MODEL_FILE",
                    help="train nothing: evaluate a model file on the sweep's test set and print the numbers")
     p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), help="default: as the sweep did")
@@ -96,6 +109,8 @@ class Plan:
     epochs: int | None
     train_on: str
     rule: str
+    ood: dict | None = None  # {"names", "severities", "source", "seed"}: the corrupted test sets to score
+    predict: str | None = None  # images for submission.csv
 
 
 def parse_seeds(args, own_seed: int) -> list[int]:
@@ -153,7 +168,31 @@ def make_plan(args) -> Plan:
             s[key] = getattr(args, key)
     if args.data_dir is not None:
         s["data_dir"] = str(Path(args.data_dir).resolve())
-    return Plan(sweep.path, sweep, trainable, s, candidates, args.epochs, args.train_on, top["selection_rule"])
+    return Plan(sweep.path, sweep, trainable, s, candidates, args.epochs, args.train_on, top["selection_rule"],
+                ood_plan(args, sweep.metric, candidates[0].config), args.predict)
+
+
+def ood_plan(args, metric: str, config: dict) -> dict | None:
+    """Which corrupted test sets to score: asked for by flag, or the sweep's own (its ood_corruptions, or
+    every corruption when it ranked by ood_acc). None when robustness is not part of this sweep."""
+    from trainables import corruptions
+
+    configured = config.get("ood_corruptions", "none")
+    if args.corruptions is None and args.corruption_dir is None and configured == "none" and metric != "ood_acc":
+        if args.severities is not None:
+            raise UsageError("--severities needs corrupted test sets: add --corruptions all (or a list)")
+        return None
+    names_text = args.corruptions or (configured if configured != "none" else "all")
+    severities_text = args.severities or config.get("ood_severities", "1-5")
+    try:
+        names = corruptions.parse_names(names_text)
+        severities = corruptions.parse_severities(str(severities_text))
+    except ValueError as e:
+        flag = "--corruptions" if args.corruptions else "--severities" if args.severities else "the trial's config"
+        raise UsageError(f"{flag}: {e}") from None
+    source = None if args.corruption_dir is None else str(Path(args.corruption_dir).resolve())
+    return {"names": list(names), "severities": list(severities), "source": source,
+            "seed": int(config.get("split_seed", 0))}
 
 
 def load_dataset(plan: Plan):
@@ -180,7 +219,8 @@ def training_view(dataset, train_on: str) -> dict:
 
 # ---------------------------------------------------------------- one retrain (a Ray task)
 
-def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_test: np.ndarray, cpus: float) -> dict:
+def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_test: np.ndarray, cpus: float,
+                ood: dict | None = None) -> dict:
     """Train ``config`` through the trainable's own ``fit``, then measure the final model on the test set.
 
     The thread count follows the resources, as in a sweep's trial, so a CPU retrain repeats the sweep's
@@ -201,11 +241,17 @@ def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_tes
     predicted = trainable.predict(state, x_test, data)
     k = data["num_classes"]
     confusion = np.bincount(y_test * k + predicted, minlength=k * k).reshape(k, k)
+    robustness = None
+    if ood is not None:
+        from trainables import corruptions
+
+        mean, per = corruptions.ood_accuracy(lambda x: trainable.predict(state, x, data), x_test, y_test,
+                                             ood["names"], ood["severities"], seed=ood["seed"], source=ood["source"])
+        robustness = {"ood_acc": float(mean), "sets": ood_rows(per)}
     return {"seed": config["seed"], "history": reporter.history, "test_loss": float(test_loss),
-            "test_acc": float(test_acc), "confusion": confusion, "seconds": seconds, "threads": threads,
-            "host": socket.gethostname(), "node": _node_id(), "weights": {key: state[key] for key in
-                                                                          trainable.WEIGHT_KEYS},
-            "config": state["config"]}
+            "test_acc": float(test_acc), "confusion": confusion, "robustness": robustness, "seconds": seconds,
+            "threads": threads, "host": socket.gethostname(), "node": _node_id(),
+            "weights": {key: state[key] for key in trainable.WEIGHT_KEYS}, "config": state["config"]}
 
 
 def _node_id() -> str | None:
@@ -229,7 +275,7 @@ def run_all(plan: Plan, dataset) -> None:
     for c in plan.candidates:
         for seed in c.seeds:
             ref = task.remote(plan.trainable.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
-                              s["cpus_per_trial"])
+                              s["cpus_per_trial"], plan.ood)
             pending[ref] = c
     total = len(pending)
     while pending:
@@ -238,9 +284,11 @@ def run_all(plan: Plan, dataset) -> None:
         result = ray.get(ref)
         candidate.runs.append(result)
         last = result["history"][-1]
+        ood = (f", corrupted test acc {100 * result['robustness']['ood_acc']:.2f} %" if result["robustness"]
+               else "")
         print(f"tune_app: [{total - len(pending)}/{total}] {candidate.trial_name} seed {result['seed']}: "
               f"{plan.sweep.metric} {_fmt(last.get(plan.sweep.metric), plan.sweep.metric)}, test acc "
-              f"{100 * result['test_acc']:.2f} % ({result['seconds']:.0f} s)", flush=True)
+              f"{100 * result['test_acc']:.2f} %{ood} ({result['seconds']:.0f} s)", flush=True)
     for c in plan.candidates:
         c.runs.sort(key=lambda r: c.seeds.index(r["seed"]))
 
@@ -296,7 +344,8 @@ def summarize(plan: Plan, dataset) -> dict:
         seeds = [{"seed": r["seed"], "epochs": len(r["history"]), f"val_{_short(metric)}": _num(final(r, metric)),
                   "train_loss": _num(final(r, "train_loss")), "test_loss": r["test_loss"], "test_acc": r["test_acc"],
                   "seconds": r["seconds"], "threads": r["threads"], "host": r["host"], "node": r["node"],
-                  "diverged": bool(r["history"][-1].get("diverged")), "history": _plain_history(r["history"])}
+                  "diverged": bool(r["history"][-1].get("diverged")), "history": _plain_history(r["history"]),
+                  **({"test_ood_acc": r["robustness"]["ood_acc"]} if r["robustness"] else {})}
                  for r in c.runs]
         val = mean_std([final(r, metric) for r in c.runs])
         test = mean_std([r["test_acc"] for r in c.runs])
@@ -309,6 +358,7 @@ def summarize(plan: Plan, dataset) -> dict:
             "gap_search_minus_test": _diff(c.search["value"], test["mean"]),
             "per_class_acc": [float(v) for v in np.mean(per_class, axis=0)],
             "reproduction": reproduction(c, plan), "runs": seeds,
+            **({"test_ood_acc": mean_std([r["robustness"]["ood_acc"] for r in c.runs])} if plan.ood else {}),
         })
     kept = keep(plan)
     best_seed = best_run(kept, metric, mode)
@@ -328,7 +378,29 @@ def summarize(plan: Plan, dataset) -> dict:
         "confusion_matrix": confusion.tolist(), "most_confused": most_confused(confusion, dataset.classes),
         "test_per_class_n": np.bincount(dataset.y_test, minlength=dataset.num_classes).tolist(),
         "determinism": determinism_note(best_seed),
+        **({"robustness": {**{k: v for k, v in plan.ood.items() if k != "seed"}, "corruption_seed": plan.ood["seed"],
+                           "clean_test_acc": best_seed["test_acc"], **best_seed["robustness"],
+                           "per_corruption": per_corruption(best_seed["robustness"]["sets"])}}
+           if plan.ood else {}),
     }
+
+
+def ood_rows(per: dict) -> list[dict]:
+    """trainables.corruptions' per-set accuracies ("name/severity" keys) as rows: corruption, severity, acc."""
+    rows = []
+    for key, acc in per.items():
+        name, slash, severity = key.partition("/")
+        if slash:
+            rows.append({"corruption": name, "severity": int(severity), "acc": float(acc)})
+    return rows
+
+
+def per_corruption(rows: list[dict]) -> dict:
+    """Mean accuracy over severities, per corruption, in the order first seen."""
+    out: dict[str, list[float]] = {}
+    for row in rows:
+        out.setdefault(row["corruption"], []).append(row["acc"])
+    return {name: statistics.fmean(accs) for name, accs in out.items()}
 
 
 def keep(plan: Plan) -> Candidate:
@@ -421,7 +493,13 @@ def data_meta(dataset) -> dict:
             "fingerprint": dataset.fingerprint()}
 
 
-def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
+def best_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def write_files(plan: Plan, dataset, summary: dict, payload: dict, to_predict=None) -> Path:
     """Build the retrain folder under a temporary name, then swap it in: a failure or a kill midway leaves the
     previous retrain whole."""
     import pandas as pd
@@ -447,6 +525,12 @@ def write_files(plan: Plan, dataset, summary: dict, payload: dict) -> Path:
                             f"{summary['model']['trial_name']} seed {summary['model']['seed']}: test set")
         predicted = load_model(tmp / MODEL_FILE).predict(dataset.x_test)
         plots.samples_png(tmp / "samples.png", dataset.x_test, dataset.y_test, predicted, classes)
+        if "robustness" in summary:
+            pd.DataFrame(summary["robustness"]["sets"]).to_csv(tmp / "robustness.csv", index=False)
+        if to_predict is not None:
+            ids, images = to_predict
+            model = load_model(tmp / MODEL_FILE, device=best_device())
+            imageset.write_submission(tmp / "submission.csv", ids, model.predict(images))
         (tmp / "retrain.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
         old = plan.run_dir / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.old"
         if out.exists():
@@ -594,10 +678,31 @@ def notes(summary: dict) -> list[str]:
     m = summary["model"]
     lines.append(f"Model kept: rank {m['rank']} {m['trial_name']} seed {m['seed']} (chosen by {m['chosen_by']}), "
                  f"test acc {100 * m['test_acc']:.2f} %.")
+    rob = summary.get("robustness")
+    if rob:
+        worst = min(rob["per_corruption"].items(), key=lambda kv: kv[1])
+        lines.append(f"Robustness of the kept model: clean test {100 * rob['clean_test_acc']:.2f} %, corrupted "
+                     f"{100 * rob['ood_acc']:.2f} % (mean over {len(rob['sets'])} sets; worst {worst[0]} "
+                     f"{100 * worst[1]:.2f} %); {'CIFAR-C files' if rob['source'] else 'generated from the test set'}.")
     if summary["most_confused"]:
         pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
         lines.append(f"Most confused (true -> predicted): {pairs}.")
     return lines
+
+
+def robustness_table(summary: dict) -> tuple[tuple, list[list[str]]] | None:
+    """The kept model's accuracy per corruption (rows) and severity (columns), with the clean test accuracy
+    as severity 0; None when the retrain scored no corruptions."""
+    rob = summary.get("robustness")
+    if not rob:
+        return None
+    severities = sorted({r["severity"] for r in rob["sets"]})
+    acc = {(r["corruption"], r["severity"]): r["acc"] for r in rob["sets"]}
+    head = ("corruption", "mean", "clean", *[f"severity {s}" for s in severities])
+    rows = [[name, f"{100 * mean:.2f} %", f"{100 * rob['clean_test_acc']:.2f} %",
+             *[f"{100 * acc[(name, s)]:.2f} %" if (name, s) in acc else "" for s in severities]]
+            for name, mean in rob["per_corruption"].items()]
+    return head, rows
 
 
 def overview(summary: dict) -> str:
@@ -640,6 +745,30 @@ def refresh_report(plan: Plan) -> None:
         print(f"tune_app: warning: the report was not refreshed ({e})", file=sys.stderr)
 
 
+def check_ood(plan: Plan, dataset) -> None:
+    """CIFAR-C files are checked (all present, shapes fit this test set) before anything trains."""
+    if plan.ood is None or plan.ood["source"] is None:
+        return
+    from trainables import corruptions
+    from trainables.data import DataError
+
+    try:
+        corruptions.load_cifar_c(plan.ood["source"], plan.ood["names"],
+                                 [s for s in plan.ood["severities"] if s > 0], len(dataset.y_test))
+    except (DataError, ValueError) as e:
+        raise UsageError(f"--corruption-dir: {e}") from None
+
+
+def read_predict(plan: Plan, dataset):
+    """The --predict images, read before anything trains so a bad path costs nothing."""
+    if plan.predict is None:
+        return None
+    try:
+        return imageset.read_images(plan.predict, dataset.input_shape)
+    except imageset.ImageSetError as e:
+        raise UsageError(str(e)) from None
+
+
 def evaluate_file(plan: Plan, path: str) -> int:
     """--evaluate: a model file's numbers on the sweep's test set; writes nothing."""
     dataset = load_dataset(plan)
@@ -664,6 +793,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
         if args.evaluate:
             return evaluate_file(plan, args.evaluate)
         dataset = load_dataset(plan)
+        check_ood(plan, dataset)
+        to_predict = read_predict(plan, dataset)
         from tune_app.search import join_ray
 
         join_ray(plan.settings)
@@ -674,11 +805,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
               f"test set ({len(dataset.y_test)} images)", flush=True)
         run_all(plan, dataset)
         summary = summarize(plan, dataset)
-        out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary))
+        out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary), to_predict)
         log_wandb(plan, summary, out)
         refresh_report(plan)
         print(console(summary))
-        print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png); "
+        extra = "".join(f", {f}" for f in ("robustness.csv", "submission.csv") if (out / f).exists())
+        print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png{extra}); "
               f"report: {plan.run_dir / 'summary' / 'report.html'}")
         return 0
     except UsageError as e:

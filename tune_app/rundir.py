@@ -19,9 +19,11 @@ import pandas as pd
 from tune_app.errors import UsageError
 
 SPEC_FILE = "tune_app.json"
-# What a trial's history keeps from each report: the metrics, the divergence flag, when it was reported.
-KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "samples_per_s",
-        "peak_mem_mb", "params", "diverged", "timestamp")
+# What a trial's history keeps from each report: the metrics, the divergence and early-stopping flags, when it
+# was reported.
+KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
+        "peak_mem_mb", "params", "diverged", "early_stopped", "timestamp")
+FLAGS = ("diverged", "early_stopped")
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
                "hostname", "node_ip", "pid", "done", "iterations_since_restore", "time_since_restore",
                "checkpoint_dir_name", "config", "should_checkpoint"}
@@ -102,8 +104,9 @@ def _history(frame: pd.DataFrame | None, metric: str) -> list[dict]:
     rows = frame[list(dict.fromkeys(keep))].to_dict("records")
     for row in rows:
         row["epoch"] = int(row["epoch"])
-        if "diverged" in row:
-            row["diverged"] = bool(row["diverged"]) if not _nan(row["diverged"]) else False
+        for flag in FLAGS:
+            if flag in row:
+                row[flag] = bool(row[flag]) if not _nan(row[flag]) else False
     return rows
 
 
@@ -173,7 +176,7 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     records = read_trials(path, metric)
     reported = {k for r in records for h in r["history"] for k in h}
     if records and reported and metric not in reported:
-        shown = sorted(reported - {"epoch", "timestamp", "diverged"})
+        shown = sorted(reported - {"epoch", "timestamp", *FLAGS})
         raise UsageError(f"metric {metric!r} was never reported in {path}; pass --metric with one of: "
                          f"{', '.join(shown)}")
     if space is not None:

@@ -67,8 +67,9 @@ def load_space(name: str, overrides: dict | None = None) -> Space:
         trainable = get_trainable(module.TRAINABLE)
     except UnknownName as e:
         raise UsageError(f"space {name!r}: {e}") from None
-    if module.METRIC not in trainable.METRICS or module.MODE not in ("max", "min"):
-        raise UsageError(f"space {name!r}: METRIC must be one of {', '.join(trainable.METRICS)} "
+    metrics = (*trainable.METRICS, *getattr(trainable, "OPTIONAL_METRICS", ()))
+    if module.METRIC not in metrics or module.MODE not in ("max", "min"):
+        raise UsageError(f"space {name!r}: METRIC must be one of {', '.join(metrics)} "
                          f"and MODE max or min, not {module.METRIC!r}/{module.MODE!r}")
     space = dict(module.SPACE)
     for key, value in (overrides or {}).items():
@@ -76,6 +77,12 @@ def load_space(name: str, overrides: dict | None = None) -> Space:
             raise UsageError(f"unknown --set key {key!r}; known keys: {', '.join(sorted(trainable.PARAMS))}")
         space[key] = tune.choice(value) if isinstance(value, list) else value
     validate(name, space, trainable.PARAMS)
+    check_space = getattr(trainable, "check_space", None)  # checks across keys, e.g. weights file x model
+    if check_space is not None:
+        try:
+            check_space({key: domain_values(value) for key, value in space.items()})
+        except ValueError as e:
+            raise UsageError(f"space {name!r}: {e}") from None
     defaults = dict(module.DEFAULTS)
     for key in defaults:
         if key not in DEFAULT_KEYS:

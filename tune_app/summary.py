@@ -18,8 +18,8 @@ import pandas as pd
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
-STATUSES = ("completed", "stopped", "diverged", "error")
-ELIGIBLE = ("completed", "stopped")
+STATUSES = ("completed", "stopped", "early_stopped", "diverged", "error")
+ELIGIBLE = ("completed", "stopped", "early_stopped")  # stopped: by the scheduler; early_stopped: by the trial
 RULES = ("last", "best-epoch", "at-epoch")
 NO_ELIGIBLE = "no trial finished without error or divergence; nothing to select"
 # trials.attrs key listing config columns stored as JSON text (lists, dicts, mixed types).
@@ -64,6 +64,8 @@ def trial_status(record) -> str:
     history = record.get("history") or []
     if any(row.get("diverged") for row in history):
         return "diverged"
+    if history and history[-1].get("early_stopped"):
+        return "early_stopped"
     target = record.get("target_epochs")
     if target is None:  # older records: fall back to the configured epoch count
         target = (record.get("config") or {}).get("epochs")
