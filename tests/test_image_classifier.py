@@ -193,3 +193,27 @@ def test_a_model_that_outputs_probabilities_cannot_mix(digits, monkeypatch):
         ic.check_space({"model": ["digits_cnn", "softmax_cnn"], "mix": ["none", "cutmix"]})
     ic.check_space({"model": ["softmax_cnn"], "mix": ["none"]})
     assert len(run({**config, "mix": "none"}, digits.sweep_view()).history) == 1
+
+
+def test_imagenet_weights_start_the_model_and_the_checkpoint_no_longer_needs_the_file(tmp_path):
+    """tv_resnet18 from a torchvision .pth: training starts from the file's tensors (the head is new), and the
+    trained model loads from its checkpoint alone, so a retrain elsewhere needs no weights file."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    file = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), file)
+    rng = np.random.default_rng(0)
+    data = {"x_train": rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), "y_train": np.arange(8) % 4,
+            "x_val": rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8), "y_val": np.arange(4),
+            "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "num_classes": 4, "input_shape": (3, 32, 32)}
+    config = {"dataset": "cifar10", "model": "tv_resnet18", "pretrained_weights": str(file), "epochs": 1,
+              "batch_size": 4, "optimizer": "sgd", "lr": 1e-3}
+    start = ic.build(ic.resolve(ic.PARAMS, config), data)
+    assert torch.equal(start.conv1.weight, torch.load(file)["conv1.weight"]) and start.fc.out_features == 4
+    reporter = run(config, data)
+    file.unlink()
+    model = ic.load_model(reporter.state, data)
+    assert torch.equal(model.conv1.weight, reporter.state["model"]["conv1.weight"])
