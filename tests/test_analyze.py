@@ -51,7 +51,7 @@ def test_summary_files_and_trial_table(analyzed, trials):
     assert {p.name for p in s.iterdir()} == SUMMARY_FILES  # and no temporary file left over
     table = pd.read_parquet(s / "trials.parquet").set_index("trial_id")
     assert len(table) == 12
-    assert table["status"].value_counts().to_dict() == {"stopped": 7, "completed": 3, "diverged": 1, "error": 1}
+    assert table["status"].value_counts().to_dict() == {"stopped": 7, "completed": 3, "diverged": 1, "oom": 1}
     assert table.loc["0011beef", "error"] == "RuntimeError: CUDA error: out of memory"
     assert table.loc["0010beef", "status"] == "diverged"
     k = expected_at_epoch(trials)
@@ -260,7 +260,7 @@ def test_no_finished_trial(tmp_path, trials, capsys):
     assert "no trial finished without error or divergence" in err and "1 failed, 1 diverged" in err
     s = path / "summary"
     # The trials table is written so the errors can be read; nothing half-written is left.
-    assert pd.read_parquet(s / "trials.parquet")["status"].tolist() == ["diverged", "error"]
+    assert pd.read_parquet(s / "trials.parquet")["status"].tolist() == ["diverged", "oom"]  # CUDA out of memory
     assert not [p for p in s.rglob("*") if p.name.endswith(".tmp")]
     assert json.loads((s / "best_config.json").read_text())["config"] is None
 

@@ -168,8 +168,10 @@ def saved_options(path) -> dict:
 
 
 def _early(counts: dict) -> str:
-    """Trials ended by their own early stopping, said only where there are any."""
-    return f"{counts['early_stopped']} stopped by early stopping, " if counts.get("early_stopped") else ""
+    """Trials ended by their own early stopping, out of memory or by --trial-timeout, said only where there are
+    any."""
+    said = (("early_stopped", "stopped by early stopping"), ("oom", "out of memory"), ("timeout", "timed out"))
+    return "".join(f"{counts[key]} {text}, " for key, text in said if counts.get(key))
 
 
 def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
@@ -354,7 +356,8 @@ def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last",
     if not quiet:
         print(console(a), flush=True)
     if a.best.get("config") is None:
-        raise UsageError(f"{a.sweep.path}: {a.best['reason']} ({a.best['trials']['error']} failed, "
+        failed = sum(a.best["trials"].get(k, 0) for k in ("error", "oom", "timeout"))
+        raise UsageError(f"{a.sweep.path}: {a.best['reason']} ({failed} failed, "
                          f"{a.best['trials']['diverged']} diverged; the error column of summary/trials.parquet "
                          f"says why)")
     return a

@@ -1,17 +1,60 @@
-"""The thin layer between a Ray-free ``fit(config, data, reporter)`` and Ray Tune."""
+"""The thin layer between a Ray-free ``fit(config, data, reporter)`` and Ray Tune.
+
+Fault drills: when ``TUNE_APP_FAULTS`` names a JSON file (a list of ``{"epoch": k, "times": n,
+"kind": "crash"|"oom"|"hang", "where": {key: value, ...}}``), a trial whose config matches
+``where``, when it is about to report epoch ``k``, raises ``FaultDrill`` (crash), raises
+torch's CUDA ``OutOfMemoryError`` (oom) or stops reporting (hang), at most ``n`` times over all
+its retries (each injection is appended to ``<file>.log``). Nothing happens without the
+variable; it exists so that crashes and retries can be rehearsed on a real sweep, as the tests do.
+"""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 
 import torch
 from ray import tune
 
 STATE_FILE = "state.pt"
+FAULTS_ENV = "TUNE_APP_FAULTS"
+
+
+class FaultDrill(RuntimeError):
+    """The exception a fault drill injects."""
+
+
+def inject_faults(config: dict, epoch: int) -> None:
+    path = os.environ.get(FAULTS_ENV)
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        faults = json.load(f)
+    trial_id = tune.get_context().get_trial_id()
+    log = path + ".log"
+    for i, fault in enumerate(faults):
+        if fault["epoch"] != epoch or any(config.get(k) != v for k, v in fault.get("where", {}).items()):
+            continue
+        done = open(log).read().split().count(f"{i}:{trial_id}") if os.path.isfile(log) else 0
+        if done < fault.get("times", 1):
+            with open(log, "a") as f:
+                f.write(f"{i}:{trial_id}\n")
+            what = f"fault drill {i}: trial {trial_id} {{}} at epoch {epoch} ({done + 1} of {fault.get('times', 1)})"
+            kind = fault.get("kind", "crash")
+            if kind == "oom":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB; "
+                                             + what.format("runs out of GPU memory"))
+            if kind == "hang":
+                time.sleep(24 * 3600)
+            raise FaultDrill(what.format("crashes"))
 
 
 class RayReporter:
     """``report`` becomes ``tune.report`` with a checkpoint; ``restore`` reads ``tune.get_checkpoint``."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        self.config = config or {}
 
     def restore(self) -> dict | None:
         checkpoint = tune.get_checkpoint()
@@ -21,6 +64,7 @@ class RayReporter:
             return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
 
     def report(self, metrics: dict, state: dict) -> None:
+        inject_faults(self.config, metrics.get("epoch"))
         with tempfile.TemporaryDirectory() as path:
             torch.save(state, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
@@ -30,7 +74,7 @@ def ray_trainable(fit):
     """A Ray function trainable around ``fit``; ``data`` arrives through ``tune.with_parameters``."""
 
     def trainable(config: dict, data: dict) -> None:
-        fit(config, data, RayReporter())
+        fit(config, data, RayReporter(config))
 
     trainable.__name__ = fit.__module__.rsplit(".", 1)[-1]
     return trainable

@@ -24,6 +24,7 @@ SPEC_FILE = "tune_app.json"
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
         "peak_mem_mb", "params", "diverged", "early_stopped", "timestamp")
 FLAGS = ("diverged", "early_stopped")
+TIMEOUT_FILE = "timeout.txt"  # written by --trial-timeout's watchdog into the folder of a trial it stopped
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
                "hostname", "node_ip", "pid", "done", "iterations_since_restore", "time_since_restore",
                "checkpoint_dir_name", "config", "should_checkpoint"}
@@ -118,9 +119,24 @@ def trial_folders(path: Path) -> list[Path]:
     return sorted(p.parent for p in path.glob("*/params.json"))
 
 
+def ray_statuses(path: Path) -> dict[str, str]:
+    """Each trial's status in Ray's newest experiment state (TERMINATED, ERROR, ...), by trial id; empty when
+    there is none to read. A trial retried after a crash keeps its error.txt: only this says how it ended."""
+    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text(encoding="utf-8"))
+        trials = [json.loads(t[0]) for t in data.get("trial_data", [])]
+        return {str(t["trial_id"]): str(t["status"]) for t in trials}
+    except (json.JSONDecodeError, OSError, KeyError, IndexError, TypeError):
+        return {}
+
+
 def read_trials(path: Path, metric: str) -> list[dict]:
     """One record per trial folder: trial_id, name, config, history, error (one line or None)."""
     records = []
+    statuses = ray_statuses(path)
     for folder in trial_folders(path):
         try:
             config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
@@ -129,11 +145,15 @@ def read_trials(path: Path, metric: str) -> list[dict]:
         frame = _read_results(folder)
         ids = frame["trial_id"].dropna() if frame is not None and "trial_id" in frame else []
         error = folder / "error.txt"
+        trial_id = str(ids.iloc[-1]) if len(ids) else trial_id_of(folder.name)
+        # A trial that crashed and was then finished by a retry keeps its error.txt: it failed only if Ray says so.
+        failed = error.is_file() and statuses.get(trial_id, "ERROR") == "ERROR"
         records.append({
-            "trial_id": str(ids.iloc[-1]) if len(ids) else trial_id_of(folder.name),
+            "trial_id": trial_id,
             "name": folder.name, "folder": folder.name, "config": config if isinstance(config, dict) else {},
             "history": _history(frame, metric),
-            "error": error_line(error.read_text(encoding="utf-8", errors="replace")) if error.is_file() else None,
+            "error": error_line(error.read_text(encoding="utf-8", errors="replace")) if failed else None,
+            "timeout": failed and (folder / TIMEOUT_FILE).is_file(),
         })
     return records
 

@@ -24,7 +24,8 @@ from tune_app.tuning import SCHEDULERS, SEARCHERS
 SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
-FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3}
+FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3,
+                     "max_failures": 2, "keep_checkpoints": 2, "trial_timeout": 0}
 TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
 
 
@@ -42,6 +43,15 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 pack trials per GPU")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
+    p.add_argument("--max-failures", type=int,
+                   help="retry a crashed trial this many times, each from its last checkpoint (default 2)")
+    p.add_argument("--keep-checkpoints", type=int,
+                   help="checkpoints kept per trial: the best N by the metric, and always the latest (default 2)")
+    p.add_argument("--trial-timeout", type=float,
+                   help="stop a trial that reports nothing for this many seconds (status timeout; retried as a "
+                        "crash is); default 0 = never")
+    p.add_argument("--retry-errored", action="store_true",
+                   help="with --resume: run the trials that ended in error again, from their last checkpoint")
     p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 (default: start a local Ray)")
     p.add_argument("--storage-path", default="./runs", help="where run directories go (default ./runs)")
     p.add_argument("--name", help="run directory name (default <space>-<date>-<time>)")
@@ -73,6 +83,7 @@ def check_settings(s: dict) -> None:
         "num_samples": (1, "at least 1"), "max_epochs": (1, "at least 1"), "grace_period": (1, "at least 1"),
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
         "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
+        "max_failures": (0, "0 or more"), "keep_checkpoints": (1, "at least 1"), "trial_timeout": (0, "0 or more"),
     }
     for key, (low, text) in rules.items():
         value = s.get(key)
@@ -264,6 +275,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
+    callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0)) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -278,11 +290,57 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
             trial_name_creator=functools.partial(trial_name, module),
             trial_dirname_creator=functools.partial(trial_dirname, module)),
         run_config=tune.RunConfig(
-            name=s["name"], storage_path=str(run_dir.parent), callbacks=[callback] if callback else [],
+            name=s["name"], storage_path=str(run_dir.parent), callbacks=callbacks,
             progress_reporter=reporter, verbose=1,
-            # PBT restores trials from other trials' checkpoints: keep a few more of them.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=4 if s["scheduler"] == "pbt" else 2),
-            failure_config=tune.FailureConfig(max_failures=0)))
+            checkpoint_config=checkpoint_config(s, space.metric, space.mode),
+            failure_config=tune.FailureConfig(max_failures=s.get("max_failures", 2))))
+
+
+def trial_timeout(seconds: float):
+    """--trial-timeout: a Tune callback that stops a running trial which has reported nothing for ``seconds``
+    (a hung data loader, a deadlocked collective): it marks the trial's folder, then kills its actor, which
+    Ray treats as a crash (retried up to --max-failures, then status timeout). None when off."""
+    if not seconds:
+        return None
+    import ray
+    from ray.tune import Callback
+
+    from tune_app.rundir import TIMEOUT_FILE
+
+    class TrialTimeout(Callback):
+        def __init__(self) -> None:
+            self.last: dict[str, float] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.last[trial.trial_id] = time.monotonic()
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last[trial.trial_id] = time.monotonic()
+
+        def on_step_begin(self, iteration, trials, **info):
+            now = time.monotonic()
+            for trial in trials:
+                silent = now - self.last.get(trial.trial_id, now)
+                actor = trial.temporary_state.ray_actor
+                if trial.status == "RUNNING" and silent > seconds and actor is not None:
+                    Path(trial.path).mkdir(parents=True, exist_ok=True)
+                    (Path(trial.path) / TIMEOUT_FILE).write_text(
+                        f"no report for {silent:.0f} s (--trial-timeout {seconds:g}); stopped\n")
+                    ray.kill(actor)
+                    self.last[trial.trial_id] = now
+
+    return TrialTimeout()
+
+
+def checkpoint_config(s: dict, metric: str, mode: str):
+    """The best ``keep_checkpoints`` checkpoints of a trial by the sweep's metric; Ray always keeps the latest as
+    well, which resumes and retries start from. PBT copies the latest of other trials: it keeps at least 4."""
+    from ray import tune
+
+    keep = s.get("keep_checkpoints", 2)
+    if s["scheduler"] == "pbt":
+        return tune.CheckpointConfig(num_to_keep=max(keep, 4))
+    return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
 
 
 def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[dict], str]:
@@ -356,7 +414,8 @@ def run(spec: dict, resume: bool) -> int:
         tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
         {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
     if resume:
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=bool(spec.get("retry_errored")))
     else:
         spec["provenance"] = sweep_provenance(dataset)
         tuner = new_tuner(spec, space, config, trainable, run_dir)
@@ -392,8 +451,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search")
                 doc = (load_space(name).module.__doc__ or "").strip().splitlines()
                 print(f"{name:20s} {doc[0] if doc else ''}")
             return 0
+        if args.retry_errored and not args.resume:
+            raise UsageError("--retry-errored goes with --resume RUN_DIR: it re-runs that sweep's errored trials")
         spec = plan_resume(args) if args.resume else plan_new(args)
         spec["plan_only"] = bool(args.plan)
+        spec["retry_errored"] = bool(args.retry_errored)
         return run(spec, resume=bool(args.resume))
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)

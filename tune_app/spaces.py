@@ -22,6 +22,9 @@ DEFAULT_KEYS = {
     "grace_period": int,  # epochs a trial runs before a scheduler may stop it
     "reduction_factor": int,  # ASHA/HyperBand: keep 1 in this many at each rung
     "estimate_cost": bool,  # probe each configuration's time and memory before the sweep (see --plan)
+    "max_failures": int,  # retries of a crashed trial, each from its last checkpoint
+    "keep_checkpoints": int,  # checkpoints kept per trial: the best ones by the metric, plus always the latest
+    "trial_timeout": float,  # seconds without a report before a trial is stopped; 0 = never
 }
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
-STATUSES = ("completed", "stopped", "early_stopped", "diverged", "error")
+STATUSES = ("completed", "stopped", "early_stopped", "diverged", "oom", "timeout", "error")
 ELIGIBLE = ("completed", "stopped", "early_stopped")  # stopped: by the scheduler; early_stopped: by the trial
 RULES = ("last", "best-epoch", "at-epoch")
 NO_ELIGIBLE = "no trial finished without error or divergence; nothing to select"
@@ -60,6 +60,10 @@ def _check(mode: str, rule: str = "last") -> None:
 def trial_status(record) -> str:
     """Classify a trial; divergence outranks completion because its numbers are meaningless."""
     if record.get("error"):
+        if record.get("timeout"):
+            return "timeout"
+        if "OutOfMemoryError" in record["error"] or "out of memory" in record["error"].lower():
+            return "oom"
         return "error"
     history = record.get("history") or []
     if any(row.get("diverged") for row in history):
