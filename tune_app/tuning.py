@@ -83,9 +83,37 @@ def optuna(space, settings, run_dir, points=()):
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / "optuna.journal")))
     sampler = _optuna.samplers.TPESampler(seed=settings["seed"])
+
+    class ResumableOptunaSearch(OptunaSearch):
+        """After a hard kill the study's journal can be ahead of Ray's last experiment checkpoint, so a trial Ray
+        resumes may already be finished in the study. Resumed, it trains to the same numbers (trials are
+        deterministic), so the study keeps what it was told instead of failing the sweep. A trial the study
+        began after that checkpoint is unknown to Ray and never reports: it is marked failed on restore, so the
+        study (and optuna-dashboard) does not show it running forever."""
+
+        def restore(self, checkpoint_path: str):
+            super().restore(checkpoint_path)
+            known = {t._trial_id for t in self._ot_trials.values()}
+            storage = self._ot_study._storage
+            for t in self._ot_study.get_trials(deepcopy=False, states=(_optuna.trial.TrialState.RUNNING,)):
+                if t._trial_id not in known:
+                    storage.set_trial_state_values(t._trial_id, _optuna.trial.TrialState.FAIL)
+
+        def on_trial_result(self, trial_id, result):
+            try:
+                super().on_trial_result(trial_id, result)
+            except _optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            try:
+                super().on_trial_complete(trial_id, result, error)
+            except _optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
     # The points are enqueued in the study: its first trials, and TPE learns from them.
-    return OptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
-                        study_name=settings["name"]), choice_space(space)
+    return ResumableOptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
+                                 study_name=settings["name"]), choice_space(space)
 
 
 @SEARCHERS.register("hyperopt")
