@@ -152,3 +152,16 @@ def test_history_falls_back_to_progress_csv_when_result_json_is_empty(tmp_path):
     assert [h["epoch"] for h in record["history"]] == [1, 2, 3]
     assert [h["val_acc"] for h in record["history"]] == pytest.approx([0.6, 0.7, 0.8])
     assert record["trial_id"] == "abc12345" and record["config"] == {"epochs": 3} and record["error"] is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_an_address_nothing_answers_at_is_refused_quickly(tmp_path, capsys, address):
+    import time
+
+    t0 = time.monotonic()
+    code = main(["--space", "digits", "--address", address, "--storage-path", str(tmp_path / "runs")])
+    seconds = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and seconds < 30
+    assert f"--address {address}: nothing answers at 127.0.0.1:1 within 10 s" in err
+    assert not (tmp_path / "runs").exists()

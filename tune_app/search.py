@@ -244,6 +244,32 @@ def load_data(space, s: dict):
         raise UsageError(str(e)) from None
 
 
+CONNECT_TIMEOUT_S = 10  # Ray itself waits minutes for a head that does not answer
+
+
+def check_reachable(address: str, given: str) -> None:
+    """A cluster address nothing answers at is refused within seconds (ray.init would wait for minutes)."""
+    import socket
+
+    target = address.removeprefix("ray://")
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            target = canonicalize_bootstrap_address("auto") or ""
+        except Exception:  # noqa: BLE001 - no cluster recorded here: ray.init says so at once
+            return
+    if address == "local" or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{given} {address}: nothing answers at {target} within {CONNECT_TIMEOUT_S} s "
+                         f"({type(e).__name__}: {e}); start the cluster's head with 'ray start --head' there, or "
+                         f"check the host and port") from None
+
+
 def join_ray(s: dict) -> None:
     import ray
 
@@ -251,6 +277,7 @@ def join_ray(s: dict) -> None:
         # With no address Ray would join whatever cluster last ran on this machine; tune_app starts its own
         # unless told otherwise (--address, or RAY_ADDRESS as cluster launchers set it).
         address = s["address"] or os.environ.get("RAY_ADDRESS") or "local"
+        check_reachable(address, "--address" if s["address"] else "RAY_ADDRESS")
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      logging_level=logging.WARNING, configure_logging=True)
