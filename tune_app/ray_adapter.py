@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 
+import ray
 import torch
 from ray import tune
 
@@ -65,6 +66,8 @@ class RayReporter:
 
     def report(self, metrics: dict, state: dict) -> None:
         inject_faults(self.config, metrics.get("epoch"))
+        # Which Ray node trained this epoch: on a cluster, where a trial ran and where it moved after a failure.
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
         with tempfile.TemporaryDirectory() as path:
             torch.save(state, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
