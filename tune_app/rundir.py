@@ -122,7 +122,9 @@ def trial_folders(path: Path) -> list[Path]:
 def ray_statuses(path: Path) -> dict[str, str]:
     """Each trial's status in Ray's newest experiment state (TERMINATED, ERROR, ...), by trial id; empty when
     there is none to read. A trial retried after a crash keeps its error.txt: only this says how it ended."""
-    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # By the start time in the name (each run of the sweep writes its own file): Ray copies every file to the
+    # storage path together at the end, so modification times do not tell them apart.
+    states = sorted(path.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return {}
     try:
