@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tune_app.rundir import ray_statuses
+
 NUM_SAMPLES = 5
 
 
@@ -23,16 +25,8 @@ def results(trial_dir: Path) -> list[dict]:
 
 
 def terminated(run_dir: Path) -> set[str]:
-    """Trial ids Ray's own experiment state records as finished."""
-    states = sorted(run_dir.glob("experiment_state-*.json"))
-    if not states:
-        return set()
-    try:
-        data = json.loads(states[-1].read_text())
-    except json.JSONDecodeError:  # being rewritten right now
-        return set()
-    trials = [json.loads(t[0]) if isinstance(t[0], str) else t[0] for t in data["trial_data"]]
-    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+    """Trial ids Ray's own experiment state records as finished (none while it is being rewritten)."""
+    return {trial_id for trial_id, status in ray_statuses(run_dir).items() if status == "TERMINATED"}
 
 
 def trial_dirs(run_dir: Path) -> list[Path]:

@@ -515,19 +515,20 @@ def fit(config: dict, data: dict, reporter) -> None:
         else:
             val_loss, val_acc = evaluate_model(model, val, cfg["eval_batch_size"], precision)
             diverged = len(val) > 0 and not math.isfinite(val_loss)
+        ood_acc = None
+        if ood:
+            ood_acc = float(np.mean([0.0 if diverged else evaluate_model(model, d, cfg["eval_batch_size"],
+                                                                         precision)[1] for d in ood]))
+        schedule.step_epoch(val_loss if math.isfinite(val_loss) else train_loss)
+        watched = {"val_loss": val_loss, "val_acc": val_acc}[cfg["early_stop_metric"]]
+        early_stopped = not diverged and epoch < epochs and stopper.update(watched)
         metrics = {
             "epoch": epoch, "train_loss": train_loss, "train_acc": 0.0 if diverged else train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
-            "epoch_time_s": 0.0, "samples_per_s": seen / train_s,
-            "peak_mem_mb": 0.0, "params": n_params, "diverged": diverged, "early_stopped": False,
+            "epoch_time_s": time.perf_counter() - t0, "samples_per_s": seen / train_s,
+            "peak_mem_mb": peak_memory_mb(device), "params": n_params, "diverged": diverged,
+            "early_stopped": early_stopped, **({} if ood_acc is None else {"ood_acc": ood_acc}),
         }
-        if ood:
-            accs = [0.0 if diverged else evaluate_model(model, d, cfg["eval_batch_size"], precision)[1] for d in ood]
-            metrics["ood_acc"] = float(np.mean(accs))
-        schedule.step_epoch(val_loss if math.isfinite(val_loss) else train_loss)
-        metrics["early_stopped"] = not diverged and epoch < epochs and stopper.update(metrics[cfg["early_stop_metric"]])
-        metrics["epoch_time_s"] = time.perf_counter() - t0
-        metrics["peak_mem_mb"] = peak_memory_mb(device)
         state = {
             "epoch": epoch, "config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "schedule": schedule.state_dict(), "early_stopping": stopper.state_dict(),
@@ -535,5 +536,5 @@ def fit(config: dict, data: dict, reporter) -> None:
             "torch_rng": torch.get_rng_state(), "generator": gen.get_state(),
         }
         reporter.report(metrics, state)
-        if diverged or metrics["early_stopped"]:
+        if diverged or early_stopped:
             return

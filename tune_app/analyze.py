@@ -100,7 +100,8 @@ class Analysis:
         how = (f"space {spec.get('space')}, {s.get('searcher')} + {s.get('scheduler')}; " if spec
                else "a Ray Tune experiment; ")
         return (f"{how}{c['total']} trials: {c['completed']} completed, {c['stopped']} stopped early, "
-                f"{_early(c)}{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} ({self.sweep.mode}); "
+                f"{_other_endings(c)}{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} "
+                f"({self.sweep.mode}); "
                 f"trends compared at epoch {self.at_epoch}; best selected by {self.select}.")
 
 
@@ -167,7 +168,7 @@ def saved_options(path) -> dict:
     return options
 
 
-def _early(counts: dict) -> str:
+def _other_endings(counts: dict) -> str:
     """Trials ended by their own early stopping, out of memory or by --trial-timeout, said only where there are
     any."""
     said = (("early_stopped", "stopped by early stopping"), ("oom", "out of memory"), ("timeout", "timed out"))
@@ -190,9 +191,9 @@ def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
     if len(top["trials"]) < k:
         counts = _status_counts(trials)
         raise UsageError(f"--top-k {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
-                         f"({counts['completed']} completed, {counts['stopped']} stopped early, {_early(counts)}"
-                         f"{counts['diverged']} "
-                         f"diverged, {counts['error']} failed); ask for at most {len(top['trials'])}")
+                         f"({counts['completed']} completed, {counts['stopped']} stopped early, "
+                         f"{_other_endings(counts)}{counts['diverged']} diverged, {counts['error']} failed); "
+                         f"ask for at most {len(top['trials'])}")
     return sweep, top
 
 

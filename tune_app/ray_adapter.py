@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import ray
 import torch
@@ -37,7 +38,7 @@ def inject_faults(config: dict, epoch: int) -> None:
     for i, fault in enumerate(faults):
         if fault["epoch"] != epoch or any(config.get(k) != v for k, v in fault.get("where", {}).items()):
             continue
-        done = open(log).read().split().count(f"{i}:{trial_id}") if os.path.isfile(log) else 0
+        done = Path(log).read_text().split().count(f"{i}:{trial_id}") if os.path.isfile(log) else 0
         if done < fault.get("times", 1):
             with open(log, "a") as f:
                 f.write(f"{i}:{trial_id}\n")
