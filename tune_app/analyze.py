@@ -40,7 +40,7 @@ log = logging.getLogger("tune_app")
 
 def build_parser(prog: str = "python -m tune_app.analyze") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>")
+    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI")
     p.add_argument("--metric", help="metric to analyze (default: the sweep's; val_acc for a plain Ray experiment)")
     p.add_argument("--mode", choices=("max", "min"), help="whether the metric is maximised or minimised")
     p.add_argument("--at-epoch", type=int, metavar="K",
@@ -367,9 +367,15 @@ def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last",
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        run(args.run_dir, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
+        from tune_app import storage
+
+        path = storage.materialize(args.run_dir, "analyze")  # an s3:// or gs:// run comes down first
+        run(path, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
             select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
             wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
+        if storage.is_uri(args.run_dir) and storage.check_scheme(args.run_dir, "analyze") != "file":
+            storage.upload(path, args.run_dir, ("summary",))
+            print(f"tune_app: summary written to {args.run_dir.rstrip('/')}/summary", flush=True)
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
         return UsageError.exit_code

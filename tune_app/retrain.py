@@ -54,7 +54,7 @@ CONFUSED_PAIRS = 10  # most-confused (true, predicted) pairs listed
 
 def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>")
+    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI")
     p.add_argument("--top-k", type=int, default=1, help="retrain the k best configurations (default 1)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=3,
@@ -789,6 +789,11 @@ def evaluate_file(plan: Plan, path: str) -> int:
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        from tune_app import storage
+
+        uri = args.run_dir if storage.is_uri(args.run_dir) and \
+            storage.check_scheme(args.run_dir, "retrain") != "file" else None
+        args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
         plan = make_plan(args)
         if args.evaluate:
             return evaluate_file(plan, args.evaluate)
@@ -809,6 +814,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
         log_wandb(plan, summary, out)
         refresh_report(plan)
         print(console(summary))
+        if uri:
+            storage.upload(plan.run_dir, uri, ("summary", RETRAIN_DIR))
         extra = "".join(f", {f}" for f in ("robustness.csv", "submission.csv") if (out / f).exists())
         print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png{extra}); "
               f"report: {plan.run_dir / 'summary' / 'report.html'}")

@@ -53,10 +53,13 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume: run the trials that ended in error again, from their last checkpoint")
     p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 (default: start a local Ray)")
-    p.add_argument("--storage-path", default="./runs", help="where run directories go (default ./runs)")
+    p.add_argument("--storage-path", default="./runs",
+                   help="where run directories go: a directory (shared by all machines for a multi-node run), "
+                        "s3://bucket/path or gs://bucket/path (default ./runs)")
     p.add_argument("--name", help="run directory name (default <space>-<date>-<time>)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR",
-                   help="continue an interrupted sweep: a run directory, or the one --name names")
+                   help="continue an interrupted sweep: a run directory or its s3:// / gs:// URI, or the one "
+                        "--name names")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a space entry; a list (key=[a,b]) becomes a searched choice")
     p.add_argument("--from-run", metavar="RUN_DIR",
@@ -94,19 +97,36 @@ def check_settings(s: dict) -> None:
         raise UsageError(f"--gpus-per-trial {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
 
 
-def resolve_run_dir(args) -> Path:
+def resolve_run_dir(args) -> tuple[Path, str | None]:
+    """(the run directory on this machine, the run's URI when it lives in object storage, else None)."""
+    from tune_app import storage
+
     if isinstance(args.resume, str):
-        return Path(args.resume).expanduser().resolve()
-    if args.resume and not args.name:
+        where, flag = args.resume, "--resume"
+    elif args.resume and not args.name:
         raise UsageError("--resume needs the run directory (--resume runs/NAME) or --name NAME")
-    return (Path(args.storage_path).expanduser() / args.name).resolve()
+    elif storage.is_uri(args.storage_path):
+        storage.check_scheme(args.storage_path, "--storage-path")
+        where, flag = storage.join(args.storage_path, args.name), "--storage-path"
+    else:
+        return (Path(args.storage_path).expanduser() / args.name).resolve(), None
+    if not storage.is_uri(where):
+        return Path(where).expanduser().resolve(), None
+    if storage.check_scheme(where, flag) == "file":
+        return storage.local_path(where), None
+    return storage.mirror_dir(where), where.rstrip("/")
 
 
 def plan_resume(args) -> dict:
-    run_dir = resolve_run_dir(args)
+    run_dir, run_uri = resolve_run_dir(args)
+    if run_uri:
+        from tune_app import storage
+
+        storage.check_writable(run_uri, "--resume")
+        storage.download(run_uri, run_dir)  # spec, results and searcher state; Ray reads checkpoints from there
     spec_path = run_dir / SPEC_FILE
     if not spec_path.is_file() or not (any(run_dir.glob("experiment_state*.json")) or any(run_dir.glob("tuner.pkl"))):
-        raise UsageError(f"--resume: {run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
+        raise UsageError(f"--resume: {run_uri or run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
                          f"start one with --space NAME --name NAME")
     from tune_app.spaces import parse_overrides
 
@@ -121,7 +141,7 @@ def plan_resume(args) -> dict:
     if changed:
         raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
                          f"(start a new sweep with another --name to change them)")
-    spec["run_dir"] = str(run_dir)
+    spec["run_dir"], spec["run_uri"] = str(run_dir), run_uri
     return spec
 
 
@@ -148,12 +168,20 @@ def plan_new(args) -> dict:
     check_settings(settings)
     transferred = transfer(args.from_run, top_k, space, settings) if args.from_run else {}
     name = args.name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = resolve_run_dir(args)
-    if not args.plan and ((run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json"))):
-        raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, "
+    run_dir, run_uri = resolve_run_dir(args)
+    if run_uri and not args.plan:
+        from tune_app import storage
+
+        storage.check_writable(run_uri, "--storage-path")
+        taken = storage.exists(run_uri, SPEC_FILE)
+    else:
+        taken = (run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json"))
+    if not args.plan and taken:
+        raise UsageError(f"{run_uri or run_dir} already holds a sweep; continue it with --resume {run_uri or run_dir}, "
                          f"or pick another --name")
     return {
-        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir), **transferred,
+        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir), "run_uri": run_uri,
+        **transferred,
         "settings": {**settings, "seed": args.seed, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
                      "address": args.address, "wandb_project": args.wandb_project,
                      "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
@@ -288,7 +316,44 @@ def join_ray(s: dict) -> None:
     check_resources(ray.cluster_resources(), s)
 
 
-def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
+SHARED_CHECK_TIMEOUT_S = 60
+
+
+def check_shared_storage(root: Path, flag_value: str) -> None:
+    """Every node of a multi-node sweep writes its trials' checkpoints and results into the storage, and a trial
+    moved to another node reads them back there: a local directory must be one that every node mounts. The
+    driver writes a marker file and asks each other node whether it sees it; a node that does not is refused
+    before anything runs (Ray would lose that node's checkpoints)."""
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
+    if not others:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / f".tune_app_shared_{uuid.uuid4().hex[:12]}"
+    marker.write_text("tune_app")
+
+    def sees(path: str) -> bool:
+        return os.path.isfile(path)
+
+    probe = ray.remote(num_cpus=0)(sees)
+    try:
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in others], timeout=SHARED_CHECK_TIMEOUT_S)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(others, seen) if not ok]
+    if blind:
+        raise UsageError(f"--storage-path {flag_value}: {len(blind)} of the cluster's {len(others) + 1} nodes "
+                         f"({', '.join(blind)}) cannot see {root}, so their trials' checkpoints would be lost; give "
+                         f"a directory every node mounts (NFS, EFS) or s3://bucket/path")
+
+
+def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_callbacks=()):
     """A Tuner for a new sweep; writes the sweep's spec (what --resume reads back)."""
     from ray import tune
 
@@ -300,9 +365,11 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
     search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir, spec.get("points", []))
     spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
-    (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k != "run_dir"}, indent=2))
+    (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k not in ("run_dir", "run_uri")},
+                                                indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
-    callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0)) if c is not None]
+    callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
+                             *extra_callbacks) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -317,7 +384,8 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path):
             trial_name_creator=functools.partial(trial_name, module),
             trial_dirname_creator=functools.partial(trial_dirname, module)),
         run_config=tune.RunConfig(
-            name=s["name"], storage_path=str(run_dir.parent), callbacks=callbacks,
+            name=run_dir.name, storage_path=spec["run_uri"].rsplit("/", 1)[0] if spec.get("run_uri")
+            else str(run_dir.parent), callbacks=callbacks,
             progress_reporter=reporter, verbose=1,
             checkpoint_config=checkpoint_config(s, space.metric, space.mode),
             failure_config=tune.FailureConfig(max_failures=s.get("max_failures", 2))))
@@ -350,8 +418,10 @@ def trial_timeout(seconds: float):
                 silent = now - self.last.get(trial.trial_id, now)
                 actor = trial.temporary_state.ray_actor
                 if trial.status == "RUNNING" and silent > seconds and actor is not None:
-                    Path(trial.path).mkdir(parents=True, exist_ok=True)
-                    (Path(trial.path) / TIMEOUT_FILE).write_text(
+                    # The trial's folder; with s3:// storage, its copy on the driver, which Ray uploads.
+                    folder = Path(trial.path if Path(trial.path).is_absolute() else trial.local_path)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / TIMEOUT_FILE).write_text(
                         f"no report for {silent:.0f} s (--trial-timeout {seconds:g}); stopped\n")
                     ray.kill(actor)
                     self.last[trial.trial_id] = now
@@ -426,10 +496,17 @@ def run(spec: dict, resume: bool) -> int:
     tuning.check(s, config, points)  # before any data is read or Ray started
     dataset = load_data(space, s)
     join_ray(s)
+    run_dir = Path(spec["run_dir"])
+    run_uri = spec.get("run_uri")
+    if not run_uri and not spec.get("plan_only"):
+        check_shared_storage(run_dir.parent, str(run_dir.parent))
     if spec.get("plan_only"):
         print(plan_table(space, config, s, dataset, points)[1])
         return 0
-    run_dir = Path(spec["run_dir"])
+    if run_uri and not resume:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # a working copy left from an older run at that URI
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and s.get("estimate_cost"):
         rows, text = plan_table(space, config, s, dataset, points)
@@ -440,30 +517,43 @@ def run(spec: dict, resume: bool) -> int:
     trainable = tune.with_resources(
         tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
         {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+    uploads = ()
+    if run_uri:
+        from tune_app import storage
+
+        uploads = (storage.uploader(run_dir, run_uri),)
     if resume:
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(run_uri or str(run_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=bool(spec.get("retry_errored")))
+        # (a restored Tuner keeps the callbacks it was made with, the uploader among them)
     else:
         spec["provenance"] = sweep_provenance(dataset)
-        tuner = new_tuner(spec, space, config, trainable, run_dir)
+        tuner = new_tuner(spec, space, config, trainable, run_dir, uploads)
+        if run_uri:
+            storage.upload(run_dir, run_uri, (SPEC_FILE,))
     begins = f", beginning with the top {len(points)} configurations of {spec['from_run']}" if points else ""
     print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
           f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
-          f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_dir}", flush=True)
+          f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_uri or run_dir}", flush=True)
     results = tuner.fit()
 
     from tune_app import analyze
 
+    if run_uri:
+        storage.download(run_uri, run_dir)  # the trials' results, as Ray left them there
     try:
         analyze.run(run_dir)
         found_best = True
     except UsageError as e:  # every trial failed: the trials table says why, and the sweep can be resumed
         print(f"tune_app: {e}", file=sys.stderr)
         found_best = False
+    if run_uri:
+        storage.upload(run_dir, run_uri)
+        print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
     finished = results.num_terminated + results.num_errors
     if finished < spec["expected_trials"]:
         print(f"Interrupted with {finished} of {spec['expected_trials']} trials finished; continue with: "
-              f"python -m tune_app.search --resume {run_dir}", file=sys.stderr)
+              f"python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr)
         return 130
     return 0 if found_best else 1
 
