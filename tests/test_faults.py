@@ -132,3 +132,63 @@ def test_out_of_memory_and_a_hung_trial_get_their_own_status_and_the_sweep_goes_
     assert "(--trial-timeout 4); stopped" in (folder / "timeout.txt").read_text()
     best = json.loads((tmp_path / "runs" / "drill" / "summary" / "best_config.json").read_text())
     assert best["config"]["activation"] == "gelu"
+
+
+def test_a_diverging_trial_ends_diverged_and_is_never_best(faults_file, tmp_path):
+    """Plain SGD at lr 1e6 blows up at once; 0.003 trains. The diverged trial stops at that epoch."""
+    faults_file.write_text("[]")
+    code = search.main([*argv(tmp_path / "runs", activations="[relu]"), "--set", "optimizer=sgd",
+                        "--set", "batch_norm=false", "--set", "lr=[0.003,1e6]"])
+    assert code == 0
+    trials = pq.read_table(tmp_path / "runs" / "drill" / "summary" / "trials.parquet").to_pandas()
+    by_lr = trials.set_index("config/lr")
+    assert by_lr.loc[1e6, "status"] == "diverged" and by_lr.loc[1e6, "epochs"] == 1
+    assert by_lr.loc[0.003, "status"] == "completed" and by_lr.loc[0.003, "epochs"] == 3
+    best = json.loads((tmp_path / "runs" / "drill" / "summary" / "best_config.json").read_text())
+    assert best["config"]["lr"] == 0.003
+
+
+def wandb_runs(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / "wandb").glob("offline-run-*") if p.is_dir())
+
+
+def test_an_unreachable_wandb_server_means_offline_runs_and_a_complete_sweep(faults_file, tmp_path, monkeypatch,
+                                                                             capsys):
+    """--wandb-mode online with a W&B server nothing answers at: one warning, W&B runs kept offline, and the
+    sweep as complete as without W&B (W&B alone would wait out its timeouts in every run)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    faults_file.write_text("[]")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    args = [a if a != "disabled" else "online" for a in argv(tmp_path / "runs")]
+    assert search.main(args) == 0
+    err = capsys.readouterr().err
+    assert f"W&B server http://127.0.0.1:{port} unreachable" in err and "logging offline instead" in err
+    run_dir = tmp_path / "runs" / "drill"
+    trials, history = trials_of(run_dir)
+    assert (trials["status"] == "completed").all() and len(history) == 6
+    assert len(wandb_runs(run_dir)) == 3  # a run per trial and the summary run
+    assert (run_dir / "summary" / "report.html").is_file()
+
+
+def test_wandb_crashing_in_every_run_leaves_warnings_and_a_complete_sweep(faults_file, tmp_path, caplog):
+    """W&B cannot write its files (its folder in the run directory is a file): every trial's W&B run and the
+    summary run fail; each failure is a warning, and trials, checkpoints and summary are all there."""
+    faults_file.write_text("[]")
+    run_dir = tmp_path / "runs" / "drill"
+    run_dir.mkdir(parents=True)
+    (run_dir / "wandb").write_text("not a folder")
+    args = [a if a != "disabled" else "offline" for a in argv(tmp_path / "runs")]
+    with caplog.at_level("WARNING", logger="tune_app"):
+        assert search.main(args) == 0
+    trials, history = trials_of(run_dir)
+    failed = {r.getMessage().split(" failed")[0] for r in caplog.records if "W&B run of trial" in r.getMessage()}
+    assert failed == {f"W&B run of trial {name}" for name in trials["name"]}
+    assert any("W&B summary run failed" in r.getMessage() for r in caplog.records)
+    assert (trials["status"] == "completed").all() and len(history) == 6
+    assert all(any(run_dir.glob(f"*{t}/checkpoint_*")) for t in trials["trial_id"])
+    assert (run_dir / "summary" / "report.html").is_file() and (run_dir / "summary" / "best_config.json").is_file()

@@ -75,6 +75,17 @@ def test_nan_loss_stops_the_trial_as_diverged(digits):
     assert all(h["diverged"] is False for h in history[:-1])
 
 
+def test_a_loss_above_the_bound_stops_the_trial_as_diverged(digits):
+    """A finite loss counts as divergence above diverge_loss: here a bound below what epoch 2 reaches."""
+    clean = run(BASE, digits.sweep_view()).history
+    bound = (clean[0]["train_loss"] + clean[1]["train_loss"]) / 2
+    history = run({**BASE, "diverge_loss": bound}, digits.sweep_view()).history
+    assert [h["diverged"] for h in history] == [True]  # epoch 1's loss is above it
+    assert history[0]["train_loss"] == clean[0]["train_loss"] and history[0]["val_acc"] == 0.0
+    assert math.isnan(history[0]["val_loss"])
+    assert not any(h["diverged"] for h in clean)  # the default, 0: NaN/inf only
+
+
 def test_max_epochs_caps_the_trial(digits):
     history = run({**BASE, "epochs": 5, "max_epochs": 2}, digits.sweep_view()).history
     assert [h["epoch"] for h in history] == [1, 2]

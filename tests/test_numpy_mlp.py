@@ -272,6 +272,13 @@ def test_max_epochs_caps_the_trial(digits):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_a_loss_above_diverge_loss_is_diverged(digits):
+    clean = run(BASE, digits.sweep_view()).history
+    history = run({**BASE, "diverge_loss": clean[0]["train_loss"] / 2}, digits.sweep_view()).history
+    assert len(history) == 1 and history[0]["diverged"] is True and history[0]["val_acc"] == 0.0
+    assert not any(h["diverged"] for h in clean)  # 0: NaN/inf only
+
+
 def test_huge_learning_rate_is_reported_as_diverged_and_stops(digits):
     config = {**BASE, "optimizer": "sgd", "lr": 1e6, "activation": "relu", "epochs": 5}
     history = run(config, digits.sweep_view()).history

@@ -43,13 +43,20 @@ def cli(*args):
     return [sys.executable, "-m", "tune_app.search", *args]
 
 
-@pytest.mark.parametrize("how", ["ctrl_c", "sigkill"])
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how):
+def newest_state(run_dir: Path, pattern: str):
+    import cloudpickle
+
+    return cloudpickle.loads(max(run_dir.glob(pattern)).read_bytes())
+
+
+@pytest.mark.parametrize("how, searcher, scheduler", [("ctrl_c", "optuna", "fifo"), ("sigkill", "optuna", "fifo"),
+                                                      ("ctrl_c", "hyperopt", "asha")])
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how, searcher, scheduler):
     run_dir = tmp_path / "runs" / "resumable"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         cli("--space", "digits", "--num-samples", str(NUM_SAMPLES), "--set", "epochs=3", "--max-epochs", "3",
-            "--scheduler", "fifo", "--max-concurrent", "1", "--cpus-per-trial", "1",
+            "--searcher", searcher, "--scheduler", scheduler, "--max-concurrent", "1", "--cpus-per-trial", "1",
             "--storage-path", str(tmp_path / "runs"), "--name", "resumable"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     deadline = time.time() + 240
@@ -73,8 +80,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
-    assert len(trials) == NUM_SAMPLES and (trials["status"] == "completed").all()
+    assert len(trials) == NUM_SAMPLES
+    assert set(trials["status"]) <= ({"completed", "stopped"} if scheduler == "asha" else {"completed"})
     assert len(trial_dirs(run_dir)) == NUM_SAMPLES
+    depth = dict(zip(trials["trial_id"], trials["epochs"]))
     for trial in trial_dirs(run_dir):
         by_epoch = {}
         for r in results(trial):
@@ -83,9 +92,22 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
             if r["epoch"] in by_epoch:
                 assert (r["train_loss"], r["val_acc"]) == by_epoch[r["epoch"]], trial.name
             by_epoch[r["epoch"]] = (r["train_loss"], r["val_acc"])
-        assert sorted(by_epoch) == [1, 2, 3], trial.name
+        assert sorted(by_epoch) == list(range(1, depth[trial.name.rsplit("_", 1)[1]] + 1)), trial.name
     for name, content in done_before.items():
         assert (run_dir / name / "result.json").read_bytes() == content  # finished trials not run again
+    if searcher == "hyperopt":
+        # HyperOpt's trials came back with the sweep (one per sweep trial, none twice), and so did ASHA's rungs:
+        # digits' grace period is 3 epochs, 3 here too: the one rung, at epoch 3, holds all five trials, those
+        # finished before Ctrl+C included (a scheduler rebuilt empty on resume would hold only the others).
+        hyperopt = newest_state(run_dir, "searcher-state-*.pkl")
+        told = hyperopt["_hpopt_trials"] if isinstance(hyperopt, dict) else hyperopt._hpopt_trials
+        assert len(told.trials) == NUM_SAMPLES
+        (asha,) = [c for c in newest_state(run_dir, "callback-states-*.pkl").values() if c and "rungs" in c]
+        ((milestone, first_rung),) = asha["rungs"][0]
+        assert milestone == 3
+        assert set(first_rung) == set(trials["trial_id"])
+        assert {t.rsplit("_", 1)[1] for t in done_before} < set(first_rung)
+        return
     # Optuna's study came back with the sweep: one completed study trial per sweep trial. A hard kill can land
     # after the study began a trial Ray had not yet recorded; that one is marked failed on resume.
     import optuna

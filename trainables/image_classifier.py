@@ -107,6 +107,8 @@ PARAMS: dict[str, Param] = {
     "batch_size": Param(128, int, "examples per step, >= 1", low=1),
     "epochs": Param(20, int, "epochs to train, >= 1", low=1),
     "max_epochs": Param(0, int, "cap on epochs for the whole sweep; 0 = no cap", low=0),
+    "diverge_loss": Param(0.0, float, "a mean training loss above this ends the trial as diverged (as NaN/inf "
+                          "does); 0 = NaN/inf only. Guessing scores ln(classes): 2.3 for 10", low=0.0),
     "early_stop_patience": Param(0, int, "epochs without improvement before the trial stops; 0 = off", low=0),
     "early_stop_min_delta": Param(0.0, float, "smallest change of early_stop_metric that counts as improvement",
                                   low=0.0),
@@ -461,8 +463,8 @@ def setup_device(cfg: dict) -> torch.device:
 def fit(config: dict, data: dict, reporter) -> None:
     """Train one configuration, reporting METRICS and a checkpoint every epoch.
 
-    A NaN/inf training loss ends the trial after reporting that epoch with
-    ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last. Early stopping
+    A NaN/inf training loss, or one above ``diverge_loss``, ends the trial after reporting
+    that epoch with ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last. Early stopping
     ends it after reporting ``early_stopped: True``."""
     cfg = resolve(PARAMS, config)
     device = setup_device(cfg)
@@ -486,6 +488,7 @@ def fit(config: dict, data: dict, reporter) -> None:
     stopper = EarlyStopping(cfg["early_stop_patience"], cfg["early_stop_min_delta"], cfg["early_stop_metric"])
     autoaugment = AutoAugment() if cfg["autoaugment"] else None
     n_params = sum(p.numel() for p in model.parameters())
+    diverge_bound = cfg["diverge_loss"] or math.inf
 
     first_epoch = 1
     state = reporter.restore()
@@ -509,7 +512,7 @@ def fit(config: dict, data: dict, reporter) -> None:
         train_loss, train_acc, seen = train_epoch(model, opt, schedule, train, cfg, gen, autoaugment, precision,
                                                   data["num_classes"])
         train_s = time.perf_counter() - t0
-        diverged = not math.isfinite(train_loss)
+        diverged = not math.isfinite(train_loss) or train_loss > diverge_bound
         if diverged:
             val_loss, val_acc = float("nan"), 0.0
         else:

@@ -3,7 +3,7 @@
 Forward and backward passes, losses, initialisations and optimizers are spelled out by
 hand: no autograd, no framework layers. ``fit(config, data, reporter)`` keeps
 image_classifier's contract: the same METRICS every epoch, a checkpoint with every
-report, exact resume, ``diverged`` on a NaN/inf loss.
+report, exact resume, ``diverged`` on a NaN/inf loss (or one above ``diverge_loss``).
 
 Parameters are a flat list ``[W1, b1, W2, b2, ...]``; a batch is a matrix of rows, so a
 layer is ``x @ W + b`` with W of shape (fan_in, fan_out). Hidden layers share one width
@@ -366,6 +366,8 @@ PARAMS: dict[str, Param] = {
     "weight_decay": Param(0.0, float, "L2 weight decay on weights (not biases), >= 0", low=0.0),
     "batch_size": Param(64, int, "examples per step, >= 1", low=1),
     "epochs": Param(10, int, "epochs to train, >= 1", low=1),
+    "diverge_loss": Param(0.0, float, "a mean training loss above this ends the trial as diverged (as NaN/inf "
+                          "does); 0 = NaN/inf only", low=0.0),
     "max_epochs": Param(0, int, "cap on epochs for the whole sweep; 0 = no cap", low=0),
     # run
     "seed": Param(0, int, "seed of init and shuffling"),
@@ -471,8 +473,8 @@ def fit(config: dict, data: dict, reporter) -> None:
     """Train one configuration, reporting METRICS and a checkpoint every epoch.
 
     ``train_loss`` is the objective minimised (mean loss + L2 term); ``val_loss`` is the
-    configured loss alone. A NaN/inf training loss ends the trial after reporting that
-    epoch with ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last."""
+    configured loss alone. A NaN/inf training loss (or one above ``diverge_loss``) ends the
+    trial after reporting that epoch with ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last."""
     cfg = resolve(PARAMS, config)
     n_train = len(data["y_train"])
     if cfg["batch_size"] > n_train:
@@ -505,7 +507,7 @@ def fit(config: dict, data: dict, reporter) -> None:
         with np.errstate(all="ignore"):  # overflow is detected below, as divergence
             train_loss, train_acc, seen = train_epoch(params, opt, inputs, x_train, data["y_train"], cfg, rng)
             train_s = time.perf_counter() - t0
-            diverged = not math.isfinite(train_loss)
+            diverged = not math.isfinite(train_loss) or bool(cfg["diverge_loss"] and train_loss > cfg["diverge_loss"])
             if diverged:
                 val_loss, val_acc = float("nan"), 0.0
             else:

@@ -89,7 +89,8 @@ def optuna(space, settings, run_dir, points=()):
         resumes may already be finished in the study. Resumed, it trains to the same numbers (trials are
         deterministic), so the study keeps what it was told instead of failing the sweep. A trial the study
         began after that checkpoint is unknown to Ray and never reports: it is marked failed on restore, so the
-        study (and optuna-dashboard) does not show it running forever."""
+        study (and optuna-dashboard) does not show it running forever. An errored trial that --retry-errored
+        finishes is added to the study as a new, complete trial."""
 
         def restore(self, checkpoint_path: str):
             super().restore(checkpoint_path)
@@ -106,6 +107,16 @@ def optuna(space, settings, run_dir, points=()):
                 pass
 
         def on_trial_complete(self, trial_id, result=None, error=False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and not error and result and self.metric in result:
+                told = self._ot_study._storage.get_trial(ot_trial._trial_id)
+                if told.state == _optuna.trial.TrialState.FAIL:
+                    # An errored trial run again (--retry-errored) that now finished: the study cannot change a
+                    # failed trial, so its result joins as a new one and TPE learns from it.
+                    self._ot_study.add_trial(_optuna.trial.create_trial(
+                        params=told.params, distributions=told.distributions, value=result[self.metric],
+                        user_attrs={"ray_trial_id": trial_id, "retried": True}))
+                    return
             try:
                 super().on_trial_complete(trial_id, result, error)
             except _optuna.exceptions.UpdateFinishedTrialError:
@@ -136,6 +147,39 @@ def asha(settings, searched):
         time_attr="epoch", max_t=settings["max_epochs"],
         grace_period=min(settings["grace_period"], settings["max_epochs"]),
         reduction_factor=settings["reduction_factor"])
+
+
+def scheduler_state(scheduler):
+    """Ray Tune checkpoints the searcher with the experiment but not the scheduler, so ASHA would come back
+    from --resume with empty rungs: the trials finished before the interruption would no longer count, and
+    weak new trials would not be stopped against them. This callback keeps ASHA's rungs in Ray's own
+    callback checkpoints (saved with the experiment state) and puts them back on restore. It is pickled with
+    the scheduler in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None for
+    the other schedulers."""
+    from ray.tune import Callback
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    if not isinstance(scheduler, AsyncHyperBandScheduler):
+        return None
+
+    class AshaState(Callback):
+        def __init__(self) -> None:
+            self.scheduler = scheduler
+
+        def get_state(self) -> dict:
+            brackets = self.scheduler._brackets
+            return {"rungs": [[(milestone, dict(recorded)) for milestone, recorded in b._rungs] for b in brackets],
+                    "trial_bracket": {t: brackets.index(b) for t, b in self.scheduler._trial_info.items()},
+                    "counter": self.scheduler._counter, "num_stopped": self.scheduler._num_stopped}
+
+        def set_state(self, state: dict) -> None:
+            brackets = self.scheduler._brackets
+            for bracket, rungs in zip(brackets, state["rungs"]):
+                bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+            self.scheduler._trial_info = {t: brackets[i] for t, i in state["trial_bracket"].items()}
+            self.scheduler._counter, self.scheduler._num_stopped = state["counter"], state["num_stopped"]
+
+    return AshaState()
 
 
 @SCHEDULERS.register("hyperband")

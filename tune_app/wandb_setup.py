@@ -1,14 +1,19 @@
 """W&B: one run per trial, grouped by experiment, named from the trial's config.
 
-Offline automatically when no API key is configured; a W&B failure is a warning,
-never the end of a sweep.
+Offline automatically when no API key is configured, or when the W&B server does not
+answer (checked once, within seconds, instead of every run waiting out W&B's own
+timeouts); a W&B failure is a warning, never the end of a sweep.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import netrc
 import os
+import socket
+import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from ray.air.integrations.wandb import WandbLoggerCallback
 
@@ -24,12 +29,35 @@ def has_api_key() -> bool:
         return False
 
 
+REACH_TIMEOUT_S = 5
+
+
+@functools.cache
+def server_error(base_url: str) -> str | None:
+    """Why the W&B server at ``base_url`` cannot be reached (a TCP connection within REACH_TIMEOUT_S), or None."""
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=REACH_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def resolve_mode(mode: str | None) -> str:
-    """The CLI's mode, else $WANDB_MODE, else online with a key and offline without."""
+    """The CLI's mode, else $WANDB_MODE, else online with a key and offline without; online falls back to
+    offline, with a warning, when the W&B server does not answer."""
     mode = mode or os.environ.get("WANDB_MODE")
-    if mode in ("online", "offline", "disabled"):
-        return mode
-    return "online" if has_api_key() else "offline"
+    if mode not in ("online", "offline", "disabled"):
+        mode = "online" if has_api_key() else "offline"
+    if mode == "online":
+        base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        error = server_error(base)
+        if error:
+            print(f"tune_app: warning: W&B server {base} unreachable ({error}); logging offline instead "
+                  f"(upload later with wandb sync)", file=sys.stderr, flush=True)
+            return "offline"
+    return mode
 
 
 class SafeWandbCallback(WandbLoggerCallback):
@@ -47,6 +75,22 @@ class SafeWandbCallback(WandbLoggerCallback):
             self.failed = True
             log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
             return None
+
+    def _cleanup_logging_actors(self, timeout: int = 0, kill_on_timeout: bool = False):
+        # Ray drops a logging actor whose W&B run failed without a word: say so (the trial goes on).
+        import ray
+
+        futures = list(self._trial_logging_futures.values())
+        done, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout) if futures else ([], [])
+        for future in done:
+            try:
+                ray.get(future)
+            except Exception as e:  # noqa: BLE001 - whatever W&B raised in the actor
+                trial = self._logging_future_to_trial.get(future)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+                log.warning("W&B run of trial %s failed (%s); the trial goes on, its results are in the run "
+                            "directory", trial, first)
+        super()._cleanup_logging_actors(0, kill_on_timeout)
 
     def setup(self, *args, **kwargs):
         self._guard("setup", super().setup, *args, **kwargs)
