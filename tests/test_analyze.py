@@ -271,3 +271,52 @@ def test_saved_options_repeat_the_choices_a_summary_was_made_with(analyzed, tria
     assert saved_options(analyzed) == {"select": "last", "at_epoch": expected_at_epoch(trials), "top_k": 3,
                                        "pairs": ["optimizer,batch_size"]}
     assert saved_options(tmp_path) == {}  # never analyzed: the defaults apply
+
+
+def whole(path) -> bool:
+    """A summary file that a reader can use: parses as what its name says."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    if path.suffix == ".parquet":
+        return pq.read_table(path).num_rows > 0
+    if path.suffix == ".json":
+        return bool(json.loads(path.read_text()))
+    if path.suffix == ".yaml":
+        return bool(yaml.safe_load(path.read_text()))
+    if path.suffix == ".csv":
+        return len(pd.read_csv(path)) > 0
+    if path.suffix == ".png":
+        with Image.open(path) as image:
+            image.load()
+        return True
+    if path.suffix == ".html":
+        return path.read_text().rstrip().endswith("</html>")
+    return path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.6, 0.8, 0.95])
+def test_a_kill_during_the_export_leaves_every_file_whole(tmp_path, trials, fraction):
+    """SIGKILL lands somewhere in a re-analysis (at a fraction of what a whole one takes): every summary file
+    the first analysis wrote is still there, each one whole (the old version or the new, never half of one)."""
+    import sys
+    import time
+
+    path = write_experiment(tmp_path / "exp", trials)
+    command = [sys.executable, "-m", "tune_app.analyze", str(path), "--wandb-mode", "disabled"]
+    started = time.monotonic()
+    subprocess.run([*command, "--top-k", "3"], check=True, capture_output=True)
+    duration = time.monotonic() - started
+    summary = path / "summary"
+    before = {p.relative_to(summary): p.read_bytes() for p in summary.rglob("*")
+              if p.is_file() and not p.name.startswith(".")}
+    proc = subprocess.Popen([*command, "--top-k", "5", "--pair", "optimizer,lr"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(duration * fraction)
+    proc.kill()
+    proc.wait()
+    after = {p.relative_to(summary) for p in summary.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    assert set(before) <= after
+    broken = [str(p) for p in after if (summary / p).read_bytes() != before.get(p) and not whole(summary / p)]
+    assert broken == []
+    assert len(json.loads((summary / "topk.json").read_text())["trials"]) in (3, 5)
