@@ -67,8 +67,12 @@ class RayReporter:
 
     def report(self, metrics: dict, state: dict) -> None:
         inject_faults(self.config, metrics.get("epoch"))
-        # Which Ray node trained this epoch: on a cluster, where a trial ran and where it moved after a failure.
-        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        # Which Ray node trained this epoch (on a cluster, where a trial ran and where it moved after a failure),
+        # and the CPUs and share of a GPU it held there (what its time cost; --gpus-per-trial auto varies it).
+        context = ray.get_runtime_context()
+        held = context.get_assigned_resources()
+        metrics = {**metrics, "node_id": context.get_node_id(), "cpus": float(held.get("CPU", 0.0)),
+                   "gpus": float(held.get("GPU", 0.0))}
         with tempfile.TemporaryDirectory() as path:
             torch.save(state, os.path.join(path, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))

@@ -22,7 +22,7 @@ SPEC_FILE = "tune_app.json"
 # What a trial's history keeps from each report: the metrics, the divergence and early-stopping flags, when it
 # was reported.
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
-        "peak_mem_mb", "params", "diverged", "early_stopped", "timestamp")
+        "peak_mem_mb", "params", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
 FLAGS = ("diverged", "early_stopped")
 TIMEOUT_FILE = "timeout.txt"  # written by --trial-timeout's watchdog into the folder of a trial it stopped
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
