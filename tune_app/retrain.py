@@ -260,14 +260,21 @@ def _node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
+def shown(gpus) -> str:
+    return gpus if isinstance(gpus, str) else f"{gpus:g}"
+
+
 def run_all(plan: Plan, dataset) -> None:
     """Every (configuration, seed) as a Ray task with the sweep's per-trial resources, in parallel as the
     cluster allows; results land in ``candidate.runs`` as they finish."""
     import ray
 
     s = plan.settings
+    gpus = s["gpus_per_trial"]
+    if gpus == "auto":  # the sweep packed trials by measured memory; a retrain run gets a GPU to itself
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     # A fresh worker per run (max_calls=1) frees its GPU memory; SPREAD puts seeds on different nodes.
-    task = ray.remote(num_cpus=s["cpus_per_trial"], num_gpus=s["gpus_per_trial"], max_calls=1,
+    task = ray.remote(num_cpus=s["cpus_per_trial"], num_gpus=gpus, max_calls=1,
                       scheduling_strategy="SPREAD")(retrain_one)
     data_ref = ray.put(training_view(dataset, plan.train_on))
     test_x, test_y = ray.put(dataset.x_test), ray.put(dataset.y_test)
@@ -806,8 +813,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
         runs = sum(len(c.seeds) for c in plan.candidates)
         print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
               f"{len(plan.candidates[0].seeds)} seeds = {runs} runs on {plan.train_on} "
-              f"({plan.settings['cpus_per_trial']:g} CPU / {plan.settings['gpus_per_trial']:g} GPU each), then the "
-              f"test set ({len(dataset.y_test)} images)", flush=True)
+              f"({plan.settings['cpus_per_trial']:g} CPU / {shown(plan.settings['gpus_per_trial'])} GPU each), "
+              f"then the test set ({len(dataset.y_test)} images)", flush=True)
         run_all(plan, dataset)
         summary = summarize(plan, dataset)
         out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary), to_predict)

@@ -29,6 +29,15 @@ FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1
 TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
 
 
+def gpus_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a number such as 0.25, or auto") from None
+
+
 def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces)")
@@ -41,7 +50,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--num-samples", type=int, help="trials to run (grid: repeats of the grid)")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float, help="fractions such as 0.25 pack trials per GPU")
+    p.add_argument("--gpus-per-trial", type=gpus_arg,
+                   help="fractions such as 0.25 pack trials per GPU; auto measures each configuration's peak GPU "
+                        "memory in a short probe and packs by it (CPU trials where the cluster has no GPU)")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int,
                    help="retry a crashed trial this many times, each from its last checkpoint (default 2)")
@@ -90,10 +101,12 @@ def check_settings(s: dict) -> None:
     }
     for key, (low, text) in rules.items():
         value = s.get(key)
+        if key == "gpus_per_trial" and value == "auto":
+            continue
         if value is not None and (not math.isfinite(value) or value < low):
             raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be {text}")
     gpus = s["gpus_per_trial"]
-    if gpus > 1 and gpus != int(gpus):
+    if gpus != "auto" and gpus > 1 and gpus != int(gpus):
         raise UsageError(f"--gpus-per-trial {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
 
 
@@ -239,7 +252,7 @@ def check_resources(cluster: dict, s: dict) -> None:
     """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
     for flag, key in (("--cpus-per-trial", "CPU"), ("--gpus-per-trial", "GPU")):
         wanted = s[f"{key.lower()}s_per_trial"]
-        if wanted > cluster.get(key, 0):
+        if wanted != "auto" and wanted > cluster.get(key, 0):
             raise UsageError(f"{flag} {wanted:g}: the Ray cluster has {cluster.get(key, 0):g} {key}s in all; "
                              f"ask for at most that, or join a bigger cluster with --address")
 
@@ -465,6 +478,37 @@ def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[d
     return rows, plan.table(rows, concurrency)
 
 
+def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
+    """--gpus-per-trial auto: CPU trials on a cluster without GPUs; else every cost-relevant configuration is
+    probed alone on a GPU (see plan.gpu_plan) and each trial asks for its own configuration's fraction. The
+    plan is kept in the run directory, so a resumed sweep asks for the same fractions without probing again.
+    Returns (resources for tune.with_resources, settings with gpus_per_trial as the largest fraction)."""
+    import ray
+
+    from tune_app import plan, tuning
+
+    s = dict(s)
+    if not ray.cluster_resources().get("GPU", 0):
+        print("tune_app: --gpus-per-trial auto: the Ray cluster has no GPU; trials run on CPUs", flush=True)
+        s["gpus_per_trial"] = 0.0
+        return {"cpu": s["cpus_per_trial"], "gpu": 0}, s
+    saved = run_dir / plan.GPU_PLAN_FILE
+    if resume and saved.is_file():
+        gpu_plan = json.loads(saved.read_text())
+    else:
+        param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+        print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
+        gpu_plan = plan.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
+                                 len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"])
+        if not plan_only:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(gpu_plan, indent=1))
+    print(plan.gpu_table(gpu_plan), flush=True)
+    s["gpus_per_trial"] = max(r["fraction"] for r in gpu_plan["rows"])
+    s["gpus_shown"] = s["gpus_per_trial"]
+    return plan.gpu_resources(space.trainable, gpu_plan, s["cpus_per_trial"]), s
+
+
 def trainable_config(trainable, config: dict) -> dict:
     from trainables.params import resolve
 
@@ -500,13 +544,16 @@ def run(spec: dict, resume: bool) -> int:
     run_uri = spec.get("run_uri")
     if not run_uri and not spec.get("plan_only"):
         check_shared_storage(run_dir.parent, str(run_dir.parent))
-    if spec.get("plan_only"):
-        print(plan_table(space, config, s, dataset, points)[1])
-        return 0
-    if run_uri and not resume:
+    if run_uri and not resume and not spec.get("plan_only"):
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)  # a working copy left from an older run at that URI
+    resources = {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]}
+    if s["gpus_per_trial"] == "auto":
+        resources, s = auto_gpus(space, config, s, dataset, run_dir, resume, spec.get("plan_only"))
+    if spec.get("plan_only"):
+        print(plan_table(space, config, s, dataset, points)[1])
+        return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and s.get("estimate_cost"):
         rows, text = plan_table(space, config, s, dataset, points)
@@ -515,8 +562,7 @@ def run(spec: dict, resume: bool) -> int:
 
         (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()),
-        {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]})
+        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()), resources)
     uploads = ()
     if run_uri:
         from tune_app import storage
@@ -534,7 +580,8 @@ def run(spec: dict, resume: bool) -> int:
     begins = f", beginning with the top {len(points)} configurations of {spec['from_run']}" if points else ""
     print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
           f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
-          f"{s['cpus_per_trial']:g} CPU / {s['gpus_per_trial']:g} GPU each, into {run_uri or run_dir}", flush=True)
+          f"{s['cpus_per_trial']:g} CPU / {s.get('gpus_shown', s['gpus_per_trial']):g} GPU each, into "
+          f"{run_uri or run_dir}", flush=True)
     results = tuner.fit()
 
     from tune_app import analyze

@@ -25,7 +25,8 @@ from pathlib import Path
 from tune_app.errors import UsageError
 
 SCHEMES = {"s3": "S3", "gs": "GCS"}
-OWN_ENTRIES = ("tune_app.json", "optuna.journal", "plan.json", "summary", "wandb")  # what tune_app itself writes
+# what tune_app itself writes into a run directory
+OWN_ENTRIES = ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json", "summary", "wandb")
 UPLOAD_EVERY_S = 10.0  # the Optuna journal, while trials report
 
 
@@ -195,6 +196,6 @@ def uploader(local: Path, uri: str):
             upload(local, uri, ("optuna.journal",))
 
         def on_experiment_end(self, trials, **info):
-            upload(local, uri, ("tune_app.json", "optuna.journal", "plan.json"))
+            upload(local, uri, ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json"))
 
     return Upload()

@@ -1,0 +1,107 @@
+"""--gpus-per-trial auto: each cost-relevant configuration's peak memory is probed, and each trial asks Ray
+for the share of a GPU that memory needs. Ray's GPUs here are pretend ones (num_gpus= on a CPU machine) with
+a memory figure injected through TUNE_APP_FAKE_GPU_MB; the probes and trials are real."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tune_app import plan, search
+from tune_app.spaces import load_space
+
+FAKE_GPU_MB = 3000
+
+
+@pytest.mark.parametrize("peak_mb, gpu_mb, fraction", [
+    (1_000, 80_000, 0.0625),   # (1250 + 600) / 80000 = 0.023: 43 would fit, 16 at most share a GPU
+    (10_000, 80_000, 0.1666),  # 0.164: 6 per GPU
+    (30_000, 80_000, 0.5),     # 0.476: 2 per GPU
+    (70_000, 80_000, 1.0),     # more than a GPU: a whole one (it may then run out of memory, status oom)
+    (900, 4_000, 0.5),         # 0.431
+    (400, 4_000, 0.3333),      # 0.275: 3 per GPU
+])
+def test_fraction_is_the_measured_peak_plus_headroom_rounded_up_to_a_packing(peak_mb, gpu_mb, fraction):
+    got = plan.gpu_fraction(peak_mb, gpu_mb)
+    assert got == fraction
+    k = round(1 / got)
+    assert k * got <= 1  # k trials fit on one GPU in Ray's bookkeeping
+    assert got * gpu_mb >= peak_mb * plan.HEADROOM + plan.CONTEXT_MB or got == 1.0
+
+
+def test_every_cost_relevant_combination_of_the_space_is_probed():
+    space = load_space("digits")
+    trainable = space.trainable
+    configs = plan.cost_configs(trainable, space.space, seed=0)
+    assert sorted((c["batch_size"], c["batch_norm"]) for c in configs) == sorted(
+        (b, n) for b in (32, 64, 128) for n in (True, False))
+    keys = {plan.cost_key(trainable, c) for c in configs}
+    assert len(keys) == 6
+    fake = {"gpu_mb": 4000, "rows": [{"cost_key": json.dumps(plan.cost_key(trainable, c)),
+                                      "fraction": 0.25 if c["batch_size"] == 32 else 0.5} for c in configs]}
+    resources = plan.gpu_resources(trainable, fake, cpus=1)
+    assert resources({"dataset": "digits", "model": "digits_cnn", "batch_size": 32, "batch_norm": True,
+                      "lr": 0.01}) == {"cpu": 1, "gpu": 0.25}
+    assert resources({"dataset": "digits", "model": "digits_cnn", "batch_size": 128, "batch_norm": False,
+                      "lr": 0.1}) == {"cpu": 1, "gpu": 0.5}
+    # a configuration no probe covered asks for the largest fraction
+    assert resources({"dataset": "digits", "model": "digits_cnn", "batch_size": 512}) == {"cpu": 1, "gpu": 0.5}
+
+
+@pytest.fixture(scope="module")
+def fake_gpus():
+    import ray
+
+    os.environ[plan.FAKE_GPU_ENV] = str(FAKE_GPU_MB)  # Ray's workers inherit it at ray.init
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    del os.environ[plan.FAKE_GPU_ENV]
+
+
+def test_auto_probes_and_each_trial_holds_its_configurations_fraction(fake_gpus, tmp_path, capsys):
+    code = search.main(["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--gpus-per-trial", "auto",
+                        "--set", "batch_size=[32,128]", "--set", "batch_norm=true", "--set", "activation=relu",
+                        "--set", "optimizer=adam", "--set", "lr=0.003", "--set", "epochs=2",
+                        "--storage-path", str(tmp_path), "--name", "auto", "--wandb-mode", "disabled"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"--gpus-per-trial auto on GPUs of {FAKE_GPU_MB} MB" in out
+    run_dir = tmp_path / "auto"
+    gpu_plan = json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())
+    assert gpu_plan["gpu_mb"] == FAKE_GPU_MB and len(gpu_plan["rows"]) == 2
+    by_batch = {}
+    for row in gpu_plan["rows"]:
+        assert row["peak_mb"] > 0
+        assert row["fraction"] == plan.gpu_fraction(row["peak_mb"], FAKE_GPU_MB)
+        by_batch[int(dict(json.loads(row["cost_key"]))["batch_size"])] = row["fraction"]
+    assert set(by_batch) == {32, 128}
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert (trials["status"] == "completed").all() and len(trials) == 2
+    for trial_id, batch_size in zip(trials["trial_id"], trials["config/batch_size"]):
+        held = history[history["trial_id"] == trial_id]["gpus"].unique().tolist()
+        assert held == [by_batch[int(batch_size)]]  # what Ray gave the trial, as it reported it
+    spec = json.loads((run_dir / search.SPEC_FILE).read_text())
+    assert spec["settings"]["gpus_per_trial"] == "auto"  # a resume plans the same way (from gpu_plan.json)
+
+
+def test_auto_on_a_machine_without_gpus_means_cpu_trials(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop(plan.FAKE_GPU_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "tune_app.search", "--space", "digits", "--plan",
+                           "--gpus-per-trial", "auto", "--set", "batch_size=64", "--set", "batch_norm=true",
+                           "--storage-path", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--gpus-per-trial auto: the Ray cluster has no GPU; trials run on CPUs" in done.stdout
+    assert "total: 20 trials" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # --plan writes nothing
+
+
+def test_a_bad_gpus_value_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        search.main(["--space", "digits", "--gpus-per-trial", "lots"])
+    assert exit_.value.code == 2
+    assert "--gpus-per-trial: invalid value 'lots': a number such as 0.25, or auto" in capsys.readouterr().err
