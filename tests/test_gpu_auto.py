@@ -2,6 +2,7 @@
 for the share of a GPU that memory needs. Ray's GPUs here are pretend ones (num_gpus= on a CPU machine) with
 a memory figure injected through TUNE_APP_FAKE_GPU_MB; the probes and trials are real."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tune_app import plan, search
+from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.spaces import load_space
 
-FAKE_GPU_MB = 3000
+FAKE_GPU_MB = 8000  # about a quarter of it per digits trial (a CPU process's peak is ~1 GB)
 
 
 @pytest.mark.parametrize("peak_mb, gpu_mb, fraction", [
@@ -51,22 +53,28 @@ def test_every_cost_relevant_combination_of_the_space_is_probed():
 
 
 @pytest.fixture(scope="module")
-def fake_gpus():
+def fake_gpus(tmp_path_factory):
+    """Ray with one pretend GPU of FAKE_GPU_MB; a fault drill file (empty until a test fills it)."""
     import ray
 
-    os.environ[plan.FAKE_GPU_ENV] = str(FAKE_GPU_MB)  # Ray's workers inherit it at ray.init
+    drill = tmp_path_factory.mktemp("drill") / "faults.json"
+    drill.write_text("[]")
+    os.environ.update({plan.FAKE_GPU_ENV: str(FAKE_GPU_MB), FAULTS_ENV: str(drill)})  # workers inherit them
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield
+    yield drill
     ray.shutdown()
-    del os.environ[plan.FAKE_GPU_ENV]
+    del os.environ[plan.FAKE_GPU_ENV], os.environ[FAULTS_ENV]
+
+
+def auto_sweep(runs, *extra):
+    return search.main(["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--gpus-per-trial",
+                        "auto", "--set", "batch_size=[32,128]", "--set", "batch_norm=true", "--set", "activation=relu",
+                        "--set", "optimizer=adam", "--set", "lr=0.003", "--storage-path", str(runs), "--name", "auto",
+                        "--wandb-mode", "disabled", *extra])
 
 
 def test_auto_probes_and_each_trial_holds_its_configurations_fraction(fake_gpus, tmp_path, capsys):
-    code = search.main(["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--gpus-per-trial", "auto",
-                        "--set", "batch_size=[32,128]", "--set", "batch_norm=true", "--set", "activation=relu",
-                        "--set", "optimizer=adam", "--set", "lr=0.003", "--set", "epochs=2",
-                        "--storage-path", str(tmp_path), "--name", "auto", "--wandb-mode", "disabled"])
-    assert code == 0
+    assert auto_sweep(tmp_path, "--set", "epochs=2") == 0
     out = capsys.readouterr().out
     assert f"--gpus-per-trial auto on GPUs of {FAKE_GPU_MB} MB" in out
     run_dir = tmp_path / "auto"
@@ -105,3 +113,28 @@ def test_a_bad_gpus_value_is_one_line(capsys):
         search.main(["--space", "digits", "--gpus-per-trial", "lots"])
     assert exit_.value.code == 2
     assert "--gpus-per-trial: invalid value 'lots': a number such as 0.25, or auto" in capsys.readouterr().err
+
+
+def test_a_trial_that_runs_out_of_gpu_memory_is_retried_on_a_larger_share(fake_gpus, tmp_path, capsys):
+    """The batch-128 trial runs out of (CUDA) memory once, at epoch 2: it is retried from its checkpoint on
+    twice its share of the GPU and completes; the other trial keeps its share."""
+    fake_gpus.write_text(json.dumps([{"epoch": 2, "times": 1, "kind": "oom", "where": {"batch_size": 128}}]))
+    try:
+        assert auto_sweep(tmp_path, "--set", "epochs=3", "--max-failures", "1") == 0
+    finally:
+        fake_gpus.write_text("[]")
+    run_dir = tmp_path / "auto"
+    fractions = {int(dict(json.loads(r["cost_key"]))["batch_size"]): r["fraction"]
+                 for r in json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())["rows"]}
+    first = fractions[128]
+    more = 1.0 if first >= 0.5 else math.floor(10_000 / math.floor(1 / (2 * first))) / 10_000
+    assert more > first
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas().set_index("config/batch_size")
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert (trials["status"] == "completed").all()
+    big = history[history["trial_id"] == trials.loc[128, "trial_id"]].sort_values("epoch")
+    assert big["epoch"].tolist() == [1, 2, 3]
+    assert big["gpus"].tolist() == [first, more, more]
+    small = history[history["trial_id"] == trials.loc[32, "trial_id"]]
+    assert small["gpus"].unique().tolist() == [fractions[32]]
+    assert f"ran out of GPU memory on {first:g} GPU; retrying it on {more:g}" in capsys.readouterr().out

@@ -381,8 +381,9 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k not in ("run_dir", "run_uri")},
                                                 indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
+    oom = oom_retry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
     callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
-                             *extra_callbacks) if c is not None]
+                             oom, *extra_callbacks) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -440,6 +441,26 @@ def trial_timeout(seconds: float):
                     self.last[trial.trial_id] = now
 
     return TrialTimeout()
+
+
+def oom_retry(cpus: float):
+    """--gpus-per-trial auto: a trial that runs out of GPU memory all the same is retried (as a crash is, up to
+    --max-failures) with twice its share of a GPU, up to a whole one, so that fewer neighbours share it."""
+    from ray.tune import Callback
+
+    class OomRetry(Callback):
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            error = Path(trial.error_file) if trial.error_file else None
+            last = error.read_text().rsplit("Failure #", 1)[-1] if error and error.is_file() else ""
+            held = trial.placement_group_factory.required_resources.get("GPU", 0)
+            if "OutOfMemoryError" not in last or not 0 < held < 1:
+                return
+            more = 1.0 if held >= 0.5 else math.floor(10_000 / math.floor(1 / (2 * held))) / 10_000
+            trial.update_resources({"CPU": cpus, "GPU": more})
+            print(f"tune_app: trial {trial} ran out of GPU memory on {held:g} GPU; retrying it on {more:g}",
+                  flush=True)
+
+    return OomRetry()
 
 
 def checkpoint_config(s: dict, metric: str, mode: str):
