@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torchvision import transforms as T
 
 from trainables import image_classifier as ic
-from trainables.augment import cutout, random_crop, random_flip
+from trainables.augment import cutout, random_crop, random_crop_flip, random_flip
 from trainables.models import build_model
 from trainables.params import resolve
 from trainables.reporting import LocalReporter
@@ -139,6 +139,44 @@ def test_crop_offsets_differ_per_image_and_repeat_with_the_seed():
     a = random_crop(x, PAD, torch.Generator().manual_seed(7))
     assert torch.equal(a, random_crop(x, PAD, torch.Generator().manual_seed(7)))
     assert len({tuple(o) for o in crop_offsets(a, x).tolist()}) > 20
+
+
+def permuted_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """tune_app's first random_crop: advanced indexing of the NHWC-permuted padded batch, permuted back (so its output
+    had channels-last strides); kept here to show that the values, and so trials' results, did not change."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad,) * 4)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+def test_crop_gives_the_first_implementations_values_as_contiguous_nchw():
+    x = random_images(256)
+    old = permuted_crop(x, PAD, torch.Generator().manual_seed(9))
+    new = random_crop(x, PAD, torch.Generator().manual_seed(9))
+    assert torch.equal(new, old) and new.is_contiguous() and not old.is_contiguous()
+
+
+def test_the_batch_transform_is_crop_flip_normalize_bit_for_bit_and_contiguous():
+    """augment() does crop and flip in one gather and normalizes in place: the same floats as the two steps and
+    DeviceData.normalize, and the generator left in the same state (Cutout and MixUp draw the same afterwards)."""
+    x = random_images(256)
+    data = ic.DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
+    for cfg in (fast_config(), fast_config(flip=False), fast_config(crop_padding=0), fast_config(cutout=8)):
+        gen = torch.Generator().manual_seed(11)
+        fast = ic.augment(x, data, cfg, gen, None)
+        ref_gen = torch.Generator().manual_seed(11)
+        ref = random_crop(x, cfg["crop_padding"], ref_gen)
+        ref = data.normalize(random_flip(ref, ref_gen) if cfg["flip"] else ref)
+        ref = cutout(ref, cfg["cutout"], ref_gen)
+        assert torch.equal(fast, ref) and fast.is_contiguous() and fast.dtype == torch.float32
+        assert torch.equal(gen.get_state(), ref_gen.get_state())
+    first = torch.Generator().manual_seed(1)
+    assert torch.equal(random_crop_flip(x, PAD, True, torch.Generator().manual_seed(1)),
+                       random_flip(permuted_crop(x, PAD, first), first))
 
 
 # ---------------------------------------------------------------------------- flip

@@ -16,24 +16,58 @@ import torch.nn.functional as F
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by ``padding`` pixels, then crop each image back at its own random offset."""
+    """Zero-pad by ``padding`` pixels, then crop each image back at its own random offset.
+
+    Draws ``dy``, then ``dx`` (one per image) from ``gen``. The output is a new contiguous
+    (B, C, H, W) tensor. ``random_crop_flip`` does this and ``random_flip`` in one gather."""
     if padding <= 0:
         return x
     b, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    # Advanced indexing puts the indexed dims first: (B, H, W, C) -> (B, C, H, W).
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    # Every window of the padded image as a view (B, C, 2p+1, 2p+1, H, W); image i takes window (dy_i, dx_i).
+    windows = F.pad(x, (padding,) * 4).unfold(2, h, 1).unfold(3, w, 1)
+    return windows[torch.arange(b, device=x.device), :, dy, dx].contiguous()
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
+    """Mirror each image left-right with probability 1/2 (one ``torch.rand`` per image from ``gen``)."""
     flip = torch.rand(x.shape[0], generator=gen, device=x.device) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """``random_crop`` then, if ``flip``, ``random_flip``, in one gather from the padded batch.
+
+    The same draws from ``gen`` in the same order (dy, dx, then the flips), so the output is
+    bit for bit theirs: output pixel (i, j) of image b is padded pixel (dy_b + i, dx_b + j),
+    with j mirrored to W - 1 - j for a flipped image. uint8 (or any dtype) in, a new
+    contiguous (B, C, H, W) tensor of the same dtype out."""
+    if padding <= 0:
+        return random_flip(x, gen) if flip else x
+    b, c, h, w = x.shape
+    dev = x.device
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=dev)
+    padded = F.pad(x, (padding,) * 4).contiguous()
+    pw = w + 2 * padding
+    cols = torch.arange(w, device=dev).expand(b, w)
+    if flip:
+        mirrored = torch.rand(b, generator=gen, device=dev) < 0.5
+        cols = torch.where(mirrored[:, None], w - 1 - cols, cols)
+    rows = (dy * pw)[:, None] + torch.arange(0, h * pw, pw, device=dev)  # (B, H) row starts in the flat image
+    index = (rows[:, :, None] + (dx[:, None] + cols)[:, None, :]).view(b, 1, h * w)  # (B, 1, H*W)
+    return padded.view(b, c, -1).gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x.float() - mean) / std`` bit for bit, with one new tensor instead of three (in-place
+    subtract and divide): uint8 images (B, C, H, W), ``mean`` and ``std`` (1, C, 1, 1) on the
+    0..255 scale (``DeviceData.mean``/``std``)."""
+    out = x.float()
+    if out is x:  # already float32: .float() returned the input itself
+        out = x.clone()
+    return out.sub_(mean).div_(std)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:

@@ -43,8 +43,8 @@ from trainables.augment import (
     gaussian_blur,
     gaussian_noise,
     mix_batch,
-    random_crop,
-    random_flip,
+    normalize,
+    random_crop_flip,
     random_rotation,
 )
 from trainables.data import DATASETS
@@ -251,9 +251,7 @@ def augment(x: torch.Tensor, data: DeviceData, cfg: dict, gen: torch.Generator, 
     """uint8 batch in, normalized float batch out, every augmentation the config asks for."""
     if autoaugment is not None:
         x = autoaugment(x)
-    x = random_crop(x, cfg["crop_padding"], gen)
-    if cfg["flip"]:
-        x = random_flip(x, gen)
+    x = random_crop_flip(x, cfg["crop_padding"], cfg["flip"], gen)  # random_crop then random_flip, bit for bit
     if cfg["rotation"] or cfg["color_jitter"] or cfg["blur_sigma"] or cfg["noise_std"]:
         x = x.float() / 255
         x = random_rotation(x, cfg["rotation"], gen)
@@ -261,7 +259,7 @@ def augment(x: torch.Tensor, data: DeviceData, cfg: dict, gen: torch.Generator, 
         x = gaussian_blur(x, cfg["blur_sigma"], gen)
         x = data.normalize_unit(gaussian_noise(x, cfg["noise_std"], gen))
     else:
-        x = data.normalize(x)
+        x = normalize(x, data.mean, data.std)  # data.normalize(x), bit for bit, in place
     return cutout(x, cfg["cutout"], gen)
 
 
