@@ -1,7 +1,20 @@
+import math
+from unittest import mock
+
 import pytest
 import torch
+from torchvision.transforms import v2
 
-from trainables.augment import AutoAugment, cutout, normalize, random_crop, random_crop_flip, random_flip
+from trainables.augment import (
+    CIFAR10_POLICY,
+    SIGNED_OPS,
+    AutoAugment,
+    cutout,
+    normalize,
+    random_crop,
+    random_crop_flip,
+    random_flip,
+)
 
 
 def images(b=16, c=3, h=8, w=8):
@@ -111,3 +124,151 @@ def test_autoaugment_keeps_uint8_shape_and_changes_images():
     assert out.dtype == torch.uint8 and out.shape == x.shape
     changed = sum(not torch.equal(o, i) for o, i in zip(out, x))
     assert changed > 16
+
+
+# ---------------------------------------------------------------------------- batched AutoAugment
+
+def torchvision_autoaugment():
+    return v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+
+
+def test_the_policy_and_signed_operations_are_torchvisions():
+    tv = torchvision_autoaugment()
+    assert tuple(tv._policies) == CIFAR10_POLICY
+    assert {op for op, (_, signed) in tv._AUGMENTATION_SPACE.items() if signed} == SIGNED_OPS
+
+
+def torchvision_with_draws(tv, img, plan, i):
+    """torchvision's AutoAugment on one image, its torch.randint and torch.rand answering with image i's draws of
+    ``plan``, in the order torchvision draws (sub-policy; then per operation: apply?, and sign if it applies and is
+    signed). Returns the image and the (operation, magnitude) calls torchvision made."""
+    sub = int(plan.policy[i])
+    draws = []
+    for k, (op, p, bin) in enumerate(CIFAR10_POLICY[sub]):
+        draws.append(plan.apply_u[i, k])
+        if plan.apply_u[i, k] <= p and bin is not None and tv._AUGMENTATION_SPACE[op][1]:
+            draws.append(plan.sign_u[i, k])
+    answers = iter(draws)
+    calls = []
+    apply_op = tv._apply_image_or_video_transform
+
+    def recorded(image, transform_id, magnitude, **kw):
+        calls.append((transform_id, magnitude))
+        return apply_op(image, transform_id, magnitude, **kw)
+
+    with mock.patch("torch.randint", lambda *a, **k: torch.tensor(sub)), \
+            mock.patch("torch.rand", lambda *a, **k: next(answers)), \
+            mock.patch.object(tv, "_apply_image_or_video_transform", recorded):
+        out = tv(img)
+    assert next(answers, None) is None, "torchvision drew fewer numbers than the plan holds for the image"
+    return out, calls
+
+
+@pytest.mark.parametrize("shape", [(400, 3, 32, 32), (60, 1, 12, 10)])
+def test_each_image_is_torchvisions_result_of_its_own_draws(shape):
+    """The batched operations give every image what torchvision's v2 AutoAugment gives that image alone with the
+    same draws: the same sub-policy, operations, signed magnitudes and output bits."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen)
+    x[len(x) // 2:] = x[len(x) // 2:] // 4 + 90  # low-contrast images: AutoContrast and Equalize have work to do
+    aa, tv = AutoAugment(), torchvision_autoaugment()
+    plan = aa.plan(len(x), gen)
+    out = aa.apply(x, plan)
+    assert out.dtype == torch.uint8 and out.shape == x.shape and out.is_contiguous()
+    steps = aa.steps(plan, shape[2], shape[3])
+    ops_seen = set()
+    for i in range(len(x)):
+        ref, calls = torchvision_with_draws(tv, x[i], plan, i)
+        assert calls == [step for step in steps[i] if step is not None], i
+        assert torch.equal(out[i], ref), (i, calls)
+        ops_seen.update(op for op, _ in calls)
+    if shape[0] >= 400:
+        assert ops_seen == {op for sub in CIFAR10_POLICY for op, p, _ in sub if p > 0}  # every operation was checked
+    assert sum(not torch.equal(o, i) for o, i in zip(out, x)) > len(x) // 3  # Color leaves 1 channel alone
+
+
+def test_subpolicies_are_uniform_and_operations_apply_with_their_probability():
+    n = 25 * 800
+    aa = AutoAugment()
+    plan = aa.plan(n, torch.Generator().manual_seed(1))
+    counts = torch.bincount(plan.policy, minlength=25).double()
+    assert counts.min() > 0 and len(counts) == 25
+    expected = n / 25
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 51.18, chi2  # chi-square, 24 degrees of freedom: its 99.9% quantile
+    steps = aa.steps(plan, 32, 32)
+    signs = [math.copysign(1, m) for row in steps for step in row if step is not None and step[0] in SIGNED_OPS
+             for m in [step[1]]]
+    assert abs(signs.count(-1) / len(signs) - 0.5) <= 5 * math.sqrt(0.25 / len(signs)), len(signs)  # all together
+    for sub, ops in enumerate(CIFAR10_POLICY):
+        rows = [steps[i] for i in torch.nonzero(plan.policy == sub).flatten().tolist()]
+        for k, (op, p, bin) in enumerate(ops):
+            applied = [row[k] for row in rows if row[k] is not None]
+            share = len(applied) / len(rows)
+            assert abs(share - p) <= 5 * math.sqrt(p * (1 - p) / len(rows)) + 1e-9, (sub, k, share, p)
+            if op in SIGNED_OPS and bin is not None and applied:
+                negative = sum(math.copysign(1, m) < 0 for _, m in applied) / len(applied)  # bin 0: -0.0
+                assert abs(negative - 0.5) <= 5 * math.sqrt(0.25 / len(applied)), (sub, k, negative)
+
+
+def test_the_outcomes_are_distributed_as_torchvisions():
+    """What torchvision's per-image AutoAugment does (its own draws, recorded), against the plan's: the share of
+    images that get each (step, operation, signed magnitude), or nothing at a step, agrees within 5 standard
+    deviations."""
+    n = 6000
+    tv = torchvision_autoaugment()
+    recorded = []
+    img = torch.zeros(3, 32, 32, dtype=torch.uint8)
+
+    def record(image, transform_id, magnitude, **kw):
+        recorded[-1].append((transform_id, magnitude))
+        return image
+
+    torch.manual_seed(2)
+    with mock.patch.object(tv, "_apply_image_or_video_transform", record):
+        for _ in range(n):
+            recorded.append([])
+            tv(img)
+    aa = AutoAugment()
+    ours = [[step for step in row if step is not None] for row in aa.steps(aa.plan(n, torch.Generator().manual_seed(3)),
+                                                                          32, 32)]
+
+    def shares(rows):
+        counts = {}
+        for row in rows:
+            for key in [(len(row),)] + [(k, *step) for k, step in enumerate(row)]:
+                counts[key] = counts.get(key, 0) + 1
+        return {key: c / len(rows) for key, c in counts.items()}
+
+    theirs, mine = shares(recorded), shares(ours)
+    # an operation applied at the first step and not the second shows as step 0 in both: the keys line up
+    for key in set(theirs) | set(mine):
+        a, b = theirs.get(key, 0.0), mine.get(key, 0.0)
+        p = (a + b) / 2
+        assert abs(a - b) <= 5 * math.sqrt(p * (1 - p) * 2 / n) + 1e-9, (key, a, b)
+
+
+def test_autoaugment_repeats_with_the_seed_from_a_generator_or_torchs_rng():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    aa = AutoAugment()
+    a = aa(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, aa(x, torch.Generator().manual_seed(4)))
+    assert not torch.equal(a, aa(x, torch.Generator().manual_seed(5)))
+    torch.manual_seed(6)
+    b = aa(x)
+    state = torch.get_rng_state()
+    torch.manual_seed(6)
+    assert torch.equal(b, aa(x))
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG moves the same way: resuming from it works
+    torch.manual_seed(6)
+    aa(x, torch.Generator().manual_seed(4))
+    assert torch.equal(torch.get_rng_state(), torch.Generator().manual_seed(6).get_state())  # a generator's draws
+    # leave torch's RNG alone
+
+
+def test_autoaugment_refuses_float_images_and_a_plan_for_another_batch():
+    aa = AutoAugment()
+    with pytest.raises(TypeError, match="uint8"):
+        aa(torch.zeros(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="a plan for 3 images, a batch of 2"):
+        aa.apply(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), aa.plan(3))

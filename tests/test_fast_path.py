@@ -18,7 +18,7 @@ from trainables import image_classifier as ic
 from trainables.augment import cutout, random_crop, random_crop_flip, random_flip
 from trainables.models import build_model
 from trainables.params import resolve
-from trainables.reporting import LocalReporter
+from trainables.reporting import LocalReporter, StopTraining
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 PAD = 4
@@ -347,3 +347,28 @@ def test_a_trials_metrics_match_a_plain_dataloader_loop_for_the_same_seed():
     # and another seed (init and order) gives other metrics: the comparison can fail
     other = reference_trial(data, cfg, seed=4)
     assert max(abs(other[1][k] - reference[1][k]) for k in keys) > 1e-3
+
+
+# ---------------------------------------------------------------------------- AutoAugment in a trial
+
+def test_a_trial_with_autoaugment_repeats_and_resumes_exactly(digits):
+    """Batched AutoAugment draws from torch's global RNG, which the trainable seeds and checkpoints: the same seed
+    gives the same metrics, and a trial stopped after its first epoch and resumed gives the rest of them."""
+    config = {"dataset": "digits", "model": "digits_cnn", "optimizer": "adam", "lr": 3e-3, "batch_size": 64,
+              "epochs": 3, "seed": 1, "crop_padding": 1, "autoaugment": True}
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    full = LocalReporter()
+    ic.fit(config, digits.sweep_view(), full)
+    again = LocalReporter()
+    ic.fit(config, digits.sweep_view(), again)
+    assert [[h[k] for k in keys] for h in full.history] == [[h[k] for k in keys] for h in again.history]
+    first = LocalReporter(stop_after=1)
+    with pytest.raises(StopTraining):
+        ic.fit(config, digits.sweep_view(), first)
+    rest = LocalReporter(state=first.state)
+    ic.fit(config, digits.sweep_view(), rest)
+    assert [h["epoch"] for h in rest.history] == [2, 3]
+    assert [[h[k] for k in keys] for h in full.history[1:]] == [[h[k] for k in keys] for h in rest.history]
+    plain = LocalReporter()
+    ic.fit({**config, "autoaugment": False}, digits.sweep_view(), plain)
+    assert plain.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # AutoAugment did something

@@ -2,14 +2,17 @@
 
 Every random function takes a batch (B, C, H, W) and a ``torch.Generator`` on the
 same device, so a trial's augmentations are reproducible from its seed and need no
-worker processes or per-image PIL work. Crop, flip and AutoAugment work on uint8
-images; rotation, color jitter, blur and noise on float images in [0, 1]; Cutout,
-MixUp and CutMix on normalized images. ``rotate``, ``adjust_colors`` and ``blur`` are
-their deterministic cores, for tests and for corruptions.
+worker processes or per-image PIL work (AutoAugment and MixUp's and CutMix's lam
+draw from torch's global RNG, which the trainable seeds and checkpoints as well).
+Crop, flip and AutoAugment work on uint8 images; rotation, color jitter, blur and
+noise on float images in [0, 1]; Cutout, MixUp and CutMix on normalized images.
+``rotate``, ``adjust_colors`` and ``blur`` are their deterministic cores, for tests
+and for corruptions.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,23 +90,185 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
-class AutoAugment:
-    """torchvision's AutoAugment with the CIFAR-10 policy, one policy draw per image.
+# AutoAugment's CIFAR-10 policy (Cubuk et al. 2019) as torchvision lists it: 25 sub-policies, each two
+# (operation, probability, magnitude bin of 10) applied in order.
+CIFAR10_POLICY = (
+    (("Invert", 0.1, None), ("Contrast", 0.2, 6)),
+    (("Rotate", 0.7, 2), ("TranslateX", 0.3, 9)),
+    (("Sharpness", 0.8, 1), ("Sharpness", 0.9, 3)),
+    (("ShearY", 0.5, 8), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.5, None), ("Equalize", 0.9, None)),
+    (("ShearY", 0.2, 7), ("Posterize", 0.3, 7)),
+    (("Color", 0.4, 3), ("Brightness", 0.6, 7)),
+    (("Sharpness", 0.3, 9), ("Brightness", 0.7, 9)),
+    (("Equalize", 0.6, None), ("Equalize", 0.5, None)),
+    (("Contrast", 0.6, 7), ("Sharpness", 0.6, 5)),
+    (("Color", 0.7, 7), ("TranslateX", 0.5, 8)),
+    (("Equalize", 0.3, None), ("AutoContrast", 0.4, None)),
+    (("TranslateY", 0.4, 3), ("Sharpness", 0.2, 6)),
+    (("Brightness", 0.9, 6), ("Color", 0.2, 8)),
+    (("Solarize", 0.5, 2), ("Invert", 0.0, None)),
+    (("Equalize", 0.2, None), ("AutoContrast", 0.6, None)),
+    (("Equalize", 0.2, None), ("Equalize", 0.6, None)),
+    (("Color", 0.9, 9), ("Equalize", 0.6, None)),
+    (("AutoContrast", 0.8, None), ("Solarize", 0.2, 8)),
+    (("Brightness", 0.1, 3), ("Color", 0.7, 0)),
+    (("Solarize", 0.4, 5), ("AutoContrast", 0.9, None)),
+    (("TranslateY", 0.9, 9), ("TranslateY", 0.7, 9)),
+    (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)),
+    (("Equalize", 0.8, None), ("Invert", 0.1, None)),
+    (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
+)
+# Operations whose magnitude is negated with probability 1/2.
+SIGNED_OPS = frozenset({"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+                        "Contrast", "Sharpness"})
 
-    torchvision's v2 transform draws one sub-policy per call, so calling it on a
-    whole batch would augment every image the same way; it is applied image by
-    image instead. It draws from torch's global RNG, which the trainable seeds and
-    checkpoints."""
+
+def autoaugment_magnitude(op: str, bin: int | None, height: int, width: int) -> float:
+    """Bin ``bin`` of torchvision's 10 magnitude bins of ``op``, computed as torchvision computes it
+    (float32 ``linspace``, then a Python float), so that the same bits come out; 0.0 for an
+    operation without a magnitude."""
+    if bin is None:
+        return 0.0
+    if op in ("ShearX", "ShearY"):
+        bins = torch.linspace(0.0, 0.3, 10)
+    elif op == "TranslateX":
+        bins = torch.linspace(0.0, 150.0 / 331.0 * width, 10)
+    elif op == "TranslateY":
+        bins = torch.linspace(0.0, 150.0 / 331.0 * height, 10)
+    elif op == "Rotate":
+        bins = torch.linspace(0.0, 30.0, 10)
+    elif op in ("Brightness", "Color", "Contrast", "Sharpness"):
+        bins = torch.linspace(0.0, 0.9, 10)
+    elif op == "Posterize":
+        bins = (8 - (torch.arange(10) / ((10 - 1) / 4))).round().int()
+    elif op == "Solarize":
+        bins = torch.linspace(1.0, 0.0, 10)
+    else:
+        raise ValueError(f"{op} takes no magnitude")
+    return float(bins[bin])
+
+
+def autoaugment_op(images: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
+    """One AutoAugment operation at a signed ``magnitude`` on uint8 images (..., C, H, W), with the
+    torchvision.transforms.v2.functional call and arguments torchvision's AutoAugment makes (nearest
+    interpolation, zero fill). Every one of them treats each image of a batch on its own."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    nearest = InterpolationMode.NEAREST
+    if op in ("ShearX", "ShearY"):  # torchvision shears by atan(magnitude), in degrees, about the top left corner
+        shear = math.degrees(math.atan(magnitude))
+        return TF.affine(images, angle=0.0, translate=[0, 0], scale=1.0,
+                         shear=[shear, 0.0] if op == "ShearX" else [0.0, shear],
+                         interpolation=nearest, fill=None, center=[0, 0])
+    if op == "TranslateX":
+        return TF.affine(images, angle=0.0, translate=[int(magnitude), 0], scale=1.0, interpolation=nearest,
+                         shear=[0.0, 0.0], fill=None)
+    if op == "TranslateY":
+        return TF.affine(images, angle=0.0, translate=[0, int(magnitude)], scale=1.0, interpolation=nearest,
+                         shear=[0.0, 0.0], fill=None)
+    if op == "Rotate":
+        return TF.rotate(images, angle=magnitude, interpolation=nearest, fill=None)
+    if op == "Brightness":
+        return TF.adjust_brightness(images, brightness_factor=1.0 + magnitude)
+    if op == "Color":
+        return TF.adjust_saturation(images, saturation_factor=1.0 + magnitude)
+    if op == "Contrast":
+        return TF.adjust_contrast(images, contrast_factor=1.0 + magnitude)
+    if op == "Sharpness":
+        return TF.adjust_sharpness(images, sharpness_factor=1.0 + magnitude)
+    if op == "Posterize":
+        return TF.posterize(images, bits=int(magnitude))
+    if op == "Solarize":
+        return TF.solarize(images, threshold=255 * magnitude)  # torchvision: the dtype's maximum times the bin
+    if op == "AutoContrast":
+        return TF.autocontrast(images)
+    if op == "Equalize":
+        return TF.equalize(images)
+    if op == "Invert":
+        return TF.invert(images)
+    raise ValueError(f"unknown AutoAugment operation {op!r}")
+
+
+class AutoAugmentPlan(NamedTuple):
+    """The random draws of AutoAugment for a batch, one row per image: the sub-policy (uniform over
+    the 25), for each of its two operations the uniform that decides whether it applies (it does when
+    ``apply_u <= probability``, as torchvision's ``torch.rand(()) <= p``) and the one that decides the
+    sign of a signed magnitude (negative when ``sign_u <= 0.5``). CPU tensors."""
+
+    policy: torch.Tensor  # (B,) int64 in [0, 25)
+    apply_u: torch.Tensor  # (B, 2) float32 in [0, 1)
+    sign_u: torch.Tensor  # (B, 2) float32 in [0, 1)
+
+
+class AutoAugment:
+    """torchvision's AutoAugment with the CIFAR-10 policy, one policy draw per image, applied to the
+    batch at once.
+
+    ``plan`` draws every image's sub-policy, which operations apply and their signs; ``apply`` groups
+    the images by the operation and signed magnitude they get at each of the two steps and runs each
+    torchvision.transforms.v2.functional operation once per group, on the batch's device: every
+    image comes out as torchvision's operations would make it alone (``steps`` lists them), drawn from
+    the same distribution as torchvision's per-image ``v2.AutoAugment(CIFAR10)``. The draws come
+    from ``gen`` when given, else from torch's global CPU RNG, which the trainable seeds and
+    checkpoints (as it did when the v2 transform was called image by image)."""
+
+    policies = CIFAR10_POLICY
 
     def __init__(self) -> None:
-        from torchvision.transforms import v2
+        self._probability = torch.tensor([[p for _, p, _ in sub] for sub in self.policies])  # (25, 2) float32
 
-        self.transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    def plan(self, batch_size: int, gen: torch.Generator | None = None) -> AutoAugmentPlan:
+        device = gen.device if gen is not None else torch.device("cpu")
+        policy = torch.randint(len(self.policies), (batch_size,), generator=gen, device=device)
+        apply_u = torch.rand(batch_size, 2, generator=gen, device=device)
+        sign_u = torch.rand(batch_size, 2, generator=gen, device=device)
+        return AutoAugmentPlan(policy.cpu(), apply_u.cpu(), sign_u.cpu())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def steps(self, plan: AutoAugmentPlan, height: int, width: int) -> list[list[tuple[str, float] | None]]:
+        """For each image of ``plan``, its two steps: (operation, signed magnitude), or None where the
+        operation does not apply. ``height`` and ``width`` set the translations' magnitudes."""
+        applies = (plan.apply_u <= self._probability[plan.policy]).tolist()  # float32 against float32, as torchvision
+        negative = (plan.sign_u <= 0.5).tolist()
+        magnitudes: dict[tuple[str, int | None], float] = {}
+        steps = []
+        for i, sub in enumerate(plan.policy.tolist()):
+            row = []
+            for k, (op, _, bin) in enumerate(self.policies[sub]):
+                if not applies[i][k]:
+                    row.append(None)
+                    continue
+                if (op, bin) not in magnitudes:
+                    magnitudes[op, bin] = autoaugment_magnitude(op, bin, height, width)
+                magnitude = magnitudes[op, bin]
+                if bin is not None and op in SIGNED_OPS and negative[i][k]:
+                    magnitude = -magnitude
+                row.append((op, magnitude))
+            steps.append(row)
+        return steps
+
+    def apply(self, x: torch.Tensor, plan: AutoAugmentPlan) -> torch.Tensor:
         if x.dtype != torch.uint8:
             raise TypeError("AutoAugment works on uint8 images")
-        return torch.stack([self.transform(img) for img in x])
+        if len(plan.policy) != len(x):
+            raise ValueError(f"a plan for {len(plan.policy)} images, a batch of {len(x)}")
+        steps = self.steps(plan, x.shape[-2], x.shape[-1])
+        out = x.clone()
+        for k in range(2):
+            groups: dict[tuple[str, float], list[int]] = {}
+            for i, row in enumerate(steps):
+                if row[k] is not None:
+                    groups.setdefault(row[k], []).append(i)
+            for (op, magnitude), members in groups.items():
+                idx = torch.tensor(members, device=x.device)
+                out.index_copy_(0, idx, autoaugment_op(out.index_select(0, idx), op, magnitude))
+        return out
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise TypeError("AutoAugment works on uint8 images")
+        return self.apply(x, self.plan(len(x), gen))
 
 
 # Float augmentations: images in [0, 1], shape (B, C, H, W) with C = 1 or 3; each returns
