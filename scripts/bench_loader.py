@@ -7,9 +7,10 @@ Both paths turn CIFAR-10-shaped data (``--images`` random uint8 images, 32x32x3)
 normalized float batches on ``--device``, ready for the model, one epoch at a time:
 
 * tensor (tune_app): the trainable's own ``DeviceData`` (the uint8 split on the device) and
-  ``augment`` -- random crop with padding 4 and flip as batched tensor ops, AutoAugment
-  (``trainables.augment.AutoAugment``, torchvision's v2 transform image by image) first in the
-  second case -- then normalization, in the training process itself.
+  ``augment`` -- random crop with padding 4 and flip as one gather (``random_crop_flip``),
+  AutoAugment (``trainables.augment.AutoAugment``: each image's own sub-policy, torchvision's v2
+  operations called once per group of images that get the same one) first in the second case --
+  then normalization in place, in the training process itself.
 * DataLoader: torchvision's usual recipe, a ``Dataset`` of PIL images with
   ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize``
   (``AutoAugment(CIFAR10)`` first in the second case), batched by ``torch.utils.data.DataLoader``
@@ -20,6 +21,8 @@ normalized float batches on ``--device``, ready for the model, one epoch at a ti
 Every path is warmed up with one untimed epoch; then each round times one epoch of every path
 and case, interleaved (the order flips every round), and the table gives the median batches/s
 and the median of each round's ratio against the DataLoader with all cores in the same case.
+The machine's load average (``/proc/loadavg``, 1/5/15 minutes) is printed before and after:
+the figures are only as good as the machine was quiet.
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ GOAL = 10.0  # the issue's goal for crop+flip, x the DataLoader with all cores
 
 def cores() -> int:
     return len(os.sched_getaffinity(0))
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, or "unknown" where /proc/loadavg is missing."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def make_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +175,8 @@ def main(argv=None) -> None:
 
     print(f"{args.images} CIFAR-10-shaped images (uint8, 32x32x3), batch {args.batch_size}, device {device}, "
           f"{cores()} cores, {torch.get_num_threads()} torch threads in this process; "
-          f"median of {args.rounds} rounds of one epoch per path, interleaved", flush=True)
+          f"median of {args.rounds} rounds of one epoch per path, interleaved; load average {load_average()}",
+          flush=True)
     for path in paths.values():  # warm-up: worker start-up, first-call costs
         path.epoch()
     rates: dict[tuple[str, str], list[float]] = {key: [] for key in paths}
@@ -181,6 +194,7 @@ def main(argv=None) -> None:
         rate = statistics.median(rates[case, name])
         print(f"| {case} | {name} | {rate:.2f} | {rate * args.batch_size:.0f} | "
               f"{statistics.median(ratios[case, name]):.2f} |")
+    print(f"load average after: {load_average()}")
     tensor = next((k for k in keys if k[0] == "crop+flip" and k[1].startswith("tensor")), None)
     if tensor is not None:
         got = statistics.median(ratios[tensor])
