@@ -15,8 +15,10 @@ The breakdown times the command's own steps by wrapping them in this process (Ra
 ``join_ray``, the dataset load, ``Tuner.fit``, ``analyze.run``) and follows each trial from the
 driver with a Ray Tune callback (put in the slot of the ``--trial-timeout`` watchdog, which is off):
 when it was created, when it started (its actor up), when its results arrived, when it ended.
-Inside ``Tuner.fit`` each trial slot's time is: training; the trial's start in its actor (the
-dataset from the object store, the model, up to its first result less its first epoch); each
+Inside ``Tuner.fit`` each trial slot's time is: training; the trial's setup in its actor (Ray's own
+``time_this_iter_s`` of the first result less the first epoch: the dataset from the object store,
+the model, the first checkpoint); the rest of the time from its actor being up to the driver
+receiving its first result (Ray starting the function, delivering the result, a busy driver); each
 further epoch's report and checkpoint (the time between results less the epoch's own time); the
 trial's end; between trials, the wait for the searcher to create the next trial and for its actor
 (the last trial's actor stops, a new worker process starts and imports torch and the trainable);
@@ -104,6 +106,7 @@ def trial_clock(events: dict):
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             record(trial)["results"].append((result.get("epoch"), time.time()))
+            record(trial).setdefault("first_iter_s", result.get("time_this_iter_s"))  # Ray's, in the actor
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             record(trial).setdefault("end", time.time())
@@ -153,9 +156,9 @@ def breakdown(clock: Clock, events: dict, history, concurrency: int, t0: float, 
     fit = fit_b - fit_a
     epoch_s = {tid: dict(zip(h["epoch"], h["epoch_time_s"])) for tid, h in history.groupby("trial_id")}
     train = float(history["epoch_time_s"].sum())
-    slot = {"create": 0.0, "actor": 0.0, "start": 0.0, "report": 0.0, "end": 0.0}
+    slot = {"create": 0.0, "actor": 0.0, "setup": 0.0, "start": 0.0, "report": 0.0, "end": 0.0}
     busy = 0.0
-    starts, per_epoch, actors = [], [], []
+    starts, setups, per_epoch, actors = [], [], [], []
     free = [fit_a] * concurrency
     ran = sorted((e for e in events.values() if "start" in e and e["results"]), key=lambda e: e["start"])
     for e in ran:
@@ -169,7 +172,12 @@ def breakdown(clock: Clock, events: dict, history, concurrency: int, t0: float, 
         slot["actor"] += actors[-1]
         heapq.heappush(free, stop)
         busy += stop - e["start"]
-        starts.append(first_at - e["start"] - own.get(first_epoch, 0.0))
+        # Ray's time_this_iter_s of the first result: from the actor's first train call to the first report,
+        # measured in the actor; less the epoch, it is fit's setup and the first checkpoint.
+        inside = e.get("first_iter_s") or own.get(first_epoch, 0.0)
+        setups.append(inside - own.get(first_epoch, 0.0))
+        slot["setup"] += setups[-1]
+        starts.append(first_at - e["start"] - inside)
         slot["start"] += starts[-1]
         for (_, a), (epoch, b) in zip(results, results[1:]):
             per_epoch.append(b - a - own.get(epoch, 0.0))
@@ -182,13 +190,15 @@ def breakdown(clock: Clock, events: dict, history, concurrency: int, t0: float, 
         "ray_start": clock.seconds("ray_start"), "data": clock.seconds("data"),
         "setup": pre - clock.seconds("ray_start") - clock.seconds("data"),
         "create": slot["create"] / concurrency, "actor": slot["actor"] / concurrency,
-        "trial_start": slot["start"] / concurrency, "training": train / concurrency,
+        "trial_setup": slot["setup"] / concurrency, "trial_start": slot["start"] / concurrency,
+        "training": train / concurrency,
         "report": slot["report"] / concurrency, "trial_end": slot["end"] / concurrency,
         "tail": tail / concurrency, "analysis": analysis, "after": wall - pre - fit - analysis,
     }
     med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
     return {"wall": wall, "fit": fit, "train_sum": train, "parts": parts, "trials": len(ran),
-            "start_median": med(starts), "report_median": med(per_epoch), "actor_median": med(actors),
+            "start_median": med(starts), "setup_median": med(setups), "report_median": med(per_epoch),
+            "actor_median": med(actors),
             "epochs": len(history), "epoch_median": float(history["epoch_time_s"].median()),
             "busy_concurrency": busy / fit if fit else float("nan")}
 
@@ -248,7 +258,8 @@ def main() -> None:
         "setup": "other setup: space, data into the object store, Tuner",
         "create": "slot free until the next trial exists (searcher, Tune)",
         "actor": f"trial's actor: last one's stop, a new worker process (median {b['actor_median']:.1f} s)",
-        "trial_start": f"trial start in its actor: data, model, first report (median {b['start_median']:.1f} s)",
+        "trial_setup": f"trial setup in its actor: data, model, first checkpoint (median {b['setup_median']:.1f} s)",
+        "trial_start": f"rest of actor up to first result at the driver (median {b['start_median']:.1f} s)",
         "training": "training: sum of epoch_time_s / concurrency (the ideal)",
         "report": f"report + checkpoint after each further epoch (median {b['report_median']:.2f} s)",
         "trial_end": "trial end (last result to trial complete)",
@@ -262,8 +273,8 @@ def main() -> None:
         print(f"| {label} | {parts[key]:.1f} | {100 * parts[key] / b['wall']:.1f} | {parts[key] / ideal:.2f} |")
     print(f"| total | {sum(parts.values()):.1f} | {100 * sum(parts.values()) / b['wall']:.1f} | "
           f"{sum(parts.values()) / ideal:.2f} |")
-    per_trial = sum(parts[k] for k in ("create", "actor", "trial_start", "trial_end", "tail")) * args.concurrency \
-        / max(b["trials"], 1)
+    between = ("create", "actor", "trial_setup", "trial_start", "trial_end", "tail")
+    per_trial = sum(parts[k] for k in between) * args.concurrency / max(b["trials"], 1)
     per_epoch = b["report_median"]
     epochs_per_trial = b["epochs"] / max(b["trials"], 1)
     need = (per_trial / epochs_per_trial + per_epoch) / GOAL
