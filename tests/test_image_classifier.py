@@ -22,7 +22,7 @@ def test_reports_every_design_metric_each_epoch(digits):
     for h in history:
         assert set(h) == {*ic.METRICS, "diverged", "early_stopped"}
         assert 0 <= h["train_acc"] <= 1 and 0 <= h["val_acc"] <= 1
-        assert h["params"] == 53_098 and h["samples_per_s"] > 0 and h["peak_mem_mb"] > 0
+        assert h["params"] == 53_098 and h["samples_per_s"] > 0 and h["peak_mem_mb"] > 0 and h["cpu_s"] > 0
         assert h["diverged"] is False and h["early_stopped"] is False
     assert history[-1]["val_acc"] > 0.85
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -32,7 +32,7 @@ def test_reports_every_design_metric_each_epoch(digits):
 
 def strip(history):
     """Everything but the timings and memory, which vary from run to run."""
-    return [{k: v for k, v in e.items() if k not in ("epoch_time_s", "samples_per_s", "peak_mem_mb")}
+    return [{k: v for k, v in e.items() if k not in ("epoch_time_s", "samples_per_s", "peak_mem_mb", "cpu_s")}
             for e in history]
 
 
@@ -55,6 +55,22 @@ def test_resume_from_a_checkpoint_continues_exactly(digits):
     assert [h["epoch"] for h in rest] == [2, 3]
     for a, b in zip(full[1:], rest):
         assert a["train_loss"] == b["train_loss"] and a["val_acc"] == b["val_acc"] and a["lr"] == b["lr"]
+        assert a["samples_seen"] == b["samples_seen"]  # counted since the trial began, over the resume
+
+
+def test_samples_seen_counts_the_training_samples_of_every_epoch(digits):
+    """Batches of 431 on digits' 1294 training images: three of 431 and a last one of 1, which is dropped
+    (batch norm), so an epoch trains on 1293."""
+    data = digits.sweep_view()
+    config = {**BASE, "batch_size": 431}
+    assert len(data["y_train"]) == 1294 == 3 * 431 + 1
+    first = LocalReporter(stop_after=2)
+    with pytest.raises(StopTraining):
+        ic.fit(config, data, first)
+    assert [h["samples_seen"] for h in first.history] == [1293, 2 * 1293]
+    assert first.state["samples_seen"] == 2 * 1293
+    old = {k: v for k, v in first.state.items() if k != "samples_seen"}  # a checkpoint from before it was kept
+    assert [h["samples_seen"] for h in run(config, data, LocalReporter(state=old)).history] == [3 * 1293]
 
 
 def test_pbt_mutation_on_restore_sets_the_new_learning_rate(digits):

@@ -209,7 +209,7 @@ def run(config, data, reporter=None):
 
 def strip(history):
     """Everything but the timings and memory, which vary from run to run."""
-    return [{k: v for k, v in e.items() if k not in ("epoch_time_s", "samples_per_s", "peak_mem_mb")}
+    return [{k: v for k, v in e.items() if k not in ("epoch_time_s", "samples_per_s", "peak_mem_mb", "cpu_s")}
             for e in history]
 
 
@@ -223,6 +223,7 @@ def test_learns_digits_and_reports_every_metric(digits):
         assert 0 <= h["train_acc"] <= 1 and 0 <= h["val_acc"] <= 1 and h["lr"] == 3e-3
         assert h["params"] == nm.param_count(64, 2, 32, 10) == 3466
         assert h["samples_per_s"] > 0 and h["epoch_time_s"] > 0 and h["peak_mem_mb"] > 0
+        assert h["cpu_s"] > 0 and h["samples_seen"] == h["epoch"] * len(data["y_train"])
         assert h["diverged"] is False
     assert history[-1]["val_acc"] > 0.85  # chance is 0.10
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 3
@@ -251,7 +252,10 @@ def test_resume_from_epoch_2_gives_the_same_numbers(digits, optimizer):
         nm.fit(config, digits.sweep_view(), first)
     rest = run(config, digits.sweep_view(), LocalReporter(state=first.state))
     assert [h["epoch"] for h in rest.history] == [3, 4]
-    assert strip(full.history[2:]) == strip(rest.history)
+    assert strip(full.history[2:]) == strip(rest.history)  # samples_seen among them: counted over the resume
+    assert rest.state["samples_seen"] == full.history[-1]["samples_seen"] == 4 * len(digits.sweep_view()["y_train"])
+    old = {k: v for k, v in first.state.items() if k != "samples_seen"}  # a checkpoint from before it was kept
+    assert strip(run(config, digits.sweep_view(), LocalReporter(state=old)).history) == strip(rest.history)
     for p, q in zip(full.state["params"], rest.state["params"]):
         np.testing.assert_array_equal(p, q)
 

@@ -147,7 +147,9 @@ PARAMS: dict[str, Param] = {
 }
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-           "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
+           "epoch_time_s", "samples_per_s", "peak_mem_mb", "params",
+           "cpu_s",  # process CPU seconds of the epoch (every thread: training, evaluation)
+           "samples_seen")  # training samples since the trial began, over resumes (PBT: from the donor's weights)
 OPTIONAL_METRICS = ("ood_acc",)  # reported when ood_corruptions is set; a space may rank by it
 
 
@@ -488,7 +490,7 @@ def fit(config: dict, data: dict, reporter) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     diverge_bound = cfg["diverge_loss"] or math.inf
 
-    first_epoch = 1
+    first_epoch, samples_seen = 1, 0
     state = reporter.restore()
     if state is not None:
         model.load_state_dict(state["model"])
@@ -500,16 +502,20 @@ def fit(config: dict, data: dict, reporter) -> None:
         torch.set_rng_state(state["torch_rng"])
         gen.set_state(state["generator"])
         first_epoch = state["epoch"] + 1
+        # A checkpoint from before samples_seen was kept: every epoch trained on the same number of samples.
+        samples_seen = state.get("samples_seen", state["epoch"] * sum(
+            min(cfg["batch_size"], len(train) - s) for s in batch_starts(len(train), cfg["batch_size"])))
         apply_new_hyperparameters(opt, schedule, state["config"], cfg)
 
     for epoch in range(first_epoch, epochs + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr = opt.param_groups[0]["lr"]
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         train_loss, train_acc, seen = train_epoch(model, opt, schedule, train, cfg, gen, autoaugment, precision,
                                                   data["num_classes"])
         train_s = time.perf_counter() - t0
+        samples_seen += seen
         diverged = not math.isfinite(train_loss) or train_loss > diverge_bound
         if diverged:
             val_loss, val_acc = float("nan"), 0.0
@@ -527,14 +533,15 @@ def fit(config: dict, data: dict, reporter) -> None:
             "epoch": epoch, "train_loss": train_loss, "train_acc": 0.0 if diverged else train_acc,
             "val_loss": val_loss, "val_acc": val_acc, "lr": lr,
             "epoch_time_s": time.perf_counter() - t0, "samples_per_s": seen / train_s,
-            "peak_mem_mb": peak_memory_mb(device), "params": n_params, "diverged": diverged,
+            "peak_mem_mb": peak_memory_mb(device), "params": n_params, "cpu_s": time.process_time() - cpu0,
+            "samples_seen": samples_seen, "diverged": diverged,
             "early_stopped": early_stopped, **({} if ood_acc is None else {"ood_acc": ood_acc}),
         }
         state = {
             "epoch": epoch, "config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "schedule": schedule.state_dict(), "early_stopping": stopper.state_dict(),
             "scaler": precision.scaler.state_dict() if precision.scaler is not None else None,
-            "torch_rng": torch.get_rng_state(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "generator": gen.get_state(), "samples_seen": samples_seen,
         }
         reporter.report(metrics, state)
         if diverged or early_stopped:

@@ -374,7 +374,9 @@ PARAMS: dict[str, Param] = {
 }
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-           "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
+           "epoch_time_s", "samples_per_s", "peak_mem_mb", "params",
+           "cpu_s",  # process CPU seconds of the epoch (training and evaluation)
+           "samples_seen")  # training samples since the trial began, over resumes (PBT: from the donor's weights)
 
 
 COST_KEYS = ("dataset", "num_layers", "hidden_size", "batch_size")  # what --plan probes per distinct value
@@ -489,7 +491,7 @@ def fit(config: dict, data: dict, reporter) -> None:
     inputs = Inputs(data)
     x_train, x_val = (data[k].reshape(len(data[k]), -1) for k in ("x_train", "x_val"))
 
-    first_epoch = 1
+    first_epoch, samples_seen = 1, 0
     state = reporter.restore()
     if state is not None:
         changed = [k for k in ARCHITECTURE if state["config"][k] != cfg[k]]
@@ -501,12 +503,15 @@ def fit(config: dict, data: dict, reporter) -> None:
             opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = state["rng"]
         first_epoch = state["epoch"] + 1
+        # A checkpoint from before samples_seen was kept: every epoch went over the whole training set.
+        samples_seen = state.get("samples_seen", state["epoch"] * n_train)
 
     for epoch in range(first_epoch, epochs + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with np.errstate(all="ignore"):  # overflow is detected below, as divergence
             train_loss, train_acc, seen = train_epoch(params, opt, inputs, x_train, data["y_train"], cfg, rng)
             train_s = time.perf_counter() - t0
+            samples_seen += seen
             diverged = not math.isfinite(train_loss) or bool(cfg["diverge_loss"] and train_loss > cfg["diverge_loss"])
             if diverged:
                 val_loss, val_acc = float("nan"), 0.0
@@ -519,10 +524,10 @@ def fit(config: dict, data: dict, reporter) -> None:
             "epoch_time_s": time.perf_counter() - t0, "samples_per_s": seen / train_s,
             "peak_mem_mb": peak_memory_mb(), "params": param_count(input_dim, cfg["num_layers"],
                                                                    cfg["hidden_size"], data["num_classes"]),
-            "diverged": diverged,
+            "cpu_s": time.process_time() - cpu0, "samples_seen": samples_seen, "diverged": diverged,
         }
         state = {"epoch": epoch, "config": cfg, "params": [p.copy() for p in params],
-                 "optimizer": opt.state_dict(), "rng": rng.bit_generator.state}
+                 "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "samples_seen": samples_seen}
         reporter.report(metrics, state)
         if diverged:
             return

@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from tune_app.summary import _missing
+from tune_app.summary import _missing, _number
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -148,6 +148,50 @@ def cost_line(trials: pd.DataFrame) -> str:
             f"{mem.median():.2f}.")
 
 
+HELD = {frozenset({"gpu"}): "wall time x the GPUs each trial held",
+        frozenset({"cpu"}): "wall time x the CPUs each trial held; no GPUs",
+        frozenset({"gpu", "cpu"}): "wall time x the GPUs each trial held, or its CPUs where it held none"}
+
+
+def ledger_line(trials: pd.DataFrame) -> str | None:
+    """The sweep's total cost from the trials' ledgers (summary.ledger): device-hours and CPU-hours; None when no
+    trial has either figure (a plain Ray Tune experiment)."""
+    if "device_s" not in trials or "cpu_s" not in trials:
+        return None
+    device, cpu = trials["device_s"].dropna(), trials["cpu_s"].dropna()
+    if device.empty and cpu.empty:
+        return None
+    of = lambda known: "" if len(known) == len(trials) else f"; {len(known)} of the {len(trials)} trials said"  # noqa: E731
+    held = HELD.get(frozenset(trials["device_kind"].dropna()), "wall time x the devices each trial held")
+    device_text = (f"{device.sum() / 3600:.3g} device-hours ({held}{of(device)})" if len(device)
+                   else "device-hours unknown (no trial says what it held)")
+    cpu_text = (f"{cpu.sum() / 3600:.3g} CPU-hours (process CPU time{of(cpu)})" if len(cpu)
+                else "CPU-hours unknown (no trial reported cpu_s)")
+    return f"Cost ledger over {len(trials)} trials: {device_text} and {cpu_text}."
+
+
+def budget_line(run_dir) -> str | None:
+    """What --budget-hours did (its budget.json in the run directory), or None without one."""
+    from tune_app.budget import read_budget
+
+    budget = read_budget(run_dir)
+    if budget is None:
+        return None
+    hours = lambda key: f"{(_number(budget.get(key)) or 0.0) / 3600:.3g}"  # noqa: E731
+    if budget.get("stopped_at"):
+        return (f"Stopped by --budget-hours {budget.get('hours'):g}: {hours('spent_s_at_stop')} device-hours were "
+                f"spent at {budget['stopped_at']}; no new trial started after that ({budget.get('trials_started')} "
+                f"started, {budget.get('running_at_stop')} running then finished, {budget.get('not_started')} "
+                f"queued never started); {hours('spent_s')} device-hours spent in all.")
+    return (f"--budget-hours {budget.get('hours'):g}: {hours('spent_s')} device-hours spent; the budget was not "
+            f"reached ({budget.get('trials_started')} trials started).")
+
+
+def cost_summary(a) -> list[str]:
+    """The report's cost lines: the ledger's totals, and what --budget-hours did."""
+    return [line for line in (ledger_line(a.trials), budget_line(a.sweep.path)) if line]
+
+
 RETRAIN_FIGURES = (("confusion_matrix.png", "Confusion matrix of the kept model on the test set"),
                    ("samples.png", "One test image per class: true -> predicted"))
 
@@ -189,8 +233,9 @@ def retrain_html(summary: dict, run_dir) -> str:
 
 def report_markdown(a) -> str:
     """report.md: the same tables as report.html, with the PNG plots."""
-    parts = [f"# Sweep report: {a.name}", "", a.overview, "", "## Best configuration", "",
-             headline(a.best, a.metric), ""]
+    parts = [f"# Sweep report: {a.name}", "", a.overview, ""]
+    parts += [line for text in cost_summary(a) for line in (text, "")]
+    parts += ["## Best configuration", "", headline(a.best, a.metric), ""]
     if best_rows(a.best):
         parts += [markdown_table(("key", "value"), best_rows(a.best), right_from=2), ""]
     parts += [trends_markdown(a.trends, a.metric), ""]
@@ -236,6 +281,7 @@ def report_html(a) -> str:
 
     e = html.escape
     sections = [f"<h1>Sweep report: {e(a.name)}</h1><p>{e(a.overview)}</p>",
+                *[f"<p>{e(text)}</p>" for text in cost_summary(a)],
                 f"<h2>Best configuration</h2><p>{e(headline(a.best, a.metric))}</p>"]
     if best_rows(a.best):
         sections.append(html_table(("key", "value"), best_rows(a.best), right_from=2))

@@ -19,10 +19,11 @@ import pandas as pd
 from tune_app.errors import UsageError
 
 SPEC_FILE = "tune_app.json"
-# What a trial's history keeps from each report: the metrics, the divergence and early-stopping flags, when it
+# What a trial's history keeps from each report: the metrics, the cost ledger's figures (CPU seconds, training
+# samples so far, the CPUs and share of a GPU the trial held), the divergence and early-stopping flags, when it
 # was reported.
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
-        "peak_mem_mb", "params", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
+        "peak_mem_mb", "params", "cpu_s", "samples_seen", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
 FLAGS = ("diverged", "early_stopped")
 TIMEOUT_FILE = "timeout.txt"  # written by --trial-timeout's watchdog into the folder of a trial it stopped
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
@@ -196,6 +197,10 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     if mode not in ("max", "min"):
         raise UsageError(f"--mode {mode}: use max or min")
     records = read_trials(path, metric)
+    if spec is not None:  # what each trial asked Ray for: the cost ledger's fallback where a report does not say
+        settings = spec.get("settings", {})
+        for r in records:
+            r["resources"] = {"cpu": settings.get("cpus_per_trial"), "gpu": settings.get("gpus_per_trial")}
     reported = {k for r in records for h in r["history"] for k in h}
     if records and reported and metric not in reported:
         shown = sorted(reported - {"epoch", "timestamp", *FLAGS})

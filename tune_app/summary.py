@@ -18,6 +18,9 @@ import pandas as pd
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
+# The cost ledger of every trial (see ledger): device-seconds (wall seconds x the devices held: GPUs if any, else
+# CPUs) and which kind, process CPU seconds, peak memory, parameters, training samples.
+LEDGER = ("device_s", "device_kind", "cpu_s", "peak_mem_mb", "params", "samples_seen")
 STATUSES = ("completed", "stopped", "early_stopped", "diverged", "oom", "timeout", "error")
 ELIGIBLE = ("completed", "stopped", "early_stopped")  # stopped: by the scheduler; early_stopped: by the trial
 RULES = ("last", "best-epoch", "at-epoch")
@@ -132,9 +135,61 @@ def _value_at(history, metric: str, epoch: int | None) -> float:
     return math.nan
 
 
+def _number(value) -> float | None:
+    """A finite real number as float; None for anything else (missing, NaN, text such as 'auto', bools)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def held_devices(report: dict, gpus=None, cpus=None) -> tuple[str | None, float]:
+    """(kind, count) of the devices one report's epoch held: its GPUs where it held any, else its CPUs.
+
+    What the report says it held (``gpus``/``cpus``, from Ray's assignment) comes first; then ``gpus``/``cpus``,
+    what the trial asked for (the sweep's gpus_per_trial/cpus_per_trial). (None, NaN) when neither says."""
+    held_gpus, held_cpus = _number(report.get("gpus")), _number(report.get("cpus"))
+    gpus = held_gpus if held_gpus is not None else _number(gpus)
+    if gpus is None and held_cpus is None:
+        return None, math.nan  # neither the report nor the sweep says whether a GPU was held
+    if gpus:
+        return "gpu", gpus
+    count = held_cpus if held_cpus is not None else _number(cpus)
+    return ("cpu", count) if count else (None, math.nan)
+
+
+def ledger(record) -> dict:
+    """A trial's cost ledger from its reports: ``device_s`` sums each epoch's wall seconds (``epoch_time_s``)
+    times the devices it held (GPUs if any, else CPUs; see held_devices), ``device_kind`` says which ("gpu" when
+    any epoch held a GPU), ``cpu_s`` sums the process CPU seconds, ``peak_mem_mb`` is the highest peak,
+    ``params`` and ``samples_seen`` the last reported. What no report carries is NaN (or None)."""
+    history = record.get("history") or []
+    asked = record.get("resources") or {}
+    device_s, kinds = [], set()
+    for h in history:
+        kind, count = held_devices(h, asked.get("gpu"), asked.get("cpu"))
+        kinds.add(kind)
+        seconds = _number(h.get("epoch_time_s"))
+        device_s.append(math.nan if kind is None else (seconds or 0.0) * count)
+    if not history:  # nothing ran: no cost, where the sweep says what a trial would have held
+        kind, _ = held_devices({}, asked.get("gpu"), asked.get("cpu"))
+        kinds = {kind}
+        device_s = [0.0] if kind is not None else [math.nan]
+
+    def values(key):
+        return [v for h in history if (v := _number(h.get(key))) is not None]
+
+    cpu, peaks, params, samples = values("cpu_s"), values("peak_mem_mb"), values("params"), values("samples_seen")
+    return {"device_s": math.fsum(device_s) if None not in kinds else math.nan,
+            "device_kind": None if None in kinds else "gpu" if "gpu" in kinds else "cpu",
+            "cpu_s": math.fsum(cpu) if cpu else math.nan, "peak_mem_mb": max(peaks) if peaks else math.nan,
+            "params": int(params[-1]) if params else None, "samples_seen": int(samples[-1]) if samples else None}
+
+
 def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -> pd.DataFrame:
-    """One row per trial: identity, status, config/<key>, final_<metric>, best-epoch columns and
-    at_epoch_<metric>, the metric at epoch `at_epoch` (NaN for a trial that did not get there)."""
+    """One row per trial: identity, status, its cost ledger (LEDGER, see ledger), config/<key>, final_<metric>,
+    best-epoch columns and at_epoch_<metric>, the metric at epoch `at_epoch` (NaN for a trial that did not get
+    there)."""
     _check(mode)
     records = _sorted_records(records)
     finals = [m for m in METRICS if m != "epoch"] + ([] if metric in METRICS else [metric])
@@ -146,16 +201,18 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
         row = {"trial_id": str(r["trial_id"]), "name": r.get("name") or str(r["trial_id"]),
                "status": trial_status(r), "epochs": len(history), "target_epochs": r.get("target_epochs"),
                "seconds": math.fsum(h["epoch_time_s"] for h in history if not _missing(h.get("epoch_time_s"))),
-               "error": r.get("error") or None}
+               "error": r.get("error") or None, **ledger(r)}
         row.update({f"final_{m}": math.nan if _missing(last.get(m)) else last[m] for m in finals})
         row.update({f"best_{metric}": best, "best_epoch": at,
                     f"at_epoch_{metric}": _value_at(history, metric, at_epoch)})
         rows.append(row)
-    columns = ["trial_id", "name", "status", "epochs", "target_epochs", "seconds",
-               *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", f"at_epoch_{metric}", "error"]
+    head = ["trial_id", "name", "status", "epochs", "target_epochs", "seconds", *LEDGER]
+    columns = [*head, *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", f"at_epoch_{metric}", "error"]
     frame = pd.DataFrame(rows, columns=columns)
-    frame = frame.astype({"epochs": "int64", "target_epochs": "Int64", "best_epoch": "Int64",
-                          **{c: "float64" for c in ["seconds", *[f"final_{m}" for m in finals], f"best_{metric}",
+    frame = frame.astype({"epochs": "int64", "target_epochs": "Int64", "best_epoch": "Int64", "params": "Int64",
+                          "samples_seen": "Int64", "device_kind": "str",
+                          **{c: "float64" for c in ["seconds", "device_s", "cpu_s", "peak_mem_mb",
+                                                   *[f"final_{m}" for m in finals], f"best_{metric}",
                                                    f"at_epoch_{metric}"]}})
     keys = list(dict.fromkeys(k for r in records for k in (r.get("config") or {})))
     config, encoded = {}, []
@@ -164,7 +221,8 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
         config[f"config/{key}"] = column
         if is_json:
             encoded.append(f"config/{key}")
-    frame = pd.concat([frame.iloc[:, :6], pd.DataFrame(config, index=frame.index), frame.iloc[:, 6:]], axis=1)
+    frame = pd.concat([frame.iloc[:, :len(head)], pd.DataFrame(config, index=frame.index),
+                       frame.iloc[:, len(head):]], axis=1)
     frame.attrs[JSON_COLUMNS_ATTR] = encoded
     frame.attrs["at_epoch"] = at_epoch
     return frame
