@@ -244,3 +244,18 @@ def test_imagenet_weights_start_the_model_and_the_checkpoint_no_longer_needs_the
     file.unlink()
     model = ic.load_model(reporter.state, data)
     assert torch.equal(model.conv1.weight, reporter.state["model"]["conv1.weight"])
+
+
+def test_compile_trains_to_the_same_numbers_and_checkpoints_plain_weights(digits):
+    """compile: torch.compile runs the steps (here on a CPU, with inductor's C++ backend); the numbers match the
+    eager run's to float tolerance and the checkpoint holds the plain module's weights, loadable without it."""
+    config = {**BASE, "epochs": 1, "batch_norm": False}
+    eager = run(config, digits.sweep_view())
+    compiled = run({**config, "compile": True}, digits.sweep_view())
+    (a,), (b,) = eager.history, compiled.history
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+    assert abs(b["val_acc"] - a["val_acc"]) <= 1 / len(digits.y_val)
+    weights = compiled.state["model"]
+    assert not any(k.startswith("_orig_mod.") for k in weights)
+    assert set(weights) == set(eager.state["model"])

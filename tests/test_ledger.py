@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -337,3 +338,27 @@ def test_a_budget_that_is_not_reached_changes_nothing(ray_local, tmp_path, capsy
     assert sorted(map(len, _ran(run_dir).values())) == [3, 3, 3] and budget.stop is None
     saved = budget_mod.read_budget(run_dir)
     assert (saved["stopped_at"], saved["trials_started"], saved["spent_s"]) == (None, 3, 9 * 360.0)
+
+
+def test_budget_hours_through_the_command(ray_local, tmp_path, capsys):
+    """--budget-hours on tune_app's own command: 6 trials of digits one at a time, a budget of about two of
+    them (each trial holds 1 CPU, 3 epochs of well under a second each): the sweep stops launching, says so,
+    exits 0, and its summary and report hold the trials that ran and the budget line."""
+    from tune_app import search
+
+    code = search.main(["--space", "digits", "--searcher", "random", "--scheduler", "fifo", "--num-samples", "6",
+                        "--set", "epochs=3", "--set", "batch_size=64", "--max-concurrent", "1",
+                        "--budget-hours", "0.0003", "--storage-path", str(tmp_path), "--name", "budget",
+                        "--wandb-mode", "disabled"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tune_app: stopped by --budget-hours 0.0003:" in out
+    run_dir = tmp_path / "budget"
+    budget = json.loads((run_dir / "budget.json").read_text())
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    assert 1 <= len(trials) < 6 and budget["trials_started"] == len(trials)
+    assert budget["spent_s"] >= 0.0003 * 3600
+    assert math.isclose(trials["device_s"].sum(), budget["spent_s"], rel_tol=0.05)
+    assert "Stopped by --budget-hours" in (run_dir / "summary" / "report.md").read_text()
+    spec = json.loads((run_dir / search.SPEC_FILE).read_text())
+    assert spec["settings"]["budget_hours"] == 0.0003

@@ -20,7 +20,7 @@ from tests.wandb_records import read_run
 from trainables.data import prepare
 from tune_app import retrain, search
 
-TIMING = ("epoch_time_s", "samples_per_s", "peak_mem_mb")
+TIMING = ("epoch_time_s", "samples_per_s", "peak_mem_mb", "cpu_s")
 
 
 @pytest.fixture(scope="module")

@@ -135,6 +135,8 @@ PARAMS: dict[str, Param] = {
     # speed
     "amp": Param("auto", str, "mixed precision; auto = bf16 on a GPU (fp16 where bf16 is missing), off on a CPU",
                  choices=lambda: ["auto", "bf16", "fp16", "off"]),
+    "compile": Param(False, bool, "torch.compile the model: faster steps on a GPU after a compile of tens of "
+                     "seconds; rarely worth it on a CPU"),
     "channels_last": Param("auto", str, "NHWC memory format; auto = on a GPU, off on a CPU",
                            choices=lambda: ["auto", "on", "off"]),
     "cache": Param("auto", str, "where the uint8 dataset lives: device memory, or host memory copied per batch; "
@@ -153,7 +155,7 @@ METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 OPTIONAL_METRICS = ("ood_acc",)  # reported when ood_corruptions is set; a space may rank by it
 
 
-COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device", "amp", "channels_last",
+COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device", "amp", "channels_last", "compile",
              "ood_corruptions", "ood_severities", "ood_images")  # --plan probes each
 WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
@@ -205,8 +207,9 @@ class DeviceData:
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The uint8 images and labels at ``idx``, on the device."""
-        idx = idx.to(self.x.device)
-        return (self.x[idx].to(self.device, non_blocking=True), self.y[idx].to(self.device, non_blocking=True))
+        idx = idx.to(self.x.device)  # index_select: the same rows as x[idx], an order of magnitude faster on a CPU
+        return (self.x.index_select(0, idx).to(self.device, non_blocking=True),
+                self.y.index_select(0, idx).to(self.device, non_blocking=True))
 
     def slice(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.x[start:stop].to(self.device, non_blocking=True),
@@ -488,6 +491,8 @@ def fit(config: dict, data: dict, reporter) -> None:
     stopper = EarlyStopping(cfg["early_stop_patience"], cfg["early_stop_min_delta"], cfg["early_stop_metric"])
     autoaugment = AutoAugment() if cfg["autoaugment"] else None
     n_params = sum(p.numel() for p in model.parameters())
+    # The compiled module runs the steps; checkpoints hold the plain module's weights (no _orig_mod. prefix).
+    step_model = torch.compile(model) if cfg["compile"] else model
     diverge_bound = cfg["diverge_loss"] or math.inf
 
     first_epoch, samples_seen = 1, 0
@@ -512,7 +517,7 @@ def fit(config: dict, data: dict, reporter) -> None:
             torch.cuda.reset_peak_memory_stats(device)
         lr = opt.param_groups[0]["lr"]
         t0, cpu0 = time.perf_counter(), time.process_time()
-        train_loss, train_acc, seen = train_epoch(model, opt, schedule, train, cfg, gen, autoaugment, precision,
+        train_loss, train_acc, seen = train_epoch(step_model, opt, schedule, train, cfg, gen, autoaugment, precision,
                                                   data["num_classes"])
         train_s = time.perf_counter() - t0
         samples_seen += seen
@@ -520,11 +525,11 @@ def fit(config: dict, data: dict, reporter) -> None:
         if diverged:
             val_loss, val_acc = float("nan"), 0.0
         else:
-            val_loss, val_acc = evaluate_model(model, val, cfg["eval_batch_size"], precision)
+            val_loss, val_acc = evaluate_model(step_model, val, cfg["eval_batch_size"], precision)
             diverged = len(val) > 0 and not math.isfinite(val_loss)
         ood_acc = None
         if ood:
-            ood_acc = float(np.mean([0.0 if diverged else evaluate_model(model, d, cfg["eval_batch_size"],
+            ood_acc = float(np.mean([0.0 if diverged else evaluate_model(step_model, d, cfg["eval_batch_size"],
                                                                          precision)[1] for d in ood]))
         schedule.step_epoch(val_loss if math.isfinite(val_loss) else train_loss)
         watched = {"val_loss": val_loss, "val_acc": val_acc}[cfg["early_stop_metric"]]

@@ -25,7 +25,8 @@ SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it 
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3,
-                     "max_failures": 2, "keep_checkpoints": 2, "trial_timeout": 0}
+                     "max_failures": 2, "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True,
+                     "budget_hours": 0}
 TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
 
 
@@ -61,6 +62,12 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--trial-timeout", type=float,
                    help="stop a trial that reports nothing for this many seconds (status timeout; retried as a "
                         "crash is); default 0 = never")
+    p.add_argument("--budget-hours", type=float,
+                   help="start no new trial once the sweep has spent this many device-hours (wall time x the GPUs "
+                        "each trial holds, or its CPUs without GPUs); running trials finish. Default 0 = no budget")
+    p.add_argument("--reuse-actors", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the next trial in a finished trial's worker process (default on; --no-reuse-actors "
+                        "starts a fresh process per trial)")
     p.add_argument("--retry-errored", action="store_true",
                    help="with --resume: run the trials that ended in error again, from their last checkpoint")
     p.add_argument("--address", help="Ray cluster to join: auto, or ray://host:10001 (default: start a local Ray)")
@@ -98,6 +105,7 @@ def check_settings(s: dict) -> None:
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
         "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
         "max_failures": (0, "0 or more"), "keep_checkpoints": (1, "at least 1"), "trial_timeout": (0, "0 or more"),
+        "budget_hours": (0, "0 (no budget) or more"),
     }
     for key, (low, text) in rules.items():
         value = s.get(key)
@@ -371,11 +379,13 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     from ray import tune
 
     from tune_app import tuning
+    from tune_app.budget import wrap_scheduler
     from tune_app.wandb_setup import wandb_callback
 
     s = spec["settings"]
     searched = {k: space.space[k] for k in space.searched}
     search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir, spec.get("points", []))
+    budget = sweep_budget(s, run_dir)
     spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k not in ("run_dir", "run_uri")},
@@ -383,7 +393,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     oom = oom_retry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
     callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
-                             oom, *extra_callbacks) if c is not None]
+                             oom, budget, *extra_callbacks) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -393,8 +403,11 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=scheduler,
+            metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=wrap_scheduler(scheduler, budget),
             num_samples=s["num_samples"], max_concurrent_trials=s.get("max_concurrent"),
+            # A finished trial's worker process trains the next one with the same resources: a new process
+            # per trial (imports, torch's first optimizer) costs seconds, more than a small model's epochs.
+            reuse_actors=s.get("reuse_actors", True),
             trial_name_creator=functools.partial(trial_name, module),
             trial_dirname_creator=functools.partial(trial_dirname, module)),
         run_config=tune.RunConfig(
@@ -403,6 +416,21 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
             progress_reporter=reporter, verbose=1,
             checkpoint_config=checkpoint_config(s, space.metric, space.mode),
             failure_config=tune.FailureConfig(max_failures=s.get("max_failures", 2))))
+
+
+def sweep_budget(s: dict, run_dir: Path):
+    """--budget-hours: the callback that counts the sweep's device-hours (None without a budget). A trial holds
+    its GPUs where the sweep asks for any, else its CPUs; each report says what Ray gave it (--gpus-per-trial
+    auto), so the count here is only a fallback."""
+    from tune_app.budget import budget_callback
+
+    gpus = s["gpus_per_trial"]
+    if gpus == "auto":
+        import ray
+
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    kind, devices = ("gpu", gpus) if gpus else ("cpu", s["cpus_per_trial"])
+    return budget_callback(s.get("budget_hours"), devices, kind, run_dir)
 
 
 def trial_timeout(seconds: float):
@@ -619,7 +647,17 @@ def run(spec: dict, resume: bool) -> int:
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
     finished = results.num_terminated + results.num_errors
-    if finished < spec["expected_trials"]:
+    from tune_app.budget import read_budget
+    from tune_app.rundir import ray_statuses
+
+    budget = read_budget(run_dir) or {}
+    # Ctrl-C leaves a trial RUNNING in Ray's last experiment state (the ResultGrid calls it TERMINATED)
+    unfinished = any(status not in ("TERMINATED", "ERROR") for status in ray_statuses(run_dir).values())
+    if budget.get("stopped_at") and not unfinished:  # no trial made was left unfinished: the budget ended it
+        print(f"tune_app: stopped by --budget-hours {budget['hours']:g}: {budget['trials_started']} of "
+              f"{spec['expected_trials']} trials started, {budget['spent_s'] / 3600:.3g} device-hours spent",
+              flush=True)
+    elif finished < spec["expected_trials"] or (budget.get("stopped_at") and unfinished):
         print(f"Interrupted with {finished} of {spec['expected_trials']} trials finished; continue with: "
               f"python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr)
         return 130

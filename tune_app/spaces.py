@@ -25,6 +25,8 @@ DEFAULT_KEYS = {
     "max_failures": int,  # retries of a crashed trial, each from its last checkpoint
     "keep_checkpoints": int,  # checkpoints kept per trial: the best ones by the metric, plus always the latest
     "trial_timeout": float,  # seconds without a report before a trial is stopped; 0 = never
+    "budget_hours": float,  # device-hours after which no new trial starts (running ones finish); 0 = no budget
+    "reuse_actors": bool,  # a finished trial's worker process trains the next trial (same resources)
 }
 
 

@@ -26,7 +26,7 @@ from tune_app.errors import UsageError
 
 SCHEMES = {"s3": "S3", "gs": "GCS"}
 # what tune_app itself writes into a run directory
-OWN_ENTRIES = ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json", "summary", "wandb")
+OWN_ENTRIES = ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json", "budget.json", "summary", "wandb")
 UPLOAD_EVERY_S = 10.0  # the Optuna journal, while trials report
 
 
