@@ -214,6 +214,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="4 trials of 2 or 3 epochs (about 30 s)")
     p.add_argument("--storage-path", help="where the sweep goes (default: a temporary folder, removed at the end)")
+    p.add_argument("--no-reuse-actors", action="store_true",
+                   help="a fresh worker process per trial (tune_app's --no-reuse-actors), to compare with the default")
     args = p.parse_args()
     from tune_app import ray_output  # noqa: F401  (Ray's console settings, before Ray is imported)
 
@@ -225,7 +227,8 @@ def main() -> None:
     argv = ["--space", "digits", "--searcher", args.searcher, "--scheduler", args.scheduler, "--num-samples", str(n),
             "--max-concurrent", str(args.concurrency), "--cpus-per-trial", "1", "--seed", str(args.seed),
             *[a for o in overrides for a in ("--set", o)], *(["--max-epochs", "3"] if args.quick else []),
-            "--wandb-mode", "disabled", "--storage-path", str(storage), "--name", name]
+            "--wandb-mode", "disabled", "--storage-path", str(storage), "--name", name,
+            *(["--no-reuse-actors"] if args.no_reuse_actors else [])]
     print(f"python -m tune_app.search {' '.join(argv)}", flush=True)
     log = storage / f"{name}.log"
     code, clock, events, t0, t1 = run_sweep(argv, log)
