@@ -341,24 +341,25 @@ def test_a_budget_that_is_not_reached_changes_nothing(ray_local, tmp_path, capsy
 
 
 def test_budget_hours_through_the_command(ray_local, tmp_path, capsys):
-    """--budget-hours on tune_app's own command: 6 trials of digits one at a time, a budget of about two of
-    them (each trial holds 1 CPU, 3 epochs of well under a second each): the sweep stops launching, says so,
-    exits 0, and its summary and report hold the trials that ran and the budget line."""
+    """--budget-hours on tune_app's own command: 6 trials of digits one at a time and a budget (0.0036 device-
+    seconds) that the first trial's first epoch spends: that trial finishes, no other starts, the sweep says so
+    and exits 0, and its summary and report hold the one trial and the budget line."""
     from tune_app import search
 
     code = search.main(["--space", "digits", "--searcher", "random", "--scheduler", "fifo", "--num-samples", "6",
-                        "--set", "epochs=3", "--set", "batch_size=64", "--max-concurrent", "1",
-                        "--budget-hours", "0.0003", "--storage-path", str(tmp_path), "--name", "budget",
+                        "--set", "epochs=3", "--set", "batch_size=64", "--cpus-per-trial", "2",  # one at a time
+                        "--budget-hours", "0.000001", "--storage-path", str(tmp_path), "--name", "budget",
                         "--wandb-mode", "disabled"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "tune_app: stopped by --budget-hours 0.0003:" in out
+    assert "tune_app: stopped by --budget-hours 1e-06: 1 of 6 trials started" in out
     run_dir = tmp_path / "budget"
     budget = json.loads((run_dir / "budget.json").read_text())
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
-    assert 1 <= len(trials) < 6 and budget["trials_started"] == len(trials)
-    assert budget["spent_s"] >= 0.0003 * 3600
+    assert len(trials) == 1 and budget["trials_started"] == 1
+    assert trials["status"].tolist() == ["completed"] and trials["epochs"].tolist() == [3]
+    assert budget["spent_s"] >= 0.000001 * 3600
     assert math.isclose(trials["device_s"].sum(), budget["spent_s"], rel_tol=0.05)
     assert "Stopped by --budget-hours" in (run_dir / "summary" / "report.md").read_text()
     spec = json.loads((run_dir / search.SPEC_FILE).read_text())
-    assert spec["settings"]["budget_hours"] == 0.0003
+    assert spec["settings"]["budget_hours"] == 0.000001

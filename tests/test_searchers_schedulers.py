@@ -50,3 +50,21 @@ def test_every_scheduler_completes_a_sweep(scheduler, ray_local, tmp_path):
     assert len(trials) == 3 and set(trials["status"]) <= {"completed", "stopped"}
     assert (trials["epochs"] >= 1).all() and (trials["epochs"] <= 3).all()
     assert best["scheduler"] == scheduler and best["config"] is not None
+
+
+@pytest.mark.parametrize("searcher", SEARCHERS.names())
+def test_max_concurrent_holds_for_every_searcher(searcher, ray_local, tmp_path):
+    """--max-concurrent 1 on 2 CPUs of 1-CPU trials: no two trials overlap (Ray applies max_concurrent_trials
+    to Searchers only; random search's generator takes it itself). Overlap is read from the trials' own reports:
+    a trial's first epoch began after the previous trial's last report."""
+    import json as _json
+
+    code, trials, _ = sweep(tmp_path, "--searcher", searcher, "--scheduler", "fifo", "--max-concurrent", "1",
+                            *SEARCHER_ARGS[searcher], "--set", "epochs=4", "--max-epochs", "4")
+    assert code == 0 and len(trials) == 2
+    spans = []
+    for folder in (tmp_path / "s").glob("digits_cnn_*"):
+        rows = [_json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        spans.append((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"]))
+    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    assert b_start >= a_end - 1  # timestamps are whole seconds

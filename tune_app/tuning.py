@@ -67,7 +67,9 @@ def grid(space, settings, run_dir, points=()):
 def random(space, settings, run_dir, points=()):
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(points_to_evaluate=list(points), random_state=settings["seed"]), space
+    # Ray applies --max-concurrent (max_concurrent_trials) to Searchers only: this generator takes it itself.
+    return BasicVariantGenerator(points_to_evaluate=list(points), random_state=settings["seed"],
+                                 max_concurrent=settings.get("max_concurrent") or 0), space
 
 
 @SEARCHERS.register("optuna")
