@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 import torch
+from _bench import make_data, sync  # scripts/ is on sys.path when a script runs
 
 from trainables import image_classifier as ic
 from trainables.optim import build_optimizer, build_schedule
@@ -53,14 +54,7 @@ GOAL_EPOCH_S, GOAL_EPOCH_BATCH = 0.5, 1024
 GOAL_PACK, GOAL_PACK_TRIALS = 2.5, 4
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
-
-def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, size=n).astype(np.int64)
 
 
 class Run:

@@ -28,15 +28,15 @@ the wall time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import output_to  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -45,24 +45,7 @@ if str(ROOT) not in sys.path:
 GOAL = 0.10  # overhead below 10 % of the ideal
 
 
-@contextlib.contextmanager
-def output_to(path: Path):
-    """The sweep's console output (Ray's table, the analysis) into a file, at the descriptor level."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+
 
 
 class Clock:

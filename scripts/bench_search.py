@@ -36,13 +36,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _bench import output_to  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -66,24 +67,7 @@ def space_args(axes: dict, epochs: int) -> list[str]:
     return ["--space", "digits", *[a for s in sets for a in ("--set", s)], "--max-epochs", str(epochs)]
 
 
-@contextlib.contextmanager
-def output_to(path: Path):
-    """The sweep's console output (Ray's table, the analysis) into a file, at the descriptor level."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "ab") as f:
-        os.dup2(f.fileno(), 1)
-        os.dup2(f.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+from _bench import make_data, sync  # scripts/ is on sys.path when a script runs
 
 from trainables import image_classifier as ic
 from trainables.optim import build_optimizer, build_schedule
@@ -36,14 +37,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 GOAL_CPU, GOAL_GPU, GOAL_GPU_BATCH = 0.9, 0.8, 256  # the goals for the share
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
-
-def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, size=n).astype(np.int64)
 
 
 class ModelClock:
