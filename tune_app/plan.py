@@ -216,10 +216,17 @@ def gpu_fraction(peak_mb: float, gpu_mb: float) -> float:
     trials fill the GPU exactly. A trial that needs more than a whole GPU still gets one (it trains on one
     device); it may then run out of memory, which its status says."""
     need = (peak_mb * HEADROOM + CONTEXT_MB) / gpu_mb
-    if need >= 1:
-        return 1.0
-    k = min(MAX_PER_GPU, math.floor(1 / need))
-    return math.floor(10_000 / k) / 10_000  # Ray counts GPU fractions to 4 decimals; k of them fit in 1
+    return 1.0 if need >= 1 else one_of(min(MAX_PER_GPU, math.floor(1 / need)))
+
+
+def one_of(k: int) -> float:
+    """1/k of a GPU as Ray counts fractions (to 4 decimals), rounded down so that k of them fit in one."""
+    return math.floor(10_000 / k) / 10_000
+
+
+def larger_share(held: float) -> float:
+    """The next packing up from ``held``, at least twice it: for a trial that ran out of memory on ``held``."""
+    return 1.0 if held >= 0.5 else one_of(math.floor(1 / (2 * held)))
 
 
 def _gpu_memory_mb() -> float:

@@ -476,6 +476,8 @@ def oom_retry(cpus: float):
     --max-failures) with twice its share of a GPU, up to a whole one, so that fewer neighbours share it."""
     from ray.tune import Callback
 
+    from tune_app import plan
+
     class OomRetry(Callback):
         def on_trial_recover(self, iteration, trials, trial, **info):
             error = Path(trial.error_file) if trial.error_file else None
@@ -483,7 +485,7 @@ def oom_retry(cpus: float):
             held = trial.placement_group_factory.required_resources.get("GPU", 0)
             if "OutOfMemoryError" not in last or not 0 < held < 1:
                 return
-            more = 1.0 if held >= 0.5 else math.floor(10_000 / math.floor(1 / (2 * held))) / 10_000
+            more = plan.larger_share(held)
             trial.update_resources({"CPU": cpus, "GPU": more})
             print(f"tune_app: trial {trial} ran out of GPU memory on {held:g} GPU; retrying it on {more:g}",
                   flush=True)
