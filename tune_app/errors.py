@@ -9,6 +9,11 @@ class UsageError(Exception):
     exit_code = 2
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): for one-line errors."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
-from tune_app.errors import OneLineParser, UsageError
+from tune_app.errors import OneLineParser, UsageError, first_line
 from tune_app.spaces import DEFAULT_KEYS, list_spaces
 from tune_app.tuning import SCHEDULERS, SEARCHERS
 
@@ -250,10 +250,6 @@ def max_epochs_of(space) -> int:
     from tune_app.spaces import domain_values
 
     return int(max(domain_values(space.space.get("epochs", space.trainable.PARAMS["epochs"].default))))
-
-
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def check_resources(cluster: dict, s: dict) -> None:

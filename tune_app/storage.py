@@ -22,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tune_app.errors import UsageError
+from tune_app.errors import UsageError, first_line
 
 SCHEMES = {"s3": "S3", "gs": "GCS"}
 # what tune_app itself writes into a run directory
@@ -98,8 +98,7 @@ def check_writable(uri: str, flag: str) -> None:
             ok = inp.read() == b"tune_app"
         fs.delete_file(target)
     except Exception as e:  # noqa: BLE001 - pyarrow raises OSError, ValueError, ArrowInvalid...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsageError(f"{flag} {uri}: cannot write to {SCHEMES[scheme]} there ({first}); "
+        raise UsageError(f"{flag} {uri}: cannot write to {SCHEMES[scheme]} there ({first_line(e)}); "
                          f"{_credentials_hint(scheme)}") from None
     if not ok:
         raise UsageError(f"{flag} {uri}: a file written there read back different; check the storage")
@@ -122,7 +121,7 @@ def download(uri: str, local: Path, checkpoints: bool = False) -> int:
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     except OSError as e:
-        raise UsageError(f"{uri}: cannot list it ({str(e).splitlines()[0]}); "
+        raise UsageError(f"{uri}: cannot list it ({first_line(e)}); "
                          f"{_credentials_hint(uri.split('://')[0])}") from None
     copied = 0
     for info in infos:
