@@ -6,6 +6,10 @@ no hyperparameter choice can peek at test data. The files are read directly in t
 layouts torchvision's downloads produce (CIFAR python pickles, MNIST idx files)
 rather than through torchvision's dataset classes, which verify MD5 sums and would
 reject the small generated files the tests use. torchvision is only used to download.
+
+Besides the built-in DATASETS, a name may be `imagefolder:PATH` (PATH/train/<class>/<image>,
+optionally PATH/test/...) or `npz:PATH` (arrays x_train, y_train, optionally x_test, y_test,
+class_names): a user's own images, read by trainables.userdata; see its docstring for the rules.
 """
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ _SOURCES = {
                      "into {dir}",
 }
 _DIGITS_TEST_FRACTION, _DIGITS_TEST_SEED = 0.2, 0  # fixed, so the digits test set never moves
+USER_KINDS: tuple[str, ...] = ("imagefolder", "npz")  # names "<kind>:PATH" are a user's own dataset
+_STATS_CHUNK_BYTES = 64 << 20  # mean/std work through float64 slices of about this size
 
 
 class DataError(Exception):
@@ -120,17 +126,54 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _user_kind(name: str) -> str | None:
+    """"imagefolder"/"npz" for a user's dataset name (path not checked), else None."""
+    kind, sep, _ = name.partition(":") if isinstance(name, str) else ("", "", "")
+    return kind if sep and kind in USER_KINDS else None
+
+
+def check_name(name: str) -> None:
+    """Raise ValueError (one line) unless `name` is a built-in dataset or imagefolder:PATH /
+    npz:PATH with a non-empty PATH. Looks at the string only, never at the disk."""
+    kind = _user_kind(name)
+    if name in DATASETS or (kind and name.partition(":")[2].strip()):
+        return
+    if kind:
+        raise ValueError(f"dataset {name!r} names no path; write {kind}:PATH, e.g. {kind}:"
+                         f"{'data/pets' if kind == 'imagefolder' else 'data/pets.npz'}")
+    raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}; or your own images as "
+                     f"imagefolder:PATH (PATH/train/<class>/<image>) or npz:PATH (arrays x_train, y_train)")
+
+
 def _known(name: str) -> None:
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    try:
+        check_name(name)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
-def expected_files(name: str, data_dir) -> list[pathlib.Path]:
+def _user(name: str, base_dir):
+    """(kind, absolute path, dataset name with that path) of a user's dataset."""
+    from trainables import userdata
+
+    kind, _, given = name.partition(":")
+    path, label = userdata.resolve(kind, given, base_dir)
+    return kind, path, label, given.strip()
+
+
+def expected_files(name: str, data_dir, base_dir=None) -> list[pathlib.Path]:
     """The files the loader reads (empty for digits). For idx files the `.gz` twin is listed
-    when only it exists, since that is then what gets read; otherwise the plain name."""
+    when only it exists, since that is then what gets read; otherwise the plain name. For a
+    user's dataset: the .npz file, or the image folder's train/ folder (relative paths are
+    taken from base_dir, default the working directory; data_dir is not used)."""
     _known(name)
     if name == "digits":
         return []
+    if _user_kind(name):
+        from trainables import userdata
+
+        kind, path, _, _ = _user(name, base_dir)
+        return userdata.expected_files(kind, path)
     if data_dir is None:
         raise DataError(f"{name}: no --data-dir given; it is the folder holding {_LAYOUT[name][0]}/")
     sub, names = _LAYOUT[name]
@@ -157,8 +200,16 @@ def _missing_message(name: str, data_dir, missing: list[pathlib.Path], note: str
     return f"{msg} {note}".strip().replace("\n", " ")
 
 
-def check_available(name: str, data_dir) -> None:
-    """Raise DataError if any expected file is missing. Never downloads."""
+def check_available(name: str, data_dir, base_dir=None) -> None:
+    """Raise DataError if any expected file is missing. Never downloads. For a user's dataset,
+    the checks that need no image decoded: the folder layout, or the .npz's array names/headers."""
+    _known(name)
+    if _user_kind(name):
+        from trainables import userdata
+
+        kind, path, label, given = _user(name, base_dir)
+        userdata.check_available(kind, path, label, given)
+        return
     missing = _missing(name, data_dir)
     if missing:
         raise DataError(_missing_message(name, data_dir, missing))
@@ -283,12 +334,43 @@ def _load_digits():
     return x[rest], y[rest], x[test], y[test], _DIGIT_CLASSES
 
 
-def prepare(name: str, data_dir, val_fraction: float = 0.1, split_seed: int = 0, download: bool = True) -> Dataset:
-    """Load (downloading first if allowed and files are missing) and split."""
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 (N, C, H, W) on the 0..1 scale, computed
+    as numpy's mean/std over a float64 copy would be, but a slice at a time: a user's dataset
+    may be too large for a float64 copy (8x its size). One slice gives numpy's exact figures."""
+    step = max(1, _STATS_CHUNK_BYTES // (8 * max(1, x[0].size if len(x) else 1)))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    total = sum((x[i:i + step].astype(np.float64) / 255).sum(axis=(0, 2, 3)) for i in range(0, len(x), step))
+    mean = total / count
+    squares = sum((((x[i:i + step].astype(np.float64) / 255) - mean[:, None, None]) ** 2).sum(axis=(0, 2, 3))
+                  for i in range(0, len(x), step))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(squares / count))
+
+
+def prepare(name: str, data_dir, val_fraction: float = 0.1, split_seed: int = 0, download: bool = True,
+            base_dir=None, image_size: int = 0) -> Dataset:
+    """Load (downloading first if allowed and files are missing) and split.
+
+    `name` is one of DATASETS, or imagefolder:PATH / npz:PATH for a user's own images (see
+    trainables.userdata), whose relative PATH is taken from `base_dir` (default: the working
+    directory) and whose Dataset.name records the absolute path; data_dir and download do not
+    apply to them. `image_size` > 0 resizes a user's images to image_size x image_size (0 keeps
+    them as they are, which then must all be one size); built-in datasets keep their own size.
+    """
     _known(name)
     if not 0 <= val_fraction < 1:  # checked before any loading or downloading
         raise DataError(f"{name}: val_fraction must be in [0, 1), got {val_fraction}")
-    if name == "digits":
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 0:
+        raise DataError(f"{name}: image_size must be a whole number of pixels >= 0 (0 keeps the images' size), "
+                        f"got {image_size!r}")
+    if image_size and not _user_kind(name):
+        raise DataError(f"{name}: image_size applies to imagefolder:/npz: datasets only; leave it 0 for {name}")
+    if _user_kind(name):
+        from trainables import userdata
+
+        kind, path, name, given = _user(name, base_dir)
+        x_all, y_all, x_test, y_test, classes = userdata.load(kind, path, name, given, int(image_size))
+    elif name == "digits":
         x_all, y_all, x_test, y_test, classes = _load_digits()
     else:
         missing, note = _missing(name, data_dir), ""  # refuses a None data_dir before Path() sees it
@@ -312,27 +394,35 @@ def prepare(name: str, data_dir, val_fraction: float = 0.1, split_seed: int = 0,
     except ValueError as e:  # e.g. a fraction that leaves no training examples
         raise DataError(f"{name}: {e}") from None
     x_train, y_train = x_all[train_idx], y_all[train_idx]
-    if name == "digits":  # no published figures: measure the training portion actually used
-        pixels = x_train.astype(np.float64) / 255
-        mean = tuple(float(v) for v in pixels.mean(axis=(0, 2, 3)))
-        std = tuple(float(v) for v in pixels.std(axis=(0, 2, 3)))
-    else:
-        mean, std = _STATS[name]
+    # no published figures for digits or a user's images: measure the training portion actually used
+    mean, std = _STATS[name] if name in _STATS else _channel_stats(x_train)
     return Dataset(name=name, x_train=x_train, y_train=y_train, x_val=x_all[val_idx], y_val=y_all[val_idx],
                    x_test=np.ascontiguousarray(x_test), y_test=np.ascontiguousarray(y_test), classes=classes,
                    mean=mean, std=std, val_fraction=float(val_fraction), split_seed=int(split_seed))
 
 
+def _name_arg(name: str) -> str:
+    try:
+        check_name(name)
+    except ValueError as e:  # argparse then reports it as a usage error, as `choices` did
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainables.data",
                                 description="Download (if needed), load and split a dataset.")
-    p.add_argument("name", choices=DATASETS)
+    p.add_argument("name", type=_name_arg, metavar="name",
+                   help=f"one of {', '.join(DATASETS)}, or imagefolder:PATH or npz:PATH for your own images")
     p.add_argument("--data-dir", default="data", help="root folder, laid out as torchvision downloads it")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=0,
+                   help="resize imagefolder:/npz: images to this many pixels square (0: keep their size)")
     args = p.parse_args(argv)
     try:
-        ds = prepare(args.name, args.data_dir, args.val_fraction, args.split_seed, download=True)
+        ds = prepare(args.name, args.data_dir, args.val_fraction, args.split_seed, download=True,
+                     image_size=args.image_size)
     except DataError as e:
         print(e, file=sys.stderr)
         return 2
