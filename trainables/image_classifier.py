@@ -21,9 +21,18 @@ schedule steps per batch (warm-up, OneCycle) and per epoch (cosine, StepLR, plat
 Early stopping ends a trial whose ``early_stop_metric`` stopped improving; its last report
 says ``early_stopped: True``. With ``ood_corruptions`` set, every epoch also scores the
 model on corrupted copies of the validation images (``ood_acc``, study 5).
+
+``model`` is a built-in name or the user's own ``"module:attr"`` (an ``nn.Module`` class or a
+function returning one, importable from ``sys.path``), called as ``attr(num_classes=...,
+input_shape=(C, H, W), **model_args)`` where ``model_args`` are the config's ``model.NAME`` keys
+(``model.hidden: 64`` -> ``hidden=64``). ``activation`` and ``batch_norm`` configure the built-ins
+only and are not passed to it. ``check_space`` imports it and ``check_models`` builds it and runs
+one batch through it before anything runs.
 """
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import os
 import random
@@ -35,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables import corruptions
+from trainables import data as datasets
 from trainables.augment import (
     MIX_MODES,
     AutoAugment,
@@ -47,10 +57,18 @@ from trainables.augment import (
     random_crop_flip,
     random_rotation,
 )
-from trainables.data import DATASETS
-from trainables.models import ACTIVATIONS, MODELS, PRETRAINED, build_model
+from trainables.imports import first_line, is_ref, ref_name
+from trainables.models import (
+    ACTIVATIONS,
+    MODELS,
+    PRETRAINED,
+    build_model,
+    builtin_takes_no_args,
+    check_module,
+    import_factory,
+)
 from trainables.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
-from trainables.params import Param, resolve
+from trainables.params import Param, factory_args, is_factory_arg, resolve
 
 
 class CorruptionsParam(Param):
@@ -79,15 +97,33 @@ class SeveritiesParam(Param):
             raise ValueError(f"{key}={value!r}: {e}") from None
         return value
 
+
+class DatasetParam(Param):
+    """A built-in dataset name, ``imagefolder:PATH`` or ``npz:PATH`` (trainables.data.check_name)."""
+
+    def check(self, key: str, value):
+        value = super().check(key, value)
+        try:
+            datasets.check_name(value)
+        except ValueError as e:
+            raise ValueError(f"{key}={value!r}: {e}") from None
+        return value
+
+
 PARAMS: dict[str, Param] = {
     # data (fixed for a sweep: prepared once by the driver)
-    "dataset": Param("cifar10", str, "dataset name", choices=lambda: list(DATASETS), data=True),
+    "dataset": DatasetParam("cifar10", str, "dataset name: a built-in, imagefolder:PATH or npz:PATH", data=True),
     "val_fraction": Param(0.1, float, "share of the training set held out", low=0.0, high=1.0, data=True),
     "split_seed": Param(0, int, "seed of the train/validation split (and of the corrupted copies)", data=True),
+    "image_size": Param(0, int, "resize every image to this many pixels square when the dataset is read "
+                        "(imagefolder:/npz:); 0 = keep", low=0, data=True),
     # model
-    "model": Param("vgg6", str, "model name", choices=MODELS.names),
-    "activation": Param("relu", str, "activation name", choices=ACTIVATIONS.names),
-    "batch_norm": Param(True, bool, "batch norm after every conv"),
+    "model": Param("vgg6", str, "a built-in model name, or 'module:attr' for your own nn.Module class or a "
+                   "function returning one; model.NAME keys are passed to it as NAME=...",
+                   choices=MODELS.names, takes_args=True),
+    "activation": Param("relu", str, "activation name (built-in models; not passed to your own)",
+                        choices=ACTIVATIONS.names),
+    "batch_norm": Param(True, bool, "batch norm after every conv (built-in models; not passed to your own)"),
     "pretrained_weights": Param("", str, "ImageNet .pth file for tv_resnet18/tv_resnet50; '' = random init"),
     # optimisation
     "optimizer": Param("sgd", str, "optimizer name", choices=OPTIMIZERS.names),
@@ -157,13 +193,17 @@ OPTIONAL_METRICS = ("ood_acc",)  # reported when ood_corruptions is set; a space
 
 COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device", "amp", "channels_last", "compile",
              "ood_corruptions", "ood_severities", "ood_images")  # --plan probes each
+# The model.NAME keys of a user model (its size, say) count for cost too: tune_app.plan adds them to these.
 WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
 def run_name(config: dict) -> str:
-    """``vgg6_gelu_nadam_bs64_lr0.001``: readable in W&B and Ray's tables."""
+    """``vgg6_gelu_nadam_bs64_lr0.001``: readable in W&B and Ray's tables. A user model goes by its attribute
+    path and without the activation, which it does not take: ``Net_adam_bs64_lr0.001`` for ``mymodels:Net``
+    (identifiers and dots only, so it is also a folder name)."""
     c = {k: config.get(k, p.default) for k, p in PARAMS.items()}
-    return f"{c['model']}_{c['activation']}_{c['optimizer']}_bs{c['batch_size']}_lr{c['lr']:.3g}"
+    model = ref_name(c["model"]) if is_ref(c["model"]) else f"{c['model']}_{c['activation']}"
+    return f"{model}_{c['optimizer']}_bs{c['batch_size']}_lr{c['lr']:.3g}"
 
 
 def pick_device(name: str) -> torch.device:
@@ -346,11 +386,24 @@ def ood_sets(data: dict, cfg: dict, device: torch.device, resident: bool) -> lis
 
 
 def build(cfg: dict, data: dict, pretrained: bool = True) -> torch.nn.Module:
-    """The configured model; ImageNet weights from ``pretrained_weights`` only for a fresh model (a checkpoint
-    carries all its weights) and only for the models that take them."""
+    """The configured model (a user model with the config's ``model.NAME`` keys as its arguments); ImageNet
+    weights from ``pretrained_weights`` only for a fresh model (a checkpoint carries all its weights) and only
+    for the models that take them."""
     weights = cfg["pretrained_weights"] if pretrained and cfg["model"] in PRETRAINED else ""
     return build_model(cfg["model"], data["input_shape"], data["num_classes"], cfg["activation"],
-                       cfg["batch_norm"], pretrained_weights=weights or None)
+                       cfg["batch_norm"], pretrained_weights=weights or None, model_args=factory_args(cfg, "model"))
+
+
+def describe_model(cfg: dict) -> str:
+    """``model vgg6 (batch_norm=True)``, or ``model mymodels:Net (hidden=64)``: what decides the weights' shapes."""
+    if not is_ref(cfg["model"]):
+        return f"model {cfg['model']} (batch_norm={cfg['batch_norm']})"
+    args = factory_args(cfg, "model")
+    return f"model {cfg['model']}" + (f" ({call_args(args)})" if args else "")
+
+
+def call_args(args: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
 def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -362,7 +415,7 @@ def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> t
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         reason = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
-        raise ValueError(f"the weights do not fit model {cfg['model']} (batch_norm={cfg['batch_norm']}) for input "
+        raise ValueError(f"the weights do not fit {describe_model(cfg)} for input "
                          f"{tuple(data['input_shape'])} and {data['num_classes']} classes: {reason}") from None
     return model.to(device).eval()
 
@@ -374,12 +427,19 @@ def check_weights(state: dict, data: dict) -> None:
 
 def check_space(values: dict[str, list]) -> None:
     """Checks across keys, before anything runs: ``values`` maps each key a space sets to the values it can
-    take. Raises a one-line ValueError."""
+    take. Each user model (``module:attr``) is imported and must be callable; ``model.NAME`` keys need every
+    model to be a user model. Raises a one-line ValueError."""
     def given(key):
         return values.get(key, [PARAMS[key].default])
 
     weights = [w for w in given("pretrained_weights") if w]
     models = given("model")
+    for ref in dict.fromkeys(m for m in models if is_ref(m)):
+        import_factory(ref)
+    args = sorted(k for k in values if is_factory_arg(PARAMS, k))
+    builtins = [m for m in models if not is_ref(m)]
+    if args and builtins:
+        raise ValueError(builtin_takes_no_args(builtins[0], args[0].partition(".")[2]))
     for path in weights:
         usable = [m for m in models if m in PRETRAINED]
         if not usable:
@@ -388,10 +448,83 @@ def check_space(values: dict[str, list]) -> None:
         for name in usable:  # loads the file into the architecture: a mismatch stops the sweep here
             build_model(name, (3, 32, 32), 10, "relu", True, pretrained_weights=path)
     if any(m != "none" for m in given("mix")):
-        for name in models:
+        for name in builtins:  # a user model is taken at its word: logits (fit checks its first batch)
             if getattr(MODELS.get(name), "outputs", "logits") != "logits":
                 raise ValueError(f"mix needs a model that outputs logits; {name} outputs "
                                  f"{MODELS.get(name).outputs}: search it with mix=none")
+
+
+CHECK_BATCH = 2  # training images check_models runs through each user model
+MAX_ARG_COMBINATIONS = 16  # check_models builds at most this many variants of each user model
+
+
+def check_models(values: dict[str, list], data: dict) -> None:
+    """Build each user model (the ``module:attr`` values of ``model`` in ``values``, as for check_space) on the
+    CPU for ``data`` (``Dataset.sweep_view()``) and run it forward in eval mode on 2 normalized training images,
+    before anything runs; once per combination of the first and last value of each ``model.NAME`` key (at most
+    MAX_ARG_COMBINATIONS). Built-in models are not checked here. Raises a one-line ValueError when the factory
+    does not take ``num_classes``/``input_shape``/the keys, raises, returns something that is not an
+    ``nn.Module``, or the output's shape is not (2, num_classes). Leaves torch's RNG as it was."""
+    refs = dict.fromkeys(m for m in values.get("model", [PARAMS["model"].default]) if is_ref(m))
+    if not refs:
+        return
+    with torch.random.fork_rng(devices=[]):  # building a model draws from the caller's generator
+        batch = check_batch(data)
+        for ref in refs:
+            factory = import_factory(ref)
+            for args in arg_combinations(values):
+                model = call_factory(ref, factory, args, data)
+                check_forward(ref, model, args, batch, data["num_classes"])
+
+
+def check_batch(data: dict) -> torch.Tensor:
+    x = data["x_train"][:CHECK_BATCH]
+    images = DeviceData(x, np.zeros(len(x), np.int64), data["mean"], data["std"], torch.device("cpu"))
+    return images.normalize(images.x)
+
+
+def arg_combinations(values: dict[str, list]) -> list[dict]:
+    """The ``model.NAME`` keys as factory arguments, every combination of each key's first and last value: the
+    extremes of a size are where a model breaks. A key without checkable values (a custom sampler) is left out."""
+    keys = sorted(k for k in values if is_factory_arg(PARAMS, k) and values[k])
+    ends = [values[k][:1] + values[k][-1:] if len(values[k]) > 1 and values[k][0] != values[k][-1]
+            else values[k][:1] for k in keys]
+    names = [k.partition(".")[2] for k in keys]
+    return [dict(zip(names, combo)) for combo in itertools.islice(itertools.product(*ends), MAX_ARG_COMBINATIONS)]
+
+
+def call_factory(ref: str, factory, args: dict, data: dict) -> torch.nn.Module:
+    kwargs = {"num_classes": data["num_classes"], "input_shape": tuple(int(n) for n in data["input_shape"]), **args}
+    call = f"{ref_name(ref)}({call_args(kwargs)})"
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"model {ref!r}: {call} does not fit its signature ({e}); it must accept num_classes=int, "
+                         f"input_shape=(C, H, W) and each model.NAME key as keyword arguments") from None
+    except ValueError:
+        pass  # no signature to read (a C function): the call itself tells
+    try:
+        model = factory(**kwargs)
+    except Exception as e:
+        raise ValueError(f"model {ref!r}: {call} raised {type(e).__name__}: {first_line(e)}") from None
+    check_module(ref, model)
+    return model
+
+
+def check_forward(ref: str, model: torch.nn.Module, args: dict, batch: torch.Tensor, num_classes: int) -> None:
+    where = f"model {ref!r}" + (f" ({call_args(args)})" if args else "")
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(batch)
+    except Exception as e:
+        raise ValueError(f"{where}: forward on a batch of shape {tuple(batch.shape)} raised {type(e).__name__}: "
+                         f"{first_line(e)}") from None
+    want = (len(batch), num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ValueError(f"{where} outputs {got} for a batch of shape {tuple(batch.shape)}; it must output {want}: "
+                         f"one logit per class")
 
 
 def _logits(state: dict, x_uint8: np.ndarray, data: dict, device) -> torch.Tensor:

@@ -14,6 +14,10 @@ activation name and whether to use batch norm, and returns logits-producing
                             ``.pth`` of ImageNet weights (``pretrained_weights``)
 
 Every model takes 1-channel (28x28 MNIST) and 3-channel (32x32 CIFAR) images.
+
+The user's own model is a ``"module:attr"`` reference instead of a name: an ``nn.Module``
+subclass or a function returning one, called as ``attr(num_classes=..., input_shape=(C, H, W),
+**model_args)``. ``activation`` and ``batch_norm`` are for the built-ins and are not passed to it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.imports import import_attr, is_ref
 from trainables.registry import Registry
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation")
@@ -375,14 +380,59 @@ PRETRAINED = ("tv_resnet18", "tv_resnet50")  # the models that take pretrained_w
 
 
 def build_model(name: str, input_shape, num_classes: int, activation: str, batch_norm: bool,
-                pretrained_weights: str | os.PathLike | None = None) -> nn.Module:
-    """``MODELS[name]`` for this input and class count. ``pretrained_weights`` (a ``.pth`` path; None or ""
-    for random init) is only for the PRETRAINED models; for any other it raises a one-line ValueError."""
+                pretrained_weights: str | os.PathLike | None = None, model_args: dict | None = None) -> nn.Module:
+    """``MODELS[name]`` for this input and class count, or the user's model when ``name`` is ``module:attr``
+    (see ``user_model``; ``activation`` and ``batch_norm`` are not passed to it). ``pretrained_weights`` (a
+    ``.pth`` path; None or "" for random init) is only for the PRETRAINED models and ``model_args`` (keyword
+    arguments, from the config's ``model.NAME`` keys) only for a user model; otherwise either raises a one-line
+    ValueError."""
+    if is_ref(name):
+        if pretrained_weights:
+            raise ValueError(no_pretrained_weights(name))
+        return user_model(name, input_shape, num_classes, model_args or {})
     factory = MODELS.get(name)
+    if model_args:
+        raise ValueError(builtin_takes_no_args(name, next(iter(model_args))))
     extra = {}
     if pretrained_weights:
         if name not in PRETRAINED:
-            raise ValueError(f"model {name} has no pretrained weights; pretrained_weights is for "
-                             f"{', '.join(PRETRAINED)}")
+            raise ValueError(no_pretrained_weights(name))
         extra["pretrained_weights"] = pretrained_weights
     return factory(tuple(input_shape), num_classes, activation=activation, batch_norm=batch_norm, **extra)
+
+
+def no_pretrained_weights(name: str) -> str:
+    return f"model {name} has no pretrained weights; pretrained_weights is for {', '.join(PRETRAINED)}"
+
+
+def builtin_takes_no_args(name: str, arg: str) -> str:
+    return (f"model.{arg} is passed to your own model's factory; model {name} is a built-in and takes none: "
+            f"remove it or use model='module:attr'")
+
+
+def user_model(ref: str, input_shape, num_classes: int, model_args: dict) -> nn.Module:
+    """``attr(num_classes=..., input_shape=(C, H, W), **model_args)`` for ``ref`` = ``module:attr``. A module
+    that cannot be imported, a missing attribute or a result that is not an ``nn.Module`` raise a one-line
+    ValueError; what the factory itself raises propagates (check_models reports it before a sweep)."""
+    factory = import_factory(ref)
+    model = factory(num_classes=num_classes, input_shape=tuple(int(n) for n in input_shape), **model_args)
+    check_module(ref, model)
+    return model
+
+
+def import_factory(ref: str) -> Callable[..., nn.Module]:
+    factory = import_attr(ref, "model")
+    if not callable(factory):
+        raise ValueError(f"model {ref!r}: {ref.partition(':')[2]} is a {type(factory).__name__}, not an nn.Module "
+                         f"class or a function returning one")
+    return factory
+
+
+def check_module(ref: str, model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {ref!r} returned {type(model).__name__} {short_repr(model)}, not an nn.Module")
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
