@@ -113,7 +113,8 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "tune_app: error: unknown space 'nope'; known spaces: "
-        "cifar100_ood, cifar100_resnet, cifar_vgg6, digits, fashion_mnist_mlp, mlp_lab, mnist_mlp"]
+        "cifar100_ood, cifar100_resnet, cifar_vgg6, digits, fashion_mnist_mlp, mlp_lab, mnist_mlp "
+        f"(or a .py file, or a module importable from {tmp_path} or PYTHONPATH)"]
     assert list(tmp_path.iterdir()) == []
 
 

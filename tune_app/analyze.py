@@ -384,3 +384,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # tune_app.analyze(...) from Python calls tune_app.api.analyze
+    from tune_app.api import callable_command
+
+    callable_command(sys.modules[__name__])

@@ -47,7 +47,10 @@ def configurations(param_space: dict, num_samples: int, seed: int) -> list[dict]
 
 
 def cost_key(trainable, config: dict) -> tuple:
-    return tuple((k, json.dumps(config.get(k), default=str)) for k in trainable.COST_KEYS)
+    """The values that decide a configuration's time and memory: the trainable's COST_KEYS, and the arguments of
+    a model of the user's (``model.NAME``: a width changes both)."""
+    keys = [*trainable.COST_KEYS, *sorted(k for k in config if k.startswith("model."))]
+    return tuple((k, json.dumps(config.get(k), default=str)) for k in keys)
 
 
 WARM_EPOCHS = 2  # measured epochs after the first (cold) one; the faster counts
@@ -247,7 +250,8 @@ def cost_configs(trainable, param_space: dict, seed: int) -> list[dict]:
     from trainables.params import resolve
     from tune_app.spaces import domain_values
 
-    keys = [k for k in trainable.COST_KEYS if k in param_space]
+    keys = [k for k in (*trainable.COST_KEYS, *sorted(k for k in param_space if k.startswith("model.")))
+            if k in param_space]
     base = configurations(param_space, 1, seed)[0]
     choices = [domain_values(param_space[k]) or [base[k]] for k in keys]
     return [resolve(trainable.PARAMS, {**base, **dict(zip(keys, combo))}) for combo in itertools.product(*choices)]

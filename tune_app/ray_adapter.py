@@ -20,6 +20,7 @@ import torch
 from ray import tune
 
 STATE_FILE = "state.pt"
+EPOCH_FILE = "epoch.txt"  # the epoch a checkpoint was taken after
 FAULTS_ENV = "TUNE_APP_FAULTS"
 
 
@@ -57,15 +58,25 @@ class RayReporter:
 
     def __init__(self, config: dict | None = None) -> None:
         self.config = config or {}
+        self.reports = 0
+        self.first_epoch = None  # the epochs a restored trial had reported before (for trainables without "epoch")
 
     def restore(self) -> dict | None:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None
         with checkpoint.as_directory() as path:
-            return torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
+            state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
+            epoch_file = os.path.join(path, EPOCH_FILE)
+            if os.path.isfile(epoch_file):
+                with open(epoch_file) as f:
+                    self.first_epoch = int(f.read())
+            return state
 
     def report(self, metrics: dict, state: dict) -> None:
+        self.reports += 1
+        if "epoch" not in metrics:  # the schedulers count epochs: a trainable that does not say, counts reports
+            metrics = {**metrics, "epoch": self.reports + (self.first_epoch or 0)}
         inject_faults(self.config, metrics.get("epoch"))
         # Which Ray node trained this epoch (on a cluster, where a trial ran and where it moved after a failure),
         # and the CPUs and share of a GPU it held there (what its time cost; --gpus-per-trial auto varies it).
@@ -75,14 +86,29 @@ class RayReporter:
                    "gpus": float(held.get("GPU", 0.0))}
         with tempfile.TemporaryDirectory() as path:
             torch.save(state, os.path.join(path, STATE_FILE))
+            with open(os.path.join(path, EPOCH_FILE), "w") as f:
+                f.write(str(metrics["epoch"]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def ray_trainable(fit):
-    """A Ray function trainable around ``fit``; ``data`` arrives through ``tune.with_parameters``."""
+def ray_trainable(ref: str, code_paths: list[str] = ()):
+    """A Ray function trainable around the ``fit`` that ``ref`` ("module:function") names; ``data`` arrives
+    through ``tune.with_parameters``. ``fit`` is imported in the worker, by name, so the user's code is found
+    there: shipped by Ray's runtime_env, or, when tune_app did not start Ray, from ``code_paths`` where this
+    machine has them."""
+    module_name, attr = ref.split(":")
 
-    def trainable(config: dict, data: dict) -> None:
+    def trainable(config: dict, data) -> None:
+        import importlib
+        import sys
+
+        for path in code_paths:
+            if os.path.isdir(path) and path not in sys.path:
+                sys.path.insert(0, path)
+        fit = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fit = getattr(fit, part)
         fit(config, data, RayReporter(config))
 
-    trainable.__name__ = fit.__module__.rsplit(".", 1)[-1]
+    trainable.__name__ = module_name.rsplit(".", 1)[-1] if attr == "fit" else attr.rsplit(".", 1)[-1]
     return trainable

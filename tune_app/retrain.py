@@ -132,9 +132,12 @@ def run_config(trainable, config: dict, seed: int, epochs: int | None) -> dict:
     """The trial's config for one retrain: its seed, and its epochs (the sweep's cap folded in, or --epochs)."""
     from trainables.params import resolve
 
+    if trainable.PARAMS is None:  # a trainable of the user's that declares no keys: its config as it ran
+        return {**config, "seed": seed, **({"epochs": epochs} if epochs else {})}
     c = resolve(trainable.PARAMS, config)
-    c["epochs"] = epochs or min(c["epochs"], c["max_epochs"] or c["epochs"])
-    return {**c, "seed": seed, "max_epochs": 0}
+    if "epochs" in c:
+        c["epochs"] = epochs or min(c["epochs"], c.get("max_epochs") or c["epochs"])
+    return {**c, "seed": seed, **({"max_epochs": 0} if "max_epochs" in c else {})}
 
 
 def make_plan(args) -> Plan:
@@ -151,13 +154,14 @@ def make_plan(args) -> Plan:
     trainable = sweep.space.trainable
     candidates = []
     for entry in top["trials"]:
-        own_seed = int(entry["config"].get("seed", trainable.PARAMS["seed"].default))
+        params = trainable.PARAMS or {}
+        own_seed = int(entry["config"].get("seed", params["seed"].default if "seed" in params else 0))
         try:
             config = run_config(trainable, entry["config"], own_seed, args.epochs)
         except ValueError as e:
             raise UsageError(f"{sweep.path.name}: trial {entry['trial_name']}'s configuration is not accepted by "
                              f"this version of tune_app: {str(e).splitlines()[0]}") from None
-        own_epochs = run_config(trainable, entry["config"], own_seed, None)["epochs"]
+        own_epochs = run_config(trainable, entry["config"], own_seed, None).get("epochs")
         search = {k: entry.get(k) for k in ("value", "last_value", "best_epoch_value", "best_epoch", "epochs",
                                             "status")}
         candidates.append(Candidate(entry["rank"], entry["trial_id"], entry["trial_name"], search, config,
@@ -168,8 +172,16 @@ def make_plan(args) -> Plan:
             s[key] = getattr(args, key)
     if args.data_dir is not None:
         s["data_dir"] = str(Path(args.data_dir).resolve())
+    if not trainable.builtin:
+        for flag in ("predict", "corruptions", "corruption_dir", "evaluate"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} is for the built-in trainers' image models; "
+                                 f"{trainable.name} is your own trainable")
+        if args.train_on != "train":
+            raise UsageError(f"--train-on {args.train_on}: tune_app cannot merge the splits of your own "
+                             f"load_data(); train on what it returns")
     return Plan(sweep.path, sweep, trainable, s, candidates, args.epochs, args.train_on, top["selection_rule"],
-                ood_plan(args, sweep.metric, candidates[0].config), args.predict)
+                ood_plan(args, sweep.metric, candidates[0].config) if trainable.builtin else None, args.predict)
 
 
 def ood_plan(args, metric: str, config: dict) -> dict | None:
@@ -199,7 +211,7 @@ def load_dataset(plan: Plan):
     """The sweep's dataset, read once by the driver; refused when it is not the data the sweep saw."""
     from tune_app.search import load_data
 
-    dataset = load_data(plan.sweep.space, plan.settings)
+    dataset = load_data(plan.sweep.space, plan.settings, plan.sweep.spec.get("workdir"))
     recorded = (plan.sweep.spec.get("provenance") or {}).get("dataset", {}).get("fingerprint")
     if recorded and recorded != dataset.fingerprint():
         raise UsageError(f"the dataset under {plan.settings['data_dir']} (fingerprint {dataset.fingerprint()}) is not "
@@ -281,7 +293,7 @@ def run_all(plan: Plan, dataset) -> None:
     pending = {}
     for c in plan.candidates:
         for seed in c.seeds:
-            ref = task.remote(plan.trainable.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
+            ref = task.remote(plan.trainable.module.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
                               s["cpus_per_trial"], plan.ood)
             pending[ref] = c
     total = len(pending)
@@ -372,7 +384,7 @@ def summarize(plan: Plan, dataset) -> dict:
     confusion = best_seed["confusion"]
     return {
         "run_dir": str(plan.run_dir), "sweep": plan.sweep.name, "space": plan.sweep.spec["space"],
-        "trainable": plan.trainable.__name__.rsplit(".", 1)[-1], "metric": metric, "mode": mode,
+        "trainable": plan.trainable.name, "metric": metric, "mode": mode,
         "selection_rule": plan.rule, "train_on": plan.train_on, "epochs": plan.epochs,
         "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "classes": list(dataset.classes),
                     "train": len(dataset.y_train) + (len(dataset.y_val) if plan.train_on == "train+val" else 0),
@@ -488,7 +500,7 @@ def model_payload(plan: Plan, dataset, summary: dict) -> dict:
     kept = next(c for c in plan.candidates if c.rank == summary["model"]["rank"])
     run = next(r for r in kept.runs if r["seed"] == summary["model"]["seed"])
     return {"format": MODEL_FORMAT, "trainable": summary["trainable"], "config": run["config"],
-            "state_dict": run["weights"], "data": data_meta(dataset),
+            "state_dict": run["weights"], "data": data_meta(dataset), "code": plan.sweep.spec.get("code"),
             "metrics": {"test_acc": run["test_acc"], "test_loss": run["test_loss"]},
             "provenance": {**provenance(sweep=plan.sweep.name, trial_id=kept.trial_id, train_on=plan.train_on),
                            "sweep_provenance": plan.sweep.spec.get("provenance")}}
@@ -559,17 +571,20 @@ class TrainedModel:
     ``module`` is the PyTorch network for image_classifier (None for the NumPy MLP)."""
 
     def __init__(self, payload: dict, device: str = "cpu") -> None:
-        from trainables.catalog import get_trainable
+        from tune_app.trainable import builtin
+        from tune_app.usercode import add_path, local_paths
 
         self.payload = payload
-        self.trainable = get_trainable(payload["trainable"])
+        for folder in local_paths(payload.get("code")):  # a model of the user's ("module:attr") is imported there
+            add_path(folder)
+        self.trainable = builtin(payload["trainable"])
         self.config, self.data = payload["config"], payload["data"]
         self.classes = list(self.data["classes"])
         self.state = {"config": self.config, **payload["state_dict"]}
         self.device = device
         self.trainable.check_weights(self.state, self.data)
-        self.module = self.trainable.load_model(self.state, self.data, device) \
-            if hasattr(self.trainable, "load_model") else None
+        load = self.trainable.extra.get("load_model")  # the NumPy MLP has no torch module
+        self.module = load(self.state, self.data, device) if load is not None else None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self._check(images)
@@ -776,7 +791,7 @@ def read_predict(plan: Plan, dataset):
         raise UsageError(str(e)) from None
 
 
-def evaluate_file(plan: Plan, path: str) -> int:
+def evaluate_file(plan: Plan, path: str) -> None:
     """--evaluate: a model file's numbers on the sweep's test set; writes nothing."""
     dataset = load_dataset(plan)
     try:
@@ -790,42 +805,64 @@ def evaluate_file(plan: Plan, path: str) -> int:
     loss, acc = model.evaluate(dataset.x_test, dataset.y_test)
     print(f"{path}: {model.payload['trainable']} {model.trainable.run_name(model.config)} on the {dataset.name} test "
           f"set ({len(dataset.y_test)} images): accuracy {100 * acc:.2f} %, loss {loss:.4f}")
-    return 0
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain") -> int:
-    args = build_parser(prog).parse_args(argv)
+def run(args: argparse.Namespace) -> Path | None:
+    """Retrain as ``args`` (the command line's) say; the retrain folder (None for --evaluate). Raises UsageError."""
+    from tune_app import storage
+
+    uri = args.run_dir if storage.is_uri(args.run_dir) and \
+        storage.check_scheme(args.run_dir, "retrain") != "file" else None
+    args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
+    plan = make_plan(args)
+    if args.evaluate:
+        evaluate_file(plan, args.evaluate)
+        return None
+    if not plan.trainable.builtin:
+        from tune_app import retrain_own
+
+        out = retrain_own.run(plan)
+    else:
+        out = run_builtin(plan)
+    if uri:
+        storage.upload(plan.run_dir, uri, ("summary", RETRAIN_DIR))
+    return out
+
+
+def run_builtin(plan: Plan) -> Path:
+    dataset = load_dataset(plan)
+    check_ood(plan, dataset)
+    to_predict = read_predict(plan, dataset)
+    from tune_app.search import join_ray
+
+    started = join_ray(plan.settings, plan.sweep.spec.get("code"))
     try:
-        from tune_app import storage
-
-        uri = args.run_dir if storage.is_uri(args.run_dir) and \
-            storage.check_scheme(args.run_dir, "retrain") != "file" else None
-        args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
-        plan = make_plan(args)
-        if args.evaluate:
-            return evaluate_file(plan, args.evaluate)
-        dataset = load_dataset(plan)
-        check_ood(plan, dataset)
-        to_predict = read_predict(plan, dataset)
-        from tune_app.search import join_ray
-
-        join_ray(plan.settings)
         runs = sum(len(c.seeds) for c in plan.candidates)
         print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
               f"{len(plan.candidates[0].seeds)} seeds = {runs} runs on {plan.train_on} "
               f"({plan.settings['cpus_per_trial']:g} CPU / {shown(plan.settings['gpus_per_trial'])} GPU each), "
               f"then the test set ({len(dataset.y_test)} images)", flush=True)
         run_all(plan, dataset)
-        summary = summarize(plan, dataset)
-        out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary), to_predict)
-        log_wandb(plan, summary, out)
-        refresh_report(plan)
-        print(console(summary))
-        if uri:
-            storage.upload(plan.run_dir, uri, ("summary", RETRAIN_DIR))
-        extra = "".join(f", {f}" for f in ("robustness.csv", "submission.csv") if (out / f).exists())
-        print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png{extra}); "
-              f"report: {plan.run_dir / 'summary' / 'report.html'}")
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    summary = summarize(plan, dataset)
+    out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary), to_predict)
+    log_wandb(plan, summary, out)
+    refresh_report(plan)
+    print(console(summary))
+    extra = "".join(f", {f}" for f in ("robustness.csv", "submission.csv") if (out / f).exists())
+    print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png{extra}); "
+          f"report: {plan.run_dir / 'summary' / 'report.html'}")
+    return out
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        run(args)
         return 0
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
@@ -834,3 +871,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # tune_app.retrain(...) from Python calls tune_app.api.retrain
+    from tune_app.api import callable_command
+
+    callable_command(sys.modules[__name__])

@@ -209,10 +209,12 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     if space is not None:
         params = list(spec.get("searched") or space.searched)
         bins, ranges = _space_ranges(space.space)
-        defaults = {k: p.default for k, p in space.trainable.PARAMS.items()}
+        defaults = {k: p.default for k, p in (space.trainable.PARAMS or {}).items()}
+        planned = (spec.get("settings") or {}).get("max_epochs")
         for r in records:
             cfg = {**defaults, **r["config"]}
-            r["target_epochs"] = min(cfg["epochs"], cfg.get("max_epochs") or cfg["epochs"])
+            epochs = cfg.get("epochs") or planned or len(r["history"])  # a user's trainable may have no epochs key
+            r["target_epochs"] = min(epochs, cfg.get("max_epochs") or epochs)
             r["name"] = space.trainable.run_name(cfg)
     else:
         params = _varying(records)
@@ -233,13 +235,18 @@ def _edges(low, high, log):
 
 
 def _space_of(spec: dict):
-    """The space the sweep was started with, or None when this code no longer has it."""
+    """The space the sweep was started with, or None when it was a built-in this version no longer has. The
+    user's own space that cannot be loaded any more (its file gone or broken) is one line: the analysis needs
+    its trainable."""
     from tune_app.spaces import load_space
 
+    code = spec.get("code") or {}
     try:
-        return load_space(spec["space"], spec.get("overrides") or {})
-    except UsageError:
-        return None
+        return load_space(spec["space"], spec.get("overrides") or {}, code=code or None)
+    except UsageError as e:
+        if not (code.get("working_dir") or code.get("py_modules")):
+            return None
+        raise UsageError(f"the sweep's space {spec['space']} cannot be loaded: {e}") from None
 
 
 def _space_ranges(space: dict) -> tuple[dict, dict]:

@@ -7,6 +7,7 @@ and the results become ``<run dir>/summary/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -18,8 +19,10 @@ from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
 from tune_app.errors import OneLineParser, UsageError, first_line
+from tune_app.settings import SweepSettings
 from tune_app.spaces import DEFAULT_KEYS, list_spaces
 from tune_app.tuning import SCHEDULERS, SEARCHERS
+from tune_app.usercode import is_path
 
 SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
@@ -28,6 +31,7 @@ FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1
                      "max_failures": 2, "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True,
                      "budget_hours": 0}
 TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
+USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
 
 def gpus_arg(text: str):
@@ -138,7 +142,7 @@ def resolve_run_dir(args) -> tuple[Path, str | None]:
     return storage.mirror_dir(where), where.rstrip("/")
 
 
-def plan_resume(args) -> dict:
+def plan_resume(args: SweepSettings) -> dict:
     run_dir, run_uri = resolve_run_dir(args)
     if run_uri:
         from tune_app import storage
@@ -149,13 +153,13 @@ def plan_resume(args) -> dict:
     if not spec_path.is_file() or not (any(run_dir.glob("experiment_state*.json")) or any(run_dir.glob("tuner.pkl"))):
         raise UsageError(f"--resume: {run_uri or run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
                          f"start one with --space NAME --name NAME")
-    from tune_app.spaces import parse_overrides
-
     spec = json.loads(spec_path.read_text())
     saved = {"space": spec["space"], **spec["settings"]}
     given = {k: getattr(args, k) for k in ("space", *SETTING_FLAGS) if getattr(args, k, None) is not None}
+    if isinstance(given.get("space"), str) and is_path(given["space"]):
+        given["space"] = str(Path(given["space"]).expanduser().resolve())
     changed = sorted(k for k, v in given.items() if saved.get(k) != v)
-    changed += sorted(k for k, v in parse_overrides(args.overrides).items() if spec["overrides"].get(k) != v)
+    changed += sorted(k for k, v in args.set.items() if spec["overrides"].get(k) != v)
     transfer = {"from_run": str(Path(args.from_run).expanduser().resolve()) if args.from_run else None,
                 "top_k": args.top_k}
     changed += [k for k, v in transfer.items() if v is not None and spec.get(k) != v]
@@ -166,8 +170,8 @@ def plan_resume(args) -> dict:
     return spec
 
 
-def plan_new(args) -> dict:
-    from tune_app.spaces import load_space, parse_overrides
+def plan_new(args: SweepSettings) -> dict:
+    from tune_app.spaces import load_space
 
     if not args.space:
         raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
@@ -175,8 +179,14 @@ def plan_new(args) -> dict:
         raise UsageError("--top-k needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: must be at least 1")
-    space = load_space(args.space, parse_overrides(args.overrides))
+    space = load_space(args.space, args.set)
     settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
+    if space.trainable.COST_KEYS is None:
+        probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", args.gpus_per_trial == "auto"),
+                                        ("estimate_cost", space.defaults.get("estimate_cost"))) if on]
+        if probes:
+            raise UsageError(f"{probes[0]} probes the built-in trainers' cost keys; trainable {space.trainable.name} "
+                             f"has none: give --gpus-per-trial a number")
     for key in SETTING_FLAGS:
         value = getattr(args, key, None)
         if value is not None:
@@ -188,7 +198,8 @@ def plan_new(args) -> dict:
         settings["num_samples"] = top_k  # the budget is the transferred configurations
     check_settings(settings)
     transferred = transfer(args.from_run, top_k, space, settings) if args.from_run else {}
-    name = args.name = args.name or f"{args.space}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = dataclasses.replace(args, name=name)
     run_dir, run_uri = resolve_run_dir(args)
     if run_uri and not args.plan:
         from tune_app import storage
@@ -201,8 +212,10 @@ def plan_new(args) -> dict:
         raise UsageError(f"{run_uri or run_dir} already holds a sweep; continue it with --resume {run_uri or run_dir}, "
                          f"or pick another --name")
     return {
-        "space": args.space, "overrides": space.overrides, "run_dir": str(run_dir), "run_uri": run_uri,
+        "space": space.ref, "code": space.code, "overrides": space.overrides, "run_dir": str(run_dir),
+        "run_uri": run_uri, "workdir": os.getcwd(),
         **transferred,
+        "options": args.to_json(),
         "settings": {**settings, "seed": args.seed, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
                      "address": args.address, "wandb_project": args.wandb_project,
                      "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
@@ -223,11 +236,11 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
     except UsageError as e:
         raise UsageError(str(e) if str(e).startswith("--") else f"--from-run {from_run}: {e}") from None
     source = sweep.space
-    if source.module.TRAINABLE != space.module.TRAINABLE:
-        raise UsageError(f"--from-run {from_run}: that sweep's space {source.name} trains {source.module.TRAINABLE}, "
-                         f"space {space.name} trains {space.module.TRAINABLE}; configurations transfer only "
+    if source.trainable.ref != space.trainable.ref:
+        raise UsageError(f"--from-run {from_run}: that sweep's space {source.name} trains {source.trainable.name}, "
+                         f"space {space.name} trains {space.trainable.name}; configurations transfer only "
                          f"between spaces of one trainable")
-    defaults = {key: p.default for key, p in space.trainable.PARAMS.items()}
+    defaults = {key: p.default for key, p in (space.trainable.PARAMS or {}).items()}
     points = []
     for trial in top["trials"]:
         config = {**defaults, **trial["config"]}  # a key the source space left out ran with its default
@@ -249,7 +262,10 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
 def max_epochs_of(space) -> int:
     from tune_app.spaces import domain_values
 
-    return int(max(domain_values(space.space.get("epochs", space.trainable.PARAMS["epochs"].default))))
+    epochs = space.constant("epochs")
+    if epochs is None:  # a trainable of the user's without an epochs key: its DEFAULTS' max_epochs, else this
+        return USER_MAX_EPOCHS
+    return int(max(domain_values(epochs)))
 
 
 def check_resources(cluster: dict, s: dict) -> None:
@@ -268,25 +284,63 @@ def expected_trials(param_space: dict, num_samples: int) -> int:
 
 # ---------------------------------------------------------------- running (Ray)
 
-def trial_name(trainable_module: str, trial) -> str:
-    import importlib
+def trial_name(trainable: str, trial) -> str:
+    from tune_app.trainable import named
 
-    return importlib.import_module(trainable_module).run_name(trial.config)
-
-
-def trial_dirname(trainable_module: str, trial) -> str:
-    return f"{trial_name(trainable_module, trial)}_{trial.trial_id}"[:120]
+    return named(trainable).run_name(trial.config)
 
 
-def load_data(space, s: dict):
-    """The driver reads (or downloads) the dataset once; trials get it from the object store."""
+def trial_dirname(trainable: str, trial) -> str:
+    return f"{trial_name(trainable, trial)}_{trial.trial_id}"[:120]
+
+
+def load_data(space, s: dict, workdir: str | None = None):
+    """The driver reads (or downloads) the dataset once; trials get it from the object store. A trainable of
+    the user's gets what its space's ``load_data()`` returns (an ``OwnData``), or None without one.
+    ``workdir``: where the sweep was started (relative dataset paths are relative to it)."""
+    if not space.trainable.builtin:
+        return OwnData(call_load_data(space))
     from trainables.data import DataError, prepare
 
     try:
         return prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
-                       split_seed=space.constant("split_seed"))
+                       split_seed=space.constant("split_seed"), image_size=space.constant("image_size") or 0,
+                       base_dir=workdir)
     except DataError as e:
         raise UsageError(str(e)) from None
+
+
+def call_load_data(space):
+    if space.load_data is None:
+        return None
+    try:
+        return space.load_data()
+    except Exception as e:  # noqa: BLE001 - the user's function: its one-line reason
+        raise UsageError(f"space {space.ref!r}: load_data() raised {type(e).__name__}: {first_line(e)}") from None
+
+
+class OwnData:
+    """What a trainable of the user's is given as ``data``: the space's ``load_data()`` result, shared as is."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+        self.name = "load_data()" if value is not None else None
+
+    def sweep_view(self):
+        return self.value
+
+
+def check_models(space, dataset) -> None:
+    """A model of the user's is built and run forward on one batch before Ray starts."""
+    check = getattr(space.trainable, "check_models", None) if space.trainable.builtin else None
+    if check is None:
+        return
+    from tune_app.spaces import domain_values
+
+    try:
+        check({key: domain_values(value) for key, value in space.space.items()}, dataset.sweep_view())
+    except ValueError as e:
+        raise UsageError(f"space {space.ref!r}: {e}") from None
 
 
 CONNECT_TIMEOUT_S = 10  # Ray itself waits minutes for a head that does not answer
@@ -315,22 +369,30 @@ def check_reachable(address: str, given: str) -> None:
                          f"check the host and port") from None
 
 
-def join_ray(s: dict) -> None:
+def join_ray(s: dict, code: dict | None = None) -> bool:
+    """Start or join Ray; ``code`` (tune_app.usercode.code_to_ship) goes to every worker through the runtime_env.
+    A Ray the caller started already cannot take one: workers on this machine import the code from its folders
+    (see ray_adapter)."""
     import ray
 
-    if not ray.is_initialized():
+    from tune_app.usercode import runtime_env
+
+    env = runtime_env(code or {})
+    started = not ray.is_initialized()
+    if started:
         # With no address Ray would join whatever cluster last ran on this machine; tune_app starts its own
         # unless told otherwise (--address, or RAY_ADDRESS as cluster launchers set it).
         address = s["address"] or os.environ.get("RAY_ADDRESS") or "local"
         check_reachable(address, "--address" if s["address"] else "RAY_ADDRESS")
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                     logging_level=logging.WARNING, configure_logging=True)
+                     logging_level=logging.WARNING, configure_logging=True, runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             given = f"--address {address}" if s["address"] else f"RAY_ADDRESS={address}"
             raise UsageError(f"{given}: cannot join that Ray cluster ({first_line(e)}); "
                              f"start one with 'ray start --head' or leave --address out") from None
     check_resources(ray.cluster_resources(), s)
+    return started
 
 
 SHARED_CHECK_TIMEOUT_S = 60
@@ -395,7 +457,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
                         "epoch_time_s": "s/epoch"},
         sort_by_metric=True, max_report_frequency=15, max_progress_rows=12)
-    module = space.trainable.__name__
+    module = space.trainable.name
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -566,6 +628,8 @@ def sweep_provenance(dataset) -> dict:
     """What the sweep ran with, recorded when it starts (best_config.json carries it)."""
     from tune_app.provenance import git_commit, versions
 
+    if isinstance(dataset, OwnData):  # the space's load_data(): tune_app does not know its shape
+        return {"git_commit": git_commit(), "versions": versions(), "dataset": {"name": dataset.name}}
     return {"git_commit": git_commit(), "versions": versions(),
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "train": len(dataset.y_train),
                         "val": len(dataset.y_val), "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
@@ -573,20 +637,40 @@ def sweep_provenance(dataset) -> dict:
 
 
 def run(spec: dict, resume: bool) -> int:
-    from ray import tune
-
+    """Run the sweep ``spec`` describes (a new one, or ``resume``); the exit code: 0 done, 1 no trial finished,
+    130 interrupted (resumable)."""
     from tune_app import tuning
-    from tune_app.ray_adapter import ray_trainable
     from tune_app.spaces import load_space
 
     s = spec["settings"]
-    space = load_space(spec["space"], spec["overrides"])
-    config = {**space.space, "max_epochs": s["max_epochs"]}
-    config.setdefault("seed", s["seed"])
+    space = load_space(spec["space"], spec["overrides"], code=spec.get("code"))
+    params = space.trainable.PARAMS
+    config = dict(space.space)
+    if params is None or "max_epochs" in params:
+        config["max_epochs"] = s["max_epochs"]
+    if params is None or "seed" in params:
+        config.setdefault("seed", s["seed"])
     points = spec.get("points", [])  # --from-run's configurations
     tuning.check(s, config, points)  # before any data is read or Ray started
-    dataset = load_data(space, s)
-    join_ray(s)
+    dataset = load_data(space, s, spec.get("workdir"))
+    check_models(space, dataset)
+    started = join_ray(s, spec.get("code"))
+    try:
+        return run_on_ray(spec, resume, space, config, points, dataset)
+    finally:
+        if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its own code
+            import ray
+
+            ray.shutdown()
+
+
+def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset) -> int:
+    from ray import tune
+
+    from tune_app.ray_adapter import ray_trainable
+    from tune_app.usercode import local_paths
+
+    s = spec["settings"]
     run_dir = Path(spec["run_dir"])
     run_uri = spec.get("run_uri")
     if not run_uri and not spec.get("plan_only"):
@@ -608,8 +692,8 @@ def run(spec: dict, resume: bool) -> int:
         from tune_app.plan import PLAN_FILE
 
         (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
-    trainable = tune.with_resources(
-        tune.with_parameters(ray_trainable(space.trainable.fit), data=dataset.sweep_view()), resources)
+    trainable = tune.with_resources(tune.with_parameters(
+        ray_trainable(space.trainable.ref, local_paths(spec.get("code"))), data=dataset.sweep_view()), resources)
     uploads = ()
     if run_uri:
         from tune_app import storage
@@ -662,6 +746,25 @@ def run(spec: dict, resume: bool) -> int:
     return 0 if found_best else 1
 
 
+def settings_of(args: argparse.Namespace) -> SweepSettings:
+    """The command line's settings as the typed object the Python API takes."""
+    from tune_app.spaces import parse_overrides
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepSettings)
+             if f.name not in ("set", "resume") and hasattr(args, f.name)}
+    return SweepSettings(**given, set=parse_overrides(args.overrides), resume=args.resume or False)
+
+
+def spec_of(settings: SweepSettings) -> dict:
+    """Check everything that can be checked before Ray starts; the sweep's spec (what tune_app.json keeps)."""
+    if settings.retry_errored and not settings.resume:
+        raise UsageError("--retry-errored goes with --resume RUN_DIR: it re-runs that sweep's errored trials")
+    spec = plan_resume(settings) if settings.resume else plan_new(settings)
+    spec["plan_only"] = bool(settings.plan)
+    spec["retry_errored"] = bool(settings.retry_errored)
+    return spec
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
@@ -672,12 +775,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search")
                 doc = (load_space(name).module.__doc__ or "").strip().splitlines()
                 print(f"{name:20s} {doc[0] if doc else ''}")
             return 0
-        if args.retry_errored and not args.resume:
-            raise UsageError("--retry-errored goes with --resume RUN_DIR: it re-runs that sweep's errored trials")
-        spec = plan_resume(args) if args.resume else plan_new(args)
-        spec["plan_only"] = bool(args.plan)
-        spec["retry_errored"] = bool(args.retry_errored)
-        return run(spec, resume=bool(args.resume))
+        settings = settings_of(args)
+        return run(spec_of(settings), resume=bool(settings.resume))
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
         return UsageError.exit_code

@@ -2,9 +2,9 @@
 against the keys its trainable knows, before Ray starts."""
 from __future__ import annotations
 
-import importlib
 import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 
 import yaml
@@ -12,9 +12,11 @@ from ray import tune
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 import search_spaces
-from trainables.catalog import get_trainable
-from trainables.registry import UnknownName
+from trainables.params import is_factory_arg
+from tune_app import usercode
 from tune_app.errors import UsageError
+from tune_app.trainable import REF, LoadedTrainable
+from tune_app.trainable import load as load_trainable
 
 DEFAULT_KEYS = {
     "searcher": str, "scheduler": str, "num_samples": int, "max_epochs": int,
@@ -32,23 +34,34 @@ DEFAULT_KEYS = {
 
 @dataclass
 class Space:
+    """A loaded, validated space. ``ref`` is what tune_app.json records (a built-in name, a file's absolute path
+    or a module name); ``code`` what the sweep ships to Ray's workers (see tune_app.usercode)."""
+
     name: str
     module: ModuleType
-    trainable: ModuleType
+    trainable: LoadedTrainable
     metric: str
     mode: str
     space: dict
     defaults: dict
     overrides: dict = field(default_factory=dict)
+    ref: str = ""
+    code: dict = field(default_factory=dict)
 
     @property
     def searched(self) -> list[str]:
         """The keys the sweep varies, in the space's order."""
         return [k for k, v in self.space.items() if is_searched(v)]
 
+    @property
+    def load_data(self):
+        """The space's own ``load_data()`` (for a trainable of the user's), or None."""
+        return getattr(self.module, "load_data", None)
+
     def constant(self, key: str):
         """A fixed entry, or the trainable's default where the space sets none."""
-        return self.space.get(key, self.trainable.PARAMS[key].default)
+        params = self.trainable.PARAMS or {}
+        return self.space.get(key, params[key].default if key in params else None)
 
 
 def list_spaces() -> list[str]:
@@ -59,40 +72,63 @@ def is_searched(value) -> bool:
     return isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)
 
 
-def load_space(name: str, overrides: dict | None = None) -> Space:
-    """Import ``search_spaces.<name>``, apply overrides, validate. Raises UsageError."""
-    known = list_spaces()
-    if name not in known:
-        raise UsageError(f"unknown space {name!r}; known spaces: {', '.join(known)}")
-    module = importlib.import_module(f"search_spaces.{name}")
-    for attr in ("TRAINABLE", "METRIC", "MODE", "SPACE", "DEFAULTS"):
-        if not hasattr(module, attr):
-            raise UsageError(f"space {name!r} has no {attr}; see search_spaces/digits.py for the shape")
-    try:
-        trainable = get_trainable(module.TRAINABLE)
-    except UnknownName as e:
-        raise UsageError(f"space {name!r}: {e}") from None
-    metrics = (*trainable.METRICS, *getattr(trainable, "OPTIONAL_METRICS", ()))
-    if module.METRIC not in metrics or module.MODE not in ("max", "min"):
-        raise UsageError(f"space {name!r}: METRIC must be one of {', '.join(metrics)} "
+REQUIRED = ("TRAINABLE", "METRIC", "MODE", "SPACE")  # DEFAULTS is optional
+
+
+def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> Space:
+    """Import a space (a built-in name, a .py path, a dotted module or a module object), apply overrides,
+    validate. ``code``: what a sweep recorded as shipped, put on sys.path first (--resume, analyze, retrain).
+    Raises UsageError."""
+    for folder in usercode.local_paths(code):
+        if not Path(folder).exists():
+            raise UsageError(f"the sweep's code folder {folder} is gone; restore it (the space and the modules it "
+                             f"names were imported from there)")
+        usercode.add_path(folder)
+    module, recorded, root = usercode.import_space(ref, list_spaces())
+    name = recorded if root is None else (Path(recorded).stem if usercode.is_path(recorded)
+                                          else recorded.rsplit(".", 1)[-1])
+    where = f"space {recorded!r}"
+    missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+    if missing:
+        raise UsageError(f"{where} is not a space: it has no {', '.join(missing)} (a space module defines TRAINABLE, "
+                         f"METRIC, MODE, SPACE and optionally DEFAULTS; see docs/own_code.md)")
+    if not isinstance(module.SPACE, dict):
+        raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains")
+    trainable = load_trainable(module.TRAINABLE, where)
+    metrics = None if trainable.METRICS is None else (*trainable.METRICS, *trainable.OPTIONAL_METRICS)
+    if not isinstance(module.METRIC, str) or (metrics is not None and module.METRIC not in metrics) \
+            or module.MODE not in ("max", "min"):
+        raise UsageError(f"{where}: METRIC must be {'one of ' + ', '.join(metrics) if metrics else 'a metric name'} "
                          f"and MODE max or min, not {module.METRIC!r}/{module.MODE!r}")
+    if getattr(module, "load_data", None) is not None and trainable.builtin:
+        raise UsageError(f"{where}: load_data() is for a trainable of your own; {trainable.name} reads 'dataset' "
+                         f"(a built-in name, imagefolder:PATH or npz:PATH)")
+    params = trainable.PARAMS
     space = dict(module.SPACE)
     for key, value in (overrides or {}).items():
-        if key not in trainable.PARAMS:
-            raise UsageError(f"unknown --set key {key!r}; known keys: {', '.join(sorted(trainable.PARAMS))}")
+        if params is not None and not known_key(key, params):
+            raise UsageError(f"unknown --set key {key!r}; known keys: {', '.join(sorted(params))}")
         space[key] = tune.choice(value) if isinstance(value, list) else value
-    validate(name, space, trainable.PARAMS)
-    check_space = getattr(trainable, "check_space", None)  # checks across keys, e.g. weights file x model
-    if check_space is not None:
-        try:
-            check_space({key: domain_values(value) for key, value in space.items()})
-        except ValueError as e:
-            raise UsageError(f"space {name!r}: {e}") from None
-    defaults = dict(module.DEFAULTS)
+    if params is not None:
+        validate(recorded, space, params)
+    try:
+        trainable.check_space({key: domain_values(value) for key, value in space.items()})
+    except ValueError as e:  # checks across keys, e.g. weights file x model, a model of the user's
+        raise UsageError(f"{where}: {e}") from None
+    defaults = dict(getattr(module, "DEFAULTS", {}) or {})
     for key in defaults:
         if key not in DEFAULT_KEYS:
-            raise UsageError(f"space {name!r}: unknown DEFAULTS key {key!r}; known: {', '.join(DEFAULT_KEYS)}")
-    return Space(name, module, trainable, module.METRIC, module.MODE, space, defaults, dict(overrides or {}))
+            raise UsageError(f"{where}: unknown DEFAULTS key {key!r}; known: {', '.join(DEFAULT_KEYS)}")
+    refs = [trainable.ref, *(v for value in space.values() for v in domain_values(value)
+                             if isinstance(v, str) and REF.match(v))]
+    shipped = code if code is not None else usercode.code_to_ship(root, refs)
+    return Space(name, module, trainable, module.METRIC, module.MODE, space, defaults, dict(overrides or {}),
+                 recorded, shipped)
+
+
+def known_key(key: str, params: dict) -> bool:
+    """A trainable's key, or ``model.NAME`` where ``model`` passes its ``.NAME`` entries to a factory."""
+    return key in params or is_factory_arg(params, key)
 
 
 def domain_values(value) -> list:
@@ -111,6 +147,8 @@ def domain_values(value) -> list:
 
 def validate(space_name: str, space: dict, params: dict) -> None:
     for key, value in space.items():
+        if known_key(key, params) and key not in params:
+            continue  # model.NAME: the factory's own argument, checked when the model is built
         if key not in params:
             raise UsageError(f"space {space_name!r}: unknown key {key!r}; known keys: {', '.join(sorted(params))}")
         if params[key].data and is_searched(value):

@@ -1,0 +1,431 @@
+"""The user's own space, model, data and trainable, end to end on a local Ray that tune_app starts itself (as a
+new user's command does), so the user's folder reaches the trials through Ray's runtime_env.
+
+The project is written by the tests into a folder outside the repository: a model module, a trainable module,
+space files, a PNG image folder and an npz, all from scikit-learn's bundled digits."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import tune_app
+from tune_app import search
+from tune_app.errors import UsageError
+from tune_app.spaces import load_space
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes, input_shape, hidden=32):
+        super().__init__()
+        c, h, w = input_shape
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def tiny(num_classes, input_shape, hidden=8):
+    return TinyNet(num_classes, input_shape, hidden)
+
+
+def no_num_classes(input_shape):
+    return TinyNet(10, input_shape)
+
+
+def not_a_module(num_classes, input_shape):
+    return "a string"
+
+
+def wrong_shape(num_classes, input_shape):
+    return TinyNet(num_classes + 1, input_shape)
+
+
+NOT_CALLABLE = 3
+'''
+
+OWN_FIT = '''
+"""A trainable of the user's: softmax regression in NumPy."""
+import numpy as np
+
+METRICS = ("epoch", "loss", "acc")
+
+
+def fit(config, data, reporter):
+    x, y, xv, yv = data["x"], data["y"], data["xv"], data["yv"]
+    state = reporter.restore()
+    w = state["w"] if state else np.random.default_rng(config["seed"]).normal(0, 0.01, (x.shape[1], 10))
+    for epoch in range((state["epoch"] if state else 0) + 1, config["epochs"] + 1):
+        z = x @ w
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        w = w - config["lr"] * x.T @ (p - np.eye(10)[y]) / len(y)
+        reporter.report({"epoch": epoch, "loss": float(-np.log(p[np.arange(len(y)), y] + 1e-9).mean()),
+                         "acc": float(((xv @ w).argmax(1) == yv).mean())}, {"w": w, "epoch": epoch})
+
+
+def evaluate(state, data):
+    return {"test_acc": float(((data["xt"] @ state["w"]).argmax(1) == data["yt"]).mean())}
+
+
+def two_args(config, data):
+    pass
+'''
+
+MODEL_SPACE = '''
+"""TinyNet on a PNG folder: python -m tune_app.search --space ./model_space.py"""
+from ray import tune
+
+TRAINABLE = "image_classifier"
+METRIC, MODE = "val_acc", "max"
+SPACE = {
+    "dataset": "imagefolder:digits_png",
+    "model": "mymodels:TinyNet",
+    "model.hidden": tune.choice([16, 48]),
+    "optimizer": "adam",
+    "lr": tune.choice([0.003, 0.01]),
+    "batch_size": 64,
+    "epochs": 2,
+}
+DEFAULTS = {"searcher": "random", "scheduler": "fifo", "num_samples": 2, "cpus_per_trial": 1}
+'''
+
+FIT_SPACE = '''
+"""The user's own trainable: python -m tune_app.search --space fit_space"""
+from ray import tune
+from sklearn.datasets import load_digits
+
+TRAINABLE = "own_fit:fit"
+METRIC, MODE = "acc", "max"
+SPACE = {"lr": tune.loguniform(0.05, 1.0), "epochs": 4}
+DEFAULTS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}
+
+
+def load_data():
+    d = load_digits()
+    x = d.data / 16.0
+    return {"x": x[:1000], "y": d.target[:1000], "xv": x[1000:1400], "yv": d.target[1000:1400],
+            "xt": x[1400:], "yt": d.target[1400:]}
+'''
+
+
+def write_pngs(root: Path, n: int = 300) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i, (img, label) in enumerate(zip(d.images[:n], d.target[:n])):
+        folder = root / ("test" if i % 5 == 0 else "train") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(img * 255 / 16).astype(np.uint8), mode="L").save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A user's project folder, and a working directory to run commands from (the project itself)."""
+    root = tmp_path_factory.mktemp("user_project")
+    (root / "mymodels.py").write_text(MODELS)
+    (root / "own_fit.py").write_text(OWN_FIT)
+    (root / "model_space.py").write_text(MODEL_SPACE)
+    (root / "fit_space.py").write_text(FIT_SPACE)
+    write_pngs(root / "digits_png")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images[:400] * 255 / 16).astype(np.uint8)  # (N, H, W)
+    np.savez(root / "digits.npz", x_train=x[:300], y_train=d.target[:300], x_test=x[300:], y_test=d.target[300:400])
+    return root
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
+    monkeypatch.chdir(project)
+    monkeypatch.syspath_prepend(str(project))
+    yield project
+    for name in ("mymodels", "own_fit", "model_space", "fit_space", "broken_space"):
+        sys.modules.pop(name, None)
+
+
+def args(*more, name: str, storage) -> list[str]:
+    return [*more, "--name", name, "--storage-path", str(storage), "--wandb-mode", "disabled"]
+
+
+# ---------------------------------------------------------------- finding a space (no Ray)
+
+def test_a_space_is_found_by_path_by_module_name_and_as_a_module(in_project, tmp_path, monkeypatch):
+    by_path = load_space("./model_space.py")
+    assert by_path.ref == str(in_project / "model_space.py") and by_path.name == "model_space"
+    assert by_path.code == {"working_dir": str(in_project), "py_modules": []}
+    monkeypatch.chdir(tmp_path)  # a dotted module from PYTHONPATH, whatever the current directory
+    by_name = load_space("fit_space")
+    assert by_name.ref == "fit_space" and by_name.trainable.ref == "own_fit:fit" and not by_name.trainable.builtin
+    assert by_name.trainable.METRICS == ("epoch", "loss", "acc") and by_name.trainable.PARAMS is None
+    import fit_space
+
+    assert load_space(fit_space).ref == "fit_space"
+    assert load_space("digits").ref == "digits" and load_space("digits").code == {"working_dir": None,
+                                                                                  "py_modules": []}
+
+
+def test_a_model_module_outside_the_space_folder_is_shipped_too(in_project, tmp_path):
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "farmodels.py").write_text(MODELS)
+    spaces = tmp_path / "spaces"
+    spaces.mkdir()
+    (spaces / "far_space.py").write_text(MODEL_SPACE.replace("mymodels:TinyNet", "farmodels:TinyNet"))
+    sys.path.insert(0, str(lib))
+    try:
+        space = load_space(str(spaces / "far_space.py"))
+    finally:
+        sys.path.remove(str(lib))
+        sys.modules.pop("farmodels", None)
+    assert space.code == {"working_dir": str(spaces), "py_modules": [str(lib / "farmodels.py")]}
+
+
+def test_a_code_folder_over_the_package_limit_is_refused_in_one_line(tmp_path, monkeypatch):
+    from tune_app import usercode
+
+    (tmp_path / "weights").mkdir()
+    for i in range(3):
+        (tmp_path / "weights" / f"part{i}.bin").write_bytes(os.urandom(600_000))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "old.bin").write_bytes(os.urandom(3_000_000))  # run directories are never shipped
+    monkeypatch.setattr(usercode, "PACKAGE_LIMIT_MB", 1)
+    with pytest.raises(UsageError) as e:
+        usercode.runtime_env({"working_dir": str(tmp_path), "py_modules": []})
+    assert str(e.value).startswith(f"{tmp_path} holds 2 MiB to ship to Ray's workers, over the 1 MiB limit "
+                                   f"(largest: weights/part")
+    assert ".rayignore" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / ".rayignore").write_text("weights/\n")
+    env = usercode.runtime_env({"working_dir": str(tmp_path), "py_modules": []})
+    assert env["working_dir"] == str(tmp_path) and "runs/" in env["excludes"]
+
+
+# ---------------------------------------------------------------- sweeps (tune_app starts Ray and ships the code)
+
+def test_own_model_on_an_image_folder_sweeps_analyzes_retrains_and_loads(in_project, tmp_path, capsys):
+    import ray
+
+    runs = tmp_path / "runs"
+    assert search.main(args("--space", "./model_space.py", name="model", storage=runs)) == 0
+    assert not ray.is_initialized()  # the Ray tune_app started ended with the sweep
+    run_dir = runs / "model"
+    spec = json.loads((run_dir / "tune_app.json").read_text())
+    assert spec["space"] == str(in_project / "model_space.py") and spec["code"]["working_dir"] == str(in_project)
+    assert spec["provenance"]["dataset"]["name"] == f"imagefolder:{in_project / 'digits_png'}"
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    assert len(trials) == 2 and set(trials["status"]) == {"completed"}
+    assert set(trials["config/model.hidden"]) <= {16, 48} and set(trials["config/model"]) == {"mymodels:TinyNet"}
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert len(history) == 4 and history["val_acc"].between(0, 1).all()
+    # params counts TinyNet's weights for its hidden size: 64*h + h + h*10 + 10 on 8x8 grayscale
+    for _, t in trials.iterrows():
+        h = int(t["config/model.hidden"])
+        assert set(history[history["trial_id"] == t["trial_id"]]["params"]) == {64 * h + h + h * 10 + 10}
+    assert "model.hidden" in (run_dir / "summary" / "trends.md").read_text()
+
+    again = tune_app.analyze(run_dir, quiet=True)
+    assert again.best_config["model"] == "mymodels:TinyNet" and again.best_config["model.hidden"] in (16, 48)
+    assert len(again.trials) == 2 and len(again.history) == 4
+
+    result = tune_app.retrain(run_dir, seeds=1, wandb_mode="disabled")
+    test_acc = result["configs"][0]["test_acc"]["mean"]
+    assert 0.2 < test_acc <= 1 and result["configs"][0]["reproduction"]["identical"]
+    model = tune_app.load_model(run_dir)
+    assert type(model.module).__name__ == "TinyNet"
+    from trainables.data import prepare
+
+    data = prepare(f"imagefolder:{in_project / 'digits_png'}", None)
+    assert model.evaluate(data.x_test, data.y_test)[1] == pytest.approx(test_acc)
+    assert not ray.is_initialized()
+
+
+def test_an_npz_dataset_and_a_function_model_from_python(in_project, tmp_path):
+    sweep = tune_app.sweep("./model_space.py", name="npz", storage_path=str(tmp_path / "runs"), wandb_mode="disabled",
+                           set={"dataset": "npz:digits.npz", "model": "mymodels:tiny", "model.hidden": [4, 12],
+                                "image_size": 16, "epochs": 1})
+    assert sweep.run_dir == tmp_path / "runs" / "npz"
+    assert len(sweep.trials) == 2 and set(sweep.trials["config/model.hidden"]) <= {4, 12}
+    # 16x16 after image_size: the first layer holds 256 * hidden weights
+    h = sweep.best_config["model.hidden"]
+    best = sweep.trials[sweep.trials["config/model.hidden"] == h].iloc[0]
+    assert set(sweep.history[sweep.history["trial_id"] == best["trial_id"]]["params"]) == {256 * h + h + h * 10 + 10}
+    # the same API call runs again in the same process (a re-run notebook cell), into another directory
+    second = tune_app.sweep("./model_space.py", name="npz2", storage_path=str(tmp_path / "runs"),
+                            wandb_mode="disabled", set={"dataset": "npz:digits.npz", "epochs": 1}, num_samples=1)
+    assert len(second.trials) == 1 and second.best_config["dataset"] == "npz:digits.npz"
+
+
+def test_own_trainable_with_load_data_resumes_after_a_crash_and_retrains(in_project, tmp_path, monkeypatch):
+    from tune_app.ray_adapter import FAULTS_ENV
+
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([{"epoch": 3, "times": 1, "kind": "crash"}]))
+    monkeypatch.setenv(FAULTS_ENV, str(faults))
+    runs = tmp_path / "runs"
+    code = search.main(args("--space", "fit_space", "--max-failures", "0", name="own", storage=runs))
+    run_dir = runs / "own"
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    # every trial crashed at epoch 3 (the drill) and was not retried: no trial finished, the sweep says so
+    assert code == 1 and list(trials["status"]) == ["error"] * 3 and list(trials["epochs"]) == [2, 2, 2]
+    assert search.main(["--resume", str(run_dir), "--retry-errored"]) == 0
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert set(trials["status"]) == {"completed"} and len(trials) == 3
+    for _, rows in history.groupby("trial_id"):  # each continued from its epoch-2 checkpoint, no epoch twice
+        assert list(rows.sort_values("epoch")["epoch"]) == [1, 2, 3, 4]
+    assert history["acc"].between(0, 1).all() and len(history) == 12
+    best = json.loads((run_dir / "summary" / "best_config.json").read_text())
+    assert best["metric"] == "acc" and set(best["config"]) >= {"lr", "epochs", "seed"}
+
+    result = tune_app.retrain(run_dir, seeds=2)
+    config = result["configs"][0]
+    assert config["reproduction"]["identical"] and config["test"]["test_acc"]["n"] == 2
+    assert 0.5 < config["test"]["test_acc"]["mean"] <= 1
+    assert result["trainable"] == "own_fit:fit"
+
+
+def test_the_sweeps_code_gone_is_one_line_for_resume_and_analyze(in_project, tmp_path, capsys):
+    from tune_app import analyze
+
+    project = tmp_path / "moved"
+    project.mkdir()
+    for f in ("mymodels.py", "model_space.py"):
+        (project / f).write_text((in_project / f).read_text())
+    runs = tmp_path / "runs"
+    assert search.main(args("--space", str(project / "model_space.py"), "--set", "epochs=1", "--num-samples", "1",
+                            "--set", f"dataset=imagefolder:{in_project / 'digits_png'}", name="gone",
+                            storage=runs)) == 0
+    (project / "model_space.py").unlink()
+    capsys.readouterr()
+    assert analyze.main([str(runs / "gone")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no such file ({project / 'model_space.py'})" in err[0]
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+BAD_SPACES = {
+    "no_space.py": ("TRAINABLE = 'image_classifier'\nMETRIC, MODE = 'val_acc', 'max'\n",
+                    "is not a space: it has no SPACE"),
+    "raises.py": ("import math\n\nx = 1\nraise ValueError('bad value here')\n",
+                  "raised ValueError (raises.py line 4): bad value here"),
+    "syntax.py": ("SPACE = {\n", "raised SyntaxError (syntax.py line 1)"),
+}
+
+
+def model_space(**entries) -> str:
+    space = {"dataset": "imagefolder:digits_png", "epochs": 1, "batch_size": 64, **entries}
+    return (f"TRAINABLE = 'image_classifier'\nMETRIC, MODE = 'val_acc', 'max'\nSPACE = {space!r}\n"
+            f"DEFAULTS = {{'searcher': 'random', 'scheduler': 'fifo', 'num_samples': 1}}\n")
+
+
+BAD_MODELS = {
+    "missing_module": ({"model": "nomodule:Net"}, "cannot import nomodule"),
+    "missing_attr": ({"model": "mymodels:Nope"}, "Nope"),
+    "not_callable": ({"model": "mymodels:NOT_CALLABLE"}, "not an nn.Module class or a function"),
+    "no_num_classes": ({"model": "mymodels:no_num_classes"}, "num_classes"),
+    "not_a_module": ({"model": "mymodels:not_a_module"}, "str"),
+    "wrong_shape": ({"model": "mymodels:wrong_shape"}, "(2, 11)"),
+    "arg_for_builtin": ({"model": "digits_cnn", "model.hidden": 3}, "model.hidden"),
+}
+
+
+def bad_project(root: Path) -> dict[str, tuple[list[str], str]]:
+    """Each bad input: (search arguments, a piece of the one line it must give)."""
+    cases = {}
+    for name, (text, said) in BAD_SPACES.items():
+        (root / name).write_text(text)
+        cases[name] = (["--space", f"./{name}"], said)
+    for name, (entries, said) in BAD_MODELS.items():
+        (root / f"{name}.py").write_text(model_space(**entries))
+        cases[name] = (["--space", f"./{name}.py"], said)
+    cases["no_file"] = (["--space", "./missing.py"], "no such file")
+    cases["unknown_module"] = (["--space", "nosuch.module"], "unknown space 'nosuch.module'")
+    # image folders
+    (root / "empty_folder" / "train").mkdir(parents=True)
+    (root / "one_class" / "train" / "a").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(root / "one_class" / "train" / "a" / "0.png")
+    for cls in ("a", "b"):
+        (root / "mixed" / "train" / cls).mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "mixed" / "train" / "a" / "0.png")
+    Image.new("L", (9, 9)).save(root / "mixed" / "train" / "b" / "1.png")
+    for cls in ("a", "b"):
+        (root / "unreadable" / "train" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(root / "unreadable" / "train" / cls / "ok.png")
+    (root / "unreadable" / "train" / "b" / "broken.png").write_bytes(b"not a png")
+    for cls in ("a", "b"):
+        (root / "test_extra" / "train" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(root / "test_extra" / "train" / cls / "0.png")
+    (root / "test_extra" / "test" / "zebra").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "test_extra" / "test" / "zebra" / "0.png")
+    for folder, said in (("empty_folder", "class"), ("one_class", "at least two classes"), ("mixed", "image_size"),
+                         ("unreadable", "broken.png"), ("test_extra", "zebra")):
+        cases[f"images_{folder}"] = (["--space", "./model_space.py", "--set", f"dataset=imagefolder:{folder}"], said)
+    np.savez(root / "no_x.npz", y_train=np.zeros(3))
+    np.savez(root / "lengths.npz", x_train=np.zeros((3, 8, 8), np.uint8), y_train=np.zeros(4, np.int64))
+    np.savez(root / "floats.npz", x_train=np.zeros((3, 8, 8), np.float32), y_train=np.zeros(3, np.int64))
+    for file, said in (("no_x", "x_train"), ("lengths", "4"), ("floats", "float32")):
+        cases[f"npz_{file}"] = (["--space", "./model_space.py", "--set", f"dataset=npz:{file}.npz"], said)
+    # the user's own trainable
+    for name, trainable, said in (("no_fit", "own_fit:nofit", "own_fit has no nofit"),
+                                  ("two_args", "own_fit:two_args", "fit(config, data, reporter)"),
+                                  ("no_trainable_module", "gone_module:fit", "cannot import gone_module")):
+        (root / f"{name}.py").write_text(FIT_SPACE.replace('"own_fit:fit"', repr(trainable)))
+        cases[name] = (["--space", f"./{name}.py"], said)
+    (root / "load_fails.py").write_text(FIT_SPACE.replace("    d = load_digits()",
+                                                          "    raise OSError('the share is not mounted')"))
+    cases["load_data_raises"] = (["--space", "./load_fails.py"], "load_data() raised OSError: the share is not mounted")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def bad_cases(project):
+    return bad_project(project)
+
+
+@pytest.mark.parametrize("case", [*BAD_SPACES, *BAD_MODELS, "no_file", "unknown_module", "images_empty_folder",
+                                  "images_one_class", "images_mixed", "images_unreadable", "images_test_extra",
+                                  "npz_no_x", "npz_lengths", "npz_floats", "no_fit", "two_args",
+                                  "no_trainable_module", "load_data_raises"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(case, bad_cases, in_project, tmp_path, capsys):
+    import ray
+
+    given, said = bad_cases[case]
+    runs = tmp_path / "runs"
+    assert search.main(args(*given, name="bad", storage=runs)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tune_app: error: ") and said in err[0], err
+    assert not runs.exists() and not ray.is_initialized()  # refused before anything was written or Ray started
+
+
+def test_bad_input_from_python_is_a_usage_error(in_project, tmp_path):
+    with pytest.raises(UsageError, match="unknown setting 'num_sample'"):
+        tune_app.sweep("./model_space.py", num_sample=3)
+    with pytest.raises(UsageError, match="cannot import nomodule"):
+        tune_app.sweep("./model_space.py", set={"model": "nomodule:Net"}, storage_path=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UsageError, match="no retrain/model.pt"):
+        tune_app.load_model(tmp_path)
+
+
+def test_the_settings_are_typed_and_kept_in_the_spec(in_project, tmp_path):
+    from tune_app.settings import SweepSettings
+
+    spec = search.spec_of(SweepSettings.from_kwargs("./model_space.py", num_samples=5, set={"lr": 0.01},
+                                                    storage_path=str(tmp_path), name="typed"))
+    assert spec["options"]["num_samples"] == 5 and spec["options"]["set"] == {"lr": 0.01}
+    assert spec["options"]["space"] == "./model_space.py" and spec["settings"]["num_samples"] == 5
+    assert spec["space"] == str(in_project / "model_space.py") and spec["workdir"] == str(in_project)
+    assert spec["settings"]["max_epochs"] == 2  # the space's epochs, as no setting says otherwise
+    assert not (tmp_path / "typed").exists()  # planning writes nothing
