@@ -138,3 +138,32 @@ def test_a_trial_that_runs_out_of_gpu_memory_is_retried_on_a_larger_share(fake_g
     small = history[history["trial_id"] == trials.loc[32, "trial_id"]]
     assert small["gpus"].unique().tolist() == [fractions[32]]
     assert f"ran out of GPU memory on {first:g} GPU; retrying it on {more:g}" in capsys.readouterr().out
+
+
+def test_auto_probes_each_width_of_a_model_of_the_users(fake_gpus, tmp_path, monkeypatch):
+    """A model of the user's with a model.width key: each width is its own cost configuration, probed, and each
+    trial holds its width's share (the user's module reaches the probes and trials from its folder)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "widemodels.py").write_text(
+        "from torch import nn\n\n\n"
+        "def wide(num_classes, input_shape, width=8):\n"
+        "    c, h, w = input_shape\n"
+        "    layers = [nn.Flatten(), nn.Linear(c * h * w, width), nn.ReLU(), nn.Linear(width, num_classes)]\n"
+        "    return nn.Sequential(*layers)\n")
+    monkeypatch.syspath_prepend(str(project))
+    assert search.main(["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--gpus-per-trial", "auto",
+                        "--set", "model=widemodels:wide", "--set", "model.width=[4,4096]", "--set", "epochs=1",
+                        "--set", "batch_size=64", "--set", "batch_norm=true", "--set", "activation=relu",
+                        "--set", "optimizer=adam", "--set", "lr=0.003", "--storage-path", str(tmp_path),
+                        "--name", "wide", "--wandb-mode", "disabled"]) == 0
+    run_dir = tmp_path / "wide"
+    rows = json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())["rows"]
+    by_width = {int(dict(json.loads(r["cost_key"]))["model.width"]): r["fraction"] for r in rows}
+    assert set(by_width) == {4, 4096}
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert (trials["status"] == "completed").all() and len(trials) == 2
+    for trial_id, width in zip(trials["trial_id"], trials["config/model.width"]):
+        assert history[history["trial_id"] == trial_id]["gpus"].unique().tolist() == [by_width[int(width)]]
+    sys.modules.pop("widemodels", None)

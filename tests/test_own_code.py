@@ -13,71 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import tune_app
+from tests.user_project import MODELS, OWN_FIT, write_pngs
 from tune_app import search
 from tune_app.errors import UsageError
 from tune_app.spaces import load_space
-
-MODELS = '''
-import torch
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes, input_shape, hidden=32):
-        super().__init__()
-        c, h, w = input_shape
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-def tiny(num_classes, input_shape, hidden=8):
-    return TinyNet(num_classes, input_shape, hidden)
-
-
-def no_num_classes(input_shape):
-    return TinyNet(10, input_shape)
-
-
-def not_a_module(num_classes, input_shape):
-    return "a string"
-
-
-def wrong_shape(num_classes, input_shape):
-    return TinyNet(num_classes + 1, input_shape)
-
-
-NOT_CALLABLE = 3
-'''
-
-OWN_FIT = '''
-"""A trainable of the user's: softmax regression in NumPy."""
-import numpy as np
-
-METRICS = ("epoch", "loss", "acc")
-
-
-def fit(config, data, reporter):
-    x, y, xv, yv = data["x"], data["y"], data["xv"], data["yv"]
-    state = reporter.restore()
-    w = state["w"] if state else np.random.default_rng(config["seed"]).normal(0, 0.01, (x.shape[1], 10))
-    for epoch in range((state["epoch"] if state else 0) + 1, config["epochs"] + 1):
-        z = x @ w
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        w = w - config["lr"] * x.T @ (p - np.eye(10)[y]) / len(y)
-        reporter.report({"epoch": epoch, "loss": float(-np.log(p[np.arange(len(y)), y] + 1e-9).mean()),
-                         "acc": float(((xv @ w).argmax(1) == yv).mean())}, {"w": w, "epoch": epoch})
-
-
-def evaluate(state, data):
-    return {"test_acc": float(((data["xt"] @ state["w"]).argmax(1) == data["yt"]).mean())}
-
-
-def two_args(config, data):
-    pass
-'''
 
 MODEL_SPACE = '''
 """TinyNet on a PNG folder: python -m tune_app.search --space ./model_space.py"""
@@ -116,17 +55,6 @@ def load_data():
 '''
 
 
-def write_pngs(root: Path, n: int = 300) -> None:
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    for i, (img, label) in enumerate(zip(d.images[:n], d.target[:n])):
-        folder = root / ("test" if i % 5 == 0 else "train") / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(img * 255 / 16).astype(np.uint8), mode="L").save(folder / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A user's project folder, and a working directory to run commands from (the project itself)."""
@@ -153,8 +81,8 @@ def in_project(project, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def args(*more, name: str, storage) -> list[str]:
-    return [*more, "--name", name, "--storage-path", str(storage), "--wandb-mode", "disabled"]
+def args(*more, name: str, storage, wandb: str = "disabled") -> list[str]:
+    return [*more, "--name", name, "--storage-path", str(storage), "--wandb-mode", wandb]
 
 
 # ---------------------------------------------------------------- finding a space (no Ray)
@@ -215,7 +143,7 @@ def test_own_model_on_an_image_folder_sweeps_analyzes_retrains_and_loads(in_proj
     import ray
 
     runs = tmp_path / "runs"
-    assert search.main(args("--space", "./model_space.py", name="model", storage=runs)) == 0
+    assert search.main(args("--space", "./model_space.py", name="model", storage=runs, wandb="offline")) == 0
     assert not ray.is_initialized()  # the Ray tune_app started ended with the sweep
     run_dir = runs / "model"
     spec = json.loads((run_dir / "tune_app.json").read_text())
@@ -231,6 +159,14 @@ def test_own_model_on_an_image_folder_sweeps_analyzes_retrains_and_loads(in_proj
         h = int(t["config/model.hidden"])
         assert set(history[history["trial_id"] == t["trial_id"]]["params"]) == {64 * h + h + h * 10 + 10}
     assert "model.hidden" in (run_dir / "summary" / "trends.md").read_text()
+    from tests.wandb_records import read_run
+
+    logged = {}
+    for f in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
+        run = read_run(f)
+        if run["job_type"] not in ("analysis", "retrain"):
+            logged[run["config"]["model.hidden"]] = run["config"]["model"]
+    assert set(logged) == set(trials["config/model.hidden"]) and set(logged.values()) == {"mymodels:TinyNet"}
 
     again = tune_app.analyze(run_dir, quiet=True)
     assert again.best_config["model"] == "mymodels:TinyNet" and again.best_config["model.hidden"] in (16, 48)
@@ -283,11 +219,13 @@ def test_own_trainable_with_load_data_resumes_after_a_crash_and_retrains(in_proj
     for _, rows in history.groupby("trial_id"):  # each continued from its epoch-2 checkpoint, no epoch twice
         assert list(rows.sort_values("epoch")["epoch"]) == [1, 2, 3, 4]
     assert history["acc"].between(0, 1).all() and len(history) == 12
+    assert (history["loss"] > 0).all()  # every number the trainable reports is kept, not only the metric
     best = json.loads((run_dir / "summary" / "best_config.json").read_text())
     assert best["metric"] == "acc" and set(best["config"]) >= {"lr", "epochs", "seed"}
 
-    result = tune_app.retrain(run_dir, seeds=2)
+    result = tune_app.retrain(run_dir, seed_list=[0, 5])  # the trial's own seed 0, and 5
     config = result["configs"][0]
+    assert config["seeds"] == [0, 5]
     assert config["reproduction"]["identical"] and config["test"]["test_acc"]["n"] == 2
     assert 0.5 < config["test"]["test_acc"]["mean"] <= 1
     assert result["trainable"] == "own_fit:fit"
@@ -417,6 +355,10 @@ def test_bad_input_from_python_is_a_usage_error(in_project, tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(UsageError, match="no retrain/model.pt"):
         tune_app.load_model(tmp_path)
+    with pytest.raises(UsageError, match="evaluate= trains nothing"):
+        tune_app.retrain(tmp_path, evaluate="model.pt")
+    with pytest.raises(UsageError, match="unknown option 'seed'"):
+        tune_app.retrain(tmp_path, seed=3)
 
 
 def test_the_settings_are_typed_and_kept_in_the_spec(in_project, tmp_path):
@@ -429,3 +371,70 @@ def test_the_settings_are_typed_and_kept_in_the_spec(in_project, tmp_path):
     assert spec["space"] == str(in_project / "model_space.py") and spec["workdir"] == str(in_project)
     assert spec["settings"]["max_epochs"] == 2  # the space's epochs, as no setting says otherwise
     assert not (tmp_path / "typed").exists()  # planning writes nothing
+
+
+def test_a_space_inside_tune_apps_checkout_ships_its_own_folder(tmp_path, monkeypatch):
+    example = Path(__file__).resolve().parents[1] / "examples" / "own_model_and_data"
+    monkeypatch.chdir(tmp_path)  # run from elsewhere: the folder still reaches the workers
+    try:
+        space = load_space(str(example / "space.py"))
+    finally:
+        for name in ("space", "models"):
+            sys.modules.pop(name, None)
+    assert space.code == {"working_dir": str(example), "py_modules": []}
+
+
+def test_two_projects_with_a_models_module_of_the_same_name_each_get_their_own(tmp_path):
+    for project, cls in (("a", "OnlyInA"), ("b", "OnlyInB")):
+        (tmp_path / project).mkdir()
+        (tmp_path / project / "models.py").write_text(MODELS.replace("class TinyNet", f"class {cls}"))
+        (tmp_path / project / "space.py").write_text(model_space(model=f"models:{cls}"))
+    try:
+        first = load_space(str(tmp_path / "a" / "space.py"))
+        second = load_space(str(tmp_path / "b" / "space.py"))  # models:OnlyInB is found in b's models.py
+    finally:
+        for name in ("space", "models"):
+            sys.modules.pop(name, None)
+    assert first.space["model"] == "models:OnlyInA" and second.space["model"] == "models:OnlyInB"
+    assert second.code == {"working_dir": str(tmp_path / "b"), "py_modules": []}
+
+
+def test_a_space_without_defaults_runs_with_tune_apps_own(in_project, tmp_path):
+    from tune_app.settings import SweepSettings
+
+    defaults = 'DEFAULTS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}\n'
+    assert defaults in FIT_SPACE
+    (in_project / "bare_space.py").write_text(FIT_SPACE.replace(defaults, ""))
+    spec = search.spec_of(SweepSettings.from_kwargs("./bare_space.py", storage_path=str(tmp_path)))
+    s = spec["settings"]
+    assert (s["searcher"], s["scheduler"], s["num_samples"], s["cpus_per_trial"]) == ("optuna", "fifo", 10, 1)
+    assert s["max_epochs"] == 4  # the space's epochs
+
+
+def test_a_dataset_with_an_empty_path_is_read_as_text():
+    from tune_app.spaces import parse_overrides
+
+    assert parse_overrides(["dataset=imagefolder:", "dataset2=npz:x.npz"]) == {"dataset": "imagefolder:",
+                                                                               "dataset2": "npz:x.npz"}
+
+
+def test_a_lost_wandb_run_is_named(tmp_path):
+    """A trial whose W&B run file holds no history (cut off when its logging actor shut down) is found."""
+    from tune_app.wandb_files import missing_runs
+
+    whole = tmp_path / "wandb" / "offline-run-20261128_000000-aaaaa_00000"
+    cut = tmp_path / "wandb" / "offline-run-20261128_000001-aaaaa_00001"
+    whole.mkdir(parents=True)
+    cut.mkdir()
+    (cut / "run-aaaaa_00001.wandb").write_bytes(b":W&B\x00\x01\x00")  # the 7-byte header and nothing else
+    import wandb
+
+    run = wandb.init(mode="offline", dir=str(tmp_path / "w"), id="aaaaa_00000", project="t")
+    for i in range(3):
+        run.log({"epoch": i + 1, "val_acc": 0.5})
+    run.finish()
+    written = next((tmp_path / "w" / "wandb").glob("offline-run-*aaaaa_00000/run-aaaaa_00000.wandb"))
+    (whole / written.name).write_bytes(written.read_bytes())
+    assert missing_runs(tmp_path, {"aaaaa_00000": 3, "aaaaa_00001": 2, "bbbbb_00002": 1}) == [
+        "aaaaa_00001", "bbbbb_00002"]
+    assert missing_runs(tmp_path, {"aaaaa_00000": 4}) == ["aaaaa_00000"]  # 3 rows where 4 epochs were reported

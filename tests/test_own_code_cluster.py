@@ -5,8 +5,7 @@ node started with ``ray start`` inside its own mount namespace (``unshare``), wh
 project folder, as on a machine that has none of the user's files. The sweep joins the cluster itself
 (``--address``), the path on which tune_app ships the space's folder as Ray's runtime_env ``working_dir``: the
 model of the user's (``shipped_models:TinyNet``) and a trainable of the user's (``shipped_fit:fit``) must be
-imported on the worker all the same. (Module names unlikely to be imported by another test module: tune_app
-refuses a space whose module name is already imported from another file.)"""
+imported on the worker all the same. (Module names of their own: no other test imports them.)"""
 import json
 import os
 import signal
@@ -18,22 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.user_project import MODELS, OWN_FIT, write_pngs
 from tune_app import search
 from tune_app.rundir import ray_statuses
-
-MODELS_PY = """
-from torch import nn
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes, input_shape, hidden=32):
-        super().__init__()
-        c, h, w = input_shape
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
-
-    def forward(self, x):
-        return self.net(x)
-"""
 
 SPACE_PY = """
 '''TinyNet of the user's on a digits PNG folder.'''
@@ -51,23 +37,6 @@ SPACE = {
     "epochs": 3,
 }
 DEFAULTS = {"searcher": "random", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 1}
-"""
-
-FIT_PY = """
-'''A trainable of the user's own: logistic regression with numpy.'''
-import numpy as np
-
-
-def fit(config, data, reporter):
-    x, y, xv, yv = data["x"], data["y"], data["xv"], data["yv"]
-    w = np.random.default_rng(config["seed"]).normal(0, 0.01, (x.shape[1], 10))
-    for epoch in range(1, config["epochs"] + 1):
-        z = x @ w
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        w = w - config["lr"] * x.T @ (p - np.eye(10)[y]) / len(y)
-        acc = float(((xv @ w).argmax(1) == yv).mean())
-        reporter.report({"epoch": epoch, "acc": acc}, {"w": w, "epoch": epoch})
 """
 
 FIT_SPACE_PY = """
@@ -118,18 +87,6 @@ print(json.dumps({"nodes": nodes, "driver_node": ray.get_runtime_context().get_n
 """
 
 
-def write_digits_png(root: Path, n: int = 300) -> None:
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    for i, (img, label) in enumerate(zip(d.images[:n], d.target[:n])):
-        folder = root / ("test" if i % 5 == 0 else "train") / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.round(img * 255 / 16).astype(np.uint8), mode="L").save(folder / f"{i}.png")
-
-
 @pytest.fixture(scope="module")
 def blind_cluster(tmp_path_factory):
     """A head with no CPUs and a worker node that sees an empty tmpfs where the user's project folder is."""
@@ -141,14 +98,14 @@ def blind_cluster(tmp_path_factory):
         pytest.fail(f"cannot build the cluster: unshare --mount is not permitted here ({probe.stderr.strip()}); "
                     f"the test needs root or user namespaces")
     project = tmp_path_factory.mktemp("project")
-    for name, text in (("shipped_models.py", MODELS_PY), ("shipped_space.py", SPACE_PY),
-                       ("shipped_fit.py", FIT_PY), ("shipped_fit_space.py", FIT_SPACE_PY)):
+    for name, text in (("shipped_models.py", MODELS), ("shipped_space.py", SPACE_PY), ("shipped_fit.py", OWN_FIT),
+                       ("shipped_fit_space.py", FIT_SPACE_PY)):
         (project / name).write_text(textwrap.dedent(text).lstrip())
     # The images live where the sweeps are started (the cwd), not in the project: the space names them
     # relative to the cwd (imagefolder:digits_png), and the driver alone reads them (trials get the arrays
     # through Ray's object store), so the project folder holds nothing but the code that must be shipped.
     workspace = tmp_path_factory.mktemp("workspace")
-    write_digits_png(workspace / "digits_png")
+    write_pngs(workspace / "digits_png")
     runs = tmp_path_factory.mktemp("runs")  # outside the project: both nodes see it (checked by the sweep)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})

@@ -111,7 +111,10 @@ def analyze(run_dir, **options) -> Sweep:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
+    from tune_app.runlock import check_idle
+
     path = Path(run_dir).expanduser().resolve()
+    check_idle(path, "analyze")
     command.run(path, **options)
     return Sweep(path)
 
@@ -128,6 +131,11 @@ def retrain(run_dir, seeds: int = 3, **options) -> dict:
         raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(vars(args)))}")
     if options.get("train_on", "train") not in ("train", "train+val"):
         raise UsageError(f"train_on={options['train_on']!r}: use 'train' or 'train+val'")
+    if options.get("evaluate") is not None:
+        raise UsageError("evaluate= trains nothing; measure a model file with tune_app.load_model(path).evaluate("
+                         "images, labels)")
+    if isinstance(options.get("seed_list"), (list, tuple)):
+        options["seed_list"] = ",".join(str(seed) for seed in options["seed_list"])
     namespace = argparse.Namespace(**{**vars(args), **options, "seeds": seeds})
     out = command.run(namespace)
     return json.loads((out / "retrain.json").read_text())

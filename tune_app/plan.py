@@ -103,7 +103,7 @@ class _ProbeReporter:
             raise StopTraining
 
 
-def _probe(fit, config: dict, data: dict, steps: int, wave) -> dict:
+def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> dict:
     """Epochs on a slice of the training set: a cold one, then WARM_EPOCHS measured ones (the faster counts),
     then more while other probes of the wave still measure. The modules a Tune trial's worker holds are imported
     first, so that the memory the worker reports compares with a trial's."""
@@ -111,6 +111,9 @@ def _probe(fit, config: dict, data: dict, steps: int, wave) -> dict:
 
     import tune_app.ray_adapter  # noqa: F401  (Ray Tune, torch: what a trial's process has loaded)
     from trainables.reporting import StopTraining
+    from tune_app.usercode import use_paths
+
+    use_paths(code_paths)  # a model of the user's, where tune_app did not start Ray with its runtime_env
 
     n = min(len(data["y_train"]), max(steps * int(config["batch_size"]), PROBE_SAMPLES))
     probe_data = {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]}
@@ -128,7 +131,7 @@ def _probe(fit, config: dict, data: dict, steps: int, wave) -> dict:
 
 
 def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_bytes: int, cpus: float,
-              gpus: float, concurrency: int) -> dict:
+              gpus: float, concurrency: int, code_paths=()) -> dict:
     """One probe per distinct cost key, each a Ray task in a fresh worker (max_calls=1), in waves of as many as
     the sweep will run at once (see _Wave)."""
     import ray
@@ -141,7 +144,7 @@ def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_byte
     for start in range(0, len(keys), concurrency):
         batch = keys[start:start + concurrency]
         wave = wave_actor.remote(len(batch))
-        futures = [remote.remote(trainable.fit, first[k], data_ref, PROBE_STEPS, wave) for k in batch]
+        futures = [remote.remote(trainable.fit, first[k], data_ref, PROBE_STEPS, wave, code_paths) for k in batch]
         results.update(zip(batch, ray.get(futures)))
         ray.kill(wave)
     for result in results.values():
@@ -258,7 +261,7 @@ def cost_configs(trainable, param_space: dict, seed: int) -> list[dict]:
 
 
 def gpu_plan(trainable, param_space: dict, seed: int, data_ref, n_train: int, train_bytes: int,
-             cpus: float) -> dict:
+             cpus: float, code_paths=()) -> dict:
     """Each cost-relevant configuration probed alone on a whole GPU (peak device memory, as the trainable
     reports it, plus the part of the training set the probe did not hold), and the GPU fraction that follows.
     Returns {"gpu_mb", "rows": [{"cost_key", "name", "peak_mb", "fraction"}]}."""
@@ -266,7 +269,7 @@ def gpu_plan(trainable, param_space: dict, seed: int, data_ref, n_train: int, tr
 
     configs = cost_configs(trainable, param_space, seed)
     gpu_mb = ray.get(ray.remote(num_gpus=1, num_cpus=0)(_gpu_memory_mb).remote())
-    probes = probe_all(trainable, configs, data_ref, n_train, train_bytes, cpus, 1, 1)
+    probes = probe_all(trainable, configs, data_ref, n_train, train_bytes, cpus, 1, 1, code_paths)
     rows = []
     for c in configs:
         p = probes[cost_key(trainable, c)]

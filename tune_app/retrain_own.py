@@ -23,15 +23,13 @@ RETRAIN_DIR = "retrain"
 def retrain_one(ref: str, code_paths: list[str], config: dict, data, cpus: float) -> dict:
     """One seed through the trainable's ``fit`` (imported here, in the worker), then its ``evaluate``."""
     import importlib
-    import sys
 
     import torch
 
     from trainables.reporting import LocalReporter
+    from tune_app.usercode import use_paths
 
-    for path in code_paths:
-        if os.path.isdir(path) and path not in sys.path:
-            sys.path.insert(0, path)
+    use_paths(code_paths)
     torch.set_num_threads(max(1, math.floor(cpus)))
     module_name, attr = ref.split(":")
     module = importlib.import_module(module_name)

@@ -40,7 +40,7 @@ class SweepSettings:
     from_run: str | None = None  # begin with the top configurations of this finished sweep
     top_k: int | None = None  # how many configurations from_run transfers
     data_dir: str = "./data"  # dataset files
-    seed: int = 0  # searcher seed, and the trials' seed where the space sets none
+    seed: int | None = None  # (default 0) searcher seed, and the trials' seed where the space sets none
     wandb_project: str = "tune_app"
     wandb_entity: str | None = None
     wandb_mode: str | None = None  # online, offline, disabled; default: online with an API key, else offline

@@ -108,6 +108,8 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     for key, value in (overrides or {}).items():
         if params is not None and not known_key(key, params):
             raise UsageError(f"unknown --set key {key!r}; known keys: {', '.join(sorted(params))}")
+        if isinstance(value, list) and not value:
+            raise UsageError(f"--set {key}=[]: an empty list; give at least one value, e.g. {key}=[a,b]")
         space[key] = tune.choice(value) if isinstance(value, list) else value
     if params is not None:
         validate(recorded, space, params)
@@ -170,6 +172,8 @@ def parse_value(text: str):
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
+        value = text
+    if isinstance(value, dict):  # 'imagefolder:' reads as a mapping; a space value is never one
         value = text
     if isinstance(value, list):
         return [number_or_same(v) for v in value]

@@ -37,9 +37,11 @@ def _installed_roots() -> list[Path]:
     return [Path(p).resolve() for p in paths if p]
 
 
-def _own_root() -> Path:
-    """tune_app's own source tree (installed editable, it is not under site-packages)."""
-    return Path(__file__).resolve().parents[1]
+def _own_packages() -> list[Path]:
+    """tune_app's own packages (installed editable, they are not under site-packages; a user's folder inside
+    tune_app's checkout, such as examples/, is the user's code)."""
+    top = Path(__file__).resolve().parents[1]
+    return [top / name for name in ("tune_app", "trainables", "search_spaces")]
 
 
 def _under(path: Path, roots) -> bool:
@@ -57,9 +59,10 @@ def _line_of(error: BaseException, file: Path) -> str:
 def _fresh_import(name: str, file: Path | None = None) -> ModuleType:
     """Import ``name``, again if it was imported before (a notebook re-runs a cell after editing the file)."""
     old = sys.modules.get(name)
-    if old is not None and file is not None and Path(getattr(old, "__file__", "") or "").resolve() != file:
-        raise UsageError(f"--space {file}: a module named {name!r} is already imported from {old.__file__}; "
-                         f"rename the space file")
+    if old is not None and file is not None and Path(getattr(old, "__file__", "") or "").resolve() != file \
+            and _under(Path(old.__file__).resolve(), [*_installed_roots(), *_own_packages()]):
+        raise UsageError(f"--space {file}: its module name {name!r} is taken by {old.__file__}; rename the space "
+                         f"file")
     for key in [k for k in sys.modules if k == name]:
         del sys.modules[key]
     importlib.invalidate_caches()
@@ -72,9 +75,23 @@ def _raised(error: Exception, what: str, file: Path | None) -> UsageError:
 
 
 def add_path(folder: str | Path) -> None:
+    """``folder`` first on sys.path: the project a space comes from wins over one imported before it."""
     folder = str(folder)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+
+
+def forget_modules(folder: Path) -> None:
+    """Drop the modules ``folder`` holds from sys.modules, so the next import reads them from this folder as they
+    are now: a notebook re-runs a sweep after editing models.py, or a second project has its own models.py."""
+    names = {p.stem for p in folder.glob("*.py")} | {p.name for p in folder.iterdir()
+                                                      if p.is_dir() and (p / "__init__.py").is_file()}
+    for key in [k for k in sys.modules if k.split(".", 1)[0] in names]:
+        file = getattr(sys.modules[key], "__file__", None)
+        if file is None or not _under(Path(file).resolve(), [*_installed_roots(), *_own_packages()]):
+            del sys.modules[key]
+    importlib.invalidate_caches()
 
 
 def import_space(ref, builtins: list[str]) -> tuple[ModuleType, str, Path | None]:
@@ -95,6 +112,7 @@ def import_space(ref, builtins: list[str]) -> tuple[ModuleType, str, Path | None
         if file.suffix != ".py" or not file.stem.isidentifier():
             raise UsageError(f"--space {ref}: a space file is a Python module named like my_space.py")
         add_path(file.parent)
+        forget_modules(file.parent)
         try:
             module = _fresh_import(file.stem, file)
         except UsageError:
@@ -150,7 +168,7 @@ def top_module_path(module_name: str) -> Path | None:
 
 def code_to_ship(root: Path | None, refs: list[str]) -> dict:
     """{"working_dir": the space's folder or None, "py_modules": the user's other modules the refs name}."""
-    keep_out = [*_installed_roots(), _own_root()]
+    keep_out = [*_installed_roots(), *_own_packages()]
     modules = []
     for ref in refs:
         where = top_module_path(ref.split(":")[0])
@@ -158,7 +176,7 @@ def code_to_ship(root: Path | None, refs: list[str]) -> dict:
             continue
         if str(where) not in modules:
             modules.append(str(where))
-    return {"working_dir": str(root) if root is not None and not _under(root, [_own_root()]) else None,
+    return {"working_dir": str(root) if root is not None and not _under(root, _own_packages()) else None,
             "py_modules": modules}
 
 
@@ -215,6 +233,14 @@ def runtime_env(code: dict) -> dict | None:
         elif key == "py_modules" and paths:
             env["py_modules"] = list(paths)
     return env
+
+
+def use_paths(paths) -> None:
+    """In a Ray worker: the user's folders that exist on this machine first on sys.path (for a Ray that the caller
+    started, without tune_app's runtime_env)."""
+    for path in paths:
+        if os.path.isdir(path) and path not in sys.path:
+            sys.path.insert(0, path)
 
 
 def local_paths(code: dict | None) -> list[str]:
