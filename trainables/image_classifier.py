@@ -114,7 +114,7 @@ PARAMS: dict[str, Param] = {
     # data (fixed for a sweep: prepared once by the driver)
     "dataset": DatasetParam("cifar10", str, "dataset name: a built-in, imagefolder:PATH or npz:PATH", data=True),
     "val_fraction": Param(0.1, float, "share of the training set held out", low=0.0, high=1.0, data=True),
-    "split_seed": Param(0, int, "seed of the train/validation split (and of the corrupted copies)", data=True),
+    "split_seed": Param(0, int, "seed of the train/validation split (and of the corrupted copies)", low=0, data=True),
     "image_size": Param(0, int, "resize every image to this many pixels square when the dataset is read "
                         "(imagefolder:/npz:); 0 = keep", low=0, data=True),
     # model

@@ -348,7 +348,7 @@ PARAMS: dict[str, Param] = {
     # data (fixed for a sweep: prepared once by the driver)
     "dataset": Param("fashion_mnist", str, "dataset name", choices=lambda: list(DATASETS), data=True),
     "val_fraction": Param(0.1, float, "share of the training set held out", low=0.0, high=1.0, data=True),
-    "split_seed": Param(0, int, "seed of the train/validation split", data=True),
+    "split_seed": Param(0, int, "seed of the train/validation split", low=0, data=True),
     # network
     "num_layers": Param(3, int, "hidden layers, >= 1", low=1),
     "hidden_size": WidthParam(128, int, "units per hidden layer, >= 1 (a list: one width per layer)", low=1),

@@ -49,6 +49,8 @@ class Param:
             also = " or 'module:attr' for your own" if self.takes_args else ""
             raise ValueError(f"{key}={value!r}: choose one of {', '.join(map(str, self.choices()))}{also}")
         if self.type in (int, float):
+            if isinstance(value, int) and not -2**63 <= value < 2**63:
+                raise ValueError(f"{key}={value!r}: too large ({self.help})")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{key}={value!r}: must be a finite number")
             if self.low is not None and value < self.low:

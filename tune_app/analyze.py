@@ -19,8 +19,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from tune_app import analysis, report, rundir
-from tune_app.errors import OneLineParser, UsageError
+from tune_app import (
+    analysis,
+    ray_output,  # noqa: F401  (before Ray or W&B is imported)
+    report,
+    rundir,
+)
+from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.runlock import check_idle
 from tune_app.summary import (
     ELIGIBLE,
     NO_ELIGIBLE,
@@ -155,7 +161,7 @@ def saved_options(path) -> dict:
     summary = Path(path).expanduser() / "summary"
     options = {}
     if (summary / "topk.json").is_file():
-        saved = json.loads((summary / "topk.json").read_text())
+        saved = rundir.read_json(summary / "topk.json", f"write it again with python -m tune_app.analyze {path}")
         options = {"select": saved.get("selection_rule", "last"), "at_epoch": saved.get("at_epoch"),
                    "top_k": saved.get("k", 5)}
     if (summary / "pairs.csv").is_file():
@@ -171,7 +177,8 @@ def saved_options(path) -> dict:
 def _other_endings(counts: dict) -> str:
     """Trials ended by their own early stopping, out of memory or by --trial-timeout, said only where there are
     any."""
-    said = (("early_stopped", "stopped by early stopping"), ("oom", "out of memory"), ("timeout", "timed out"))
+    said = (("early_stopped", "stopped by early stopping"), ("oom", "out of memory"), ("timeout", "timed out"),
+            ("interrupted", "interrupted (resume to finish them)"))
     return "".join(f"{counts[key]} {text}, " for key, text in said if counts.get(key))
 
 
@@ -370,6 +377,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
         from tune_app import storage
 
         path = storage.materialize(args.run_dir, "analyze")  # an s3:// or gs:// run comes down first
+        check_idle(path, "analyze")
         run(path, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
             select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
             wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
@@ -378,6 +386,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
             print(f"tune_app: summary written to {args.run_dir.rstrip('/')}/summary", flush=True)
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+    except OSError as e:
+        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
         return UsageError.exit_code
     return 0
 

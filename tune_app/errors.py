@@ -14,6 +14,13 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def file_error(error: OSError) -> UsageError:
+    """A file-system error (read-only directory, full disk, a path that is a file) as one line."""
+    where = f"{error.filename}: " if error.filename else ""
+    return UsageError(f"{where}{error.strerror or first_line(error)}; check that the path exists and is writable "
+                      f"(nothing finished is lost: fix it and run the command again, or --resume the sweep)")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
 

@@ -21,6 +21,7 @@ from ray import tune
 
 STATE_FILE = "state.pt"
 EPOCH_FILE = "epoch.txt"  # the epoch a checkpoint was taken after
+RESTORE_NOTE = "restore_note"  # a report's note that the latest checkpoint was unreadable
 FAULTS_ENV = "TUNE_APP_FAULTS"
 
 
@@ -60,18 +61,40 @@ class RayReporter:
         self.config = config or {}
         self.reports = 0
         self.first_epoch = None  # the epochs a restored trial had reported before (for trainables without "epoch")
+        self.note = None  # said with the first report after a restore from an older checkpoint
 
     def restore(self) -> dict | None:
+        """The state of the trial's latest checkpoint; when that file does not load (cut short by a crash, a full
+        disk, a bad copy), the newest older checkpoint of the trial that does, and the epochs after it are
+        trained again; the first report says which file was bad (``RestoreNotes`` prints it once)."""
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return None
-        with checkpoint.as_directory() as path:
-            state = torch.load(os.path.join(path, STATE_FILE), map_location="cpu", weights_only=False)
-            epoch_file = os.path.join(path, EPOCH_FILE)
-            if os.path.isfile(epoch_file):
-                with open(epoch_file) as f:
-                    self.first_epoch = int(f.read())
+        try:
+            with checkpoint.as_directory() as path:
+                return self._load(Path(path))
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back, and say which
+            bad = f"{Path(checkpoint.path) / STATE_FILE} is unreadable ({type(e).__name__}: " \
+                  f"{(str(e).splitlines() or [''])[0][:200]})"
+        here = Path(checkpoint.path)
+        older = sorted((p for p in here.parent.glob("checkpoint_*") if p.name < here.name), reverse=True)
+        for candidate in older if here.is_dir() else ():  # a local run directory; object storage is not searched
+            try:
+                state = self._load(candidate)
+            except Exception:  # noqa: BLE001 - that one is bad too: try the one before
+                continue
+            self.note = f"{bad}; resumed from {candidate.name} (after epoch {self.first_epoch})"
             return state
+        self.note = f"{bad}; no older checkpoint loads, so the trial starts over"
+        self.first_epoch = None
+        return None
+
+    def _load(self, folder: Path) -> dict:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        epoch_file = folder / EPOCH_FILE
+        self.first_epoch = int(epoch_file.read_text()) if epoch_file.is_file() else \
+            (state.get("epoch") if isinstance(state, dict) else None)
+        return state
 
     def report(self, metrics: dict, state: dict) -> None:
         self.reports += 1
@@ -84,8 +107,12 @@ class RayReporter:
         held = context.get_assigned_resources()
         metrics = {**metrics, "node_id": context.get_node_id(), "cpus": float(held.get("CPU", 0.0)),
                    "gpus": float(held.get("GPU", 0.0))}
+        if self.note:
+            metrics[RESTORE_NOTE], self.note = self.note, None
         with tempfile.TemporaryDirectory() as path:
-            torch.save(state, os.path.join(path, STATE_FILE))
+            # written whole, then renamed: a crash mid-write never leaves a cut-short state.pt to resume from
+            torch.save(state, os.path.join(path, STATE_FILE + ".part"))
+            os.replace(os.path.join(path, STATE_FILE + ".part"), os.path.join(path, STATE_FILE))
             with open(os.path.join(path, EPOCH_FILE), "w") as f:
                 f.write(str(metrics["epoch"]))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
@@ -100,11 +127,10 @@ def ray_trainable(ref: str, code_paths: list[str] = ()):
 
     def trainable(config: dict, data) -> None:
         import importlib
-        import sys
 
-        for path in code_paths:
-            if os.path.isdir(path) and path not in sys.path:
-                sys.path.insert(0, path)
+        from tune_app.usercode import use_paths
+
+        use_paths(code_paths)
         fit = importlib.import_module(module_name)
         for part in attr.split("."):
             fit = getattr(fit, part)
@@ -112,3 +138,11 @@ def ray_trainable(ref: str, code_paths: list[str] = ()):
 
     trainable.__name__ = module_name.rsplit(".", 1)[-1] if attr == "fit" else attr.rsplit(".", 1)[-1]
     return trainable
+
+
+class RestoreNotes(tune.Callback):
+    """Prints, on the driver, the note a trial's first report carries when it resumed from an older checkpoint."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(RESTORE_NOTE):
+            print(f"tune_app: trial {trial}: {result[RESTORE_NOTE]}", flush=True)

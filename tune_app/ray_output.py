@@ -14,3 +14,12 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # Starting a trial's W&B logging actor takes about a second on a small machine; warn
 # only about slower steps.
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "3")
+# W&B's banners (a dozen lines per run: version, sync hints, run links) would bury tune_app's own lines, a
+# retrain's in particular; tune_app says where offline runs are and how to sync them.
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Ray 2.5x+ warns on every start of a local Ray that it uses token authentication (a line before any of
+# tune_app's own); the setting itself is left as Ray chose it.
+import logging  # noqa: E402
+
+logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

@@ -44,7 +44,7 @@ from tune_app import (
     imageset,
     ray_output,  # noqa: F401  (before Ray is imported)
 )
-from tune_app.errors import OneLineParser, UsageError
+from tune_app.errors import OneLineParser, UsageError, file_error
 
 RETRAIN_DIR = "retrain"
 MODEL_FILE = "model.pt"
@@ -232,7 +232,7 @@ def training_view(dataset, train_on: str) -> dict:
 # ---------------------------------------------------------------- one retrain (a Ray task)
 
 def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_test: np.ndarray, cpus: float,
-                ood: dict | None = None) -> dict:
+                ood: dict | None = None, code_paths=()) -> dict:
     """Train ``config`` through the trainable's own ``fit``, then measure the final model on the test set.
 
     The thread count follows the resources, as in a sweep's trial, so a CPU retrain repeats the sweep's
@@ -240,7 +240,9 @@ def retrain_one(module: str, config: dict, data: dict, x_test: np.ndarray, y_tes
     import torch
 
     from trainables.reporting import LocalReporter
+    from tune_app.usercode import use_paths
 
+    use_paths(code_paths)  # a model of the user's, where tune_app did not start Ray with its runtime_env
     threads = max(1, math.floor(cpus))
     torch.set_num_threads(threads)
     trainable = importlib.import_module(module)
@@ -281,6 +283,8 @@ def run_all(plan: Plan, dataset) -> None:
     cluster allows; results land in ``candidate.runs`` as they finish."""
     import ray
 
+    from tune_app.usercode import local_paths
+
     s = plan.settings
     gpus = s["gpus_per_trial"]
     if gpus == "auto":  # the sweep packed trials by measured memory; a retrain run gets a GPU to itself
@@ -294,7 +298,7 @@ def run_all(plan: Plan, dataset) -> None:
     for c in plan.candidates:
         for seed in c.seeds:
             ref = task.remote(plan.trainable.module.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
-                              s["cpus_per_trial"], plan.ood)
+                              s["cpus_per_trial"], plan.ood, local_paths(plan.sweep.spec.get("code")))
             pending[ref] = c
     total = len(pending)
     while pending:
@@ -610,7 +614,7 @@ def load_model(path, device: str = "cpu") -> TrainedModel:
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - not a torch file at all (UnpicklingError, zip errors, ...): one line
         raise ValueError(f"{path}: not a readable model file ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
@@ -814,6 +818,9 @@ def run(args: argparse.Namespace) -> Path | None:
     uri = args.run_dir if storage.is_uri(args.run_dir) and \
         storage.check_scheme(args.run_dir, "retrain") != "file" else None
     args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
+    from tune_app.runlock import check_idle
+
+    check_idle(args.run_dir, "retrain")
     plan = make_plan(args)
     if args.evaluate:
         evaluate_file(plan, args.evaluate)
@@ -866,6 +873,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
         return 0
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+    except OSError as e:
+        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
         return UsageError.exit_code
 
 

@@ -25,6 +25,7 @@ SPEC_FILE = "tune_app.json"
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
         "peak_mem_mb", "params", "cpu_s", "samples_seen", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
 FLAGS = ("diverged", "early_stopped")
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # Ray's statuses of a trial an interruption left unfinished
 TIMEOUT_FILE = "timeout.txt"  # written by --trial-timeout's watchdog into the folder of a trial it stopped
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
                "hostname", "node_ip", "pid", "done", "iterations_since_restore", "time_since_restore",
@@ -47,6 +48,14 @@ class Sweep:
     @property
     def name(self) -> str:
         return (self.spec or {}).get("settings", {}).get("name") or self.path.name
+
+
+def read_json(path: Path, fix: str):
+    """A JSON file tune_app wrote; one line when it was cut short or edited into something else."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is not valid JSON ({e}): it was cut short or edited; {fix}") from None
 
 
 def trial_id_of(dirname: str) -> str:
@@ -91,7 +100,9 @@ def _read_results(folder: Path) -> pd.DataFrame | None:
     return max(frames, key=len, default=None)
 
 
-def _history(frame: pd.DataFrame | None, metric: str) -> list[dict]:
+def _history(frame: pd.DataFrame | None, metric: str, everything: bool = False) -> list[dict]:
+    """One row per epoch: KEEP's columns and the metric (``everything``: every number the trainable reported,
+    for a trainable of the user's, whose metric names tune_app does not know)."""
     if frame is None:
         return []
     frame = frame.copy()
@@ -103,6 +114,9 @@ def _history(frame: pd.DataFrame | None, metric: str) -> list[dict]:
         return []
     frame = frame.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
     keep = [c for c in (*KEEP, metric) if c in frame]
+    if everything:
+        keep += [c for c in frame.columns if c not in RAY_COLUMNS and "/" not in c
+                 and pd.api.types.is_numeric_dtype(frame[c])]
     rows = frame[list(dict.fromkeys(keep))].to_dict("records")
     for row in rows:
         row["epoch"] = int(row["epoch"])
@@ -136,8 +150,9 @@ def ray_statuses(path: Path) -> dict[str, str]:
         return {}
 
 
-def read_trials(path: Path, metric: str) -> list[dict]:
-    """One record per trial folder: trial_id, name, config, history, error (one line or None)."""
+def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]:
+    """One record per trial folder: trial_id, name, config, history (``everything``: see _history), error (one
+    line or None)."""
     records = []
     statuses = ray_statuses(path)
     for folder in trial_folders(path):
@@ -154,9 +169,11 @@ def read_trials(path: Path, metric: str) -> list[dict]:
         records.append({
             "trial_id": trial_id,
             "name": folder.name, "folder": folder.name, "config": config if isinstance(config, dict) else {},
-            "history": _history(frame, metric),
+            "history": _history(frame, metric, everything),
             "error": error_line(error.read_text(encoding="utf-8", errors="replace")) if failed else None,
             "timeout": failed and (folder / TIMEOUT_FILE).is_file(),
+            # Ray's state still has it running or queued: the sweep was interrupted before it finished
+            "interrupted": not failed and statuses.get(trial_id) in UNFINISHED,
         })
     return records
 
@@ -183,7 +200,8 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise UsageError(f"{path}: no such directory; pass a run directory such as runs/<name>")
-    spec = json.loads((path / SPEC_FILE).read_text()) if (path / SPEC_FILE).is_file() else None
+    spec = read_json(path / SPEC_FILE, "restore it from a copy (it records the sweep's space and settings)") \
+        if (path / SPEC_FILE).is_file() else None
     if spec is None and not trial_folders(path):
         raise UsageError(f"{path} is not a sweep: it holds no {SPEC_FILE} and no trial folders with params.json; "
                          f"pass the run directory a search wrote, e.g. runs/<name>")
@@ -196,7 +214,7 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     mode = mode or ("min" if "loss" in metric or "err" in metric else "max")
     if mode not in ("max", "min"):
         raise UsageError(f"--mode {mode}: use max or min")
-    records = read_trials(path, metric)
+    records = read_trials(path, metric, everything=space is not None and not space.trainable.builtin)
     if spec is not None:  # what each trial asked Ray for: the cost ledger's fallback where a report does not say
         settings = spec.get("settings", {})
         for r in records:
@@ -235,17 +253,15 @@ def _edges(low, high, log):
 
 
 def _space_of(spec: dict):
-    """The space the sweep was started with, or None when it was a built-in this version no longer has. The
-    user's own space that cannot be loaded any more (its file gone or broken) is one line: the analysis needs
-    its trainable."""
+    """The space the sweep was started with. One that cannot be loaded (a built-in this version does not have,
+    the user's file gone or broken) is one line: the analysis needs its trainable and metric."""
     from tune_app.spaces import load_space
 
-    code = spec.get("code") or {}
+    if not isinstance(spec, dict) or not isinstance(spec.get("space"), str):
+        raise UsageError(f"{SPEC_FILE} names no space; restore it from a copy")
     try:
-        return load_space(spec["space"], spec.get("overrides") or {}, code=code or None)
+        return load_space(spec["space"], spec.get("overrides") or {}, code=spec.get("code") or None)
     except UsageError as e:
-        if not (code.get("working_dir") or code.get("py_modules")):
-            return None
         raise UsageError(f"the sweep's space {spec['space']} cannot be loaded: {e}") from None
 
 

@@ -18,18 +18,18 @@ import time
 from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
-from tune_app.errors import OneLineParser, UsageError, first_line
+from tune_app.errors import OneLineParser, UsageError, file_error, first_line
 from tune_app.settings import SweepSettings
 from tune_app.spaces import DEFAULT_KEYS, list_spaces
 from tune_app.tuning import SCHEDULERS, SEARCHERS
-from tune_app.usercode import is_path
+from tune_app.usercode import is_path, local_paths
 
 SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
-FALLBACK_SETTINGS = {"cpus_per_trial": 1, "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3,
-                     "max_failures": 2, "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True,
-                     "budget_hours": 0}
+FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
+                     "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
+                     "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0}
 TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
@@ -50,9 +50,10 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--plan", action="store_true",
                    help="print each configuration's parameters, estimated memory and time (measured by a short "
                         "probe) and the total, then exit without training")
-    p.add_argument("--searcher", choices=SEARCHERS.names())
-    p.add_argument("--scheduler", choices=SCHEDULERS.names())
-    p.add_argument("--num-samples", type=int, help="trials to run (grid: repeats of the grid)")
+    p.add_argument("--searcher", choices=SEARCHERS.names(), help="default: the space's DEFAULTS, else optuna")
+    p.add_argument("--scheduler", choices=SCHEDULERS.names(), help="default: the space's DEFAULTS, else fifo")
+    p.add_argument("--num-samples", type=int,
+                   help="trials to run (grid: repeats of the grid); default: the space's DEFAULTS, else 10")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=gpus_arg,
@@ -90,7 +91,8 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--top-k", type=int, help=f"how many configurations --from-run transfers (default "
                                              f"{TRANSFER_TOP_K}); --num-samples defaults to it")
     p.add_argument("--data-dir", default="./data", help="dataset files (default ./data)")
-    p.add_argument("--seed", type=int, default=0, help="searcher seed, and the trials' seed where the space sets none")
+    p.add_argument("--seed", type=int,
+                   help="searcher seed, and the trials' seed where the space sets none (default 0)")
     p.add_argument("--wandb-project", default="tune_app")
     p.add_argument("--wandb-entity")
     p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"),
@@ -115,7 +117,9 @@ def check_settings(s: dict) -> None:
         value = s.get(key)
         if key == "gpus_per_trial" and value == "auto":
             continue
-        if value is not None and (not math.isfinite(value) or value < low):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be a finite number, {text}")
+        if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be {text}")
     gpus = s["gpus_per_trial"]
     if gpus != "auto" and gpus > 1 and gpus != int(gpus):
@@ -142,6 +146,36 @@ def resolve_run_dir(args) -> tuple[Path, str | None]:
     return storage.mirror_dir(where), where.rstrip("/")
 
 
+def check_name(name: str | None) -> None:
+    """A run directory's name: one folder inside --storage-path, never a path out of it."""
+    if name is None:
+        return
+    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name or name.startswith("~"):
+        raise UsageError(f"--name {name!r}: give a plain folder name (no '/', not '.' or '..'); the run directory is "
+                         f"--storage-path/NAME")
+
+
+def storage_is_uri(path: str) -> bool:
+    from tune_app import storage
+
+    return storage.is_uri(path)
+
+
+def check_against_space(space, args: SweepSettings) -> None:
+    """Settings that contradict the space: a validation metric with no validation split, a GPU device with no
+    GPU asked for."""
+    from tune_app.spaces import domain_values
+
+    params = space.trainable.PARAMS or {}
+    if "val_fraction" in params and space.metric.startswith("val_") and space.constant("val_fraction") == 0:
+        raise UsageError(f"val_fraction=0 leaves no validation split, and the space ranks by {space.metric}: give "
+                         f"val_fraction > 0 (the default is {params['val_fraction'].default:g})")
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else space.defaults.get("gpus_per_trial", 0)
+    if "device" in params and "cuda" in domain_values(space.space.get("device", "auto")) and gpus == 0:
+        raise UsageError("device=cuda needs a GPU per trial: give --gpus-per-trial (a fraction such as 0.25, or "
+                         "auto), or device=auto")
+
+
 def plan_resume(args: SweepSettings) -> dict:
     run_dir, run_uri = resolve_run_dir(args)
     if run_uri:
@@ -150,12 +184,17 @@ def plan_resume(args: SweepSettings) -> dict:
         storage.check_writable(run_uri, "--resume")
         storage.download(run_uri, run_dir)  # spec, results and searcher state; Ray reads checkpoints from there
     spec_path = run_dir / SPEC_FILE
-    if not spec_path.is_file() or not (any(run_dir.glob("experiment_state*.json")) or any(run_dir.glob("tuner.pkl"))):
+    from tune_app.runlock import check_free
+
+    check_free(run_dir)
+    if not spec_path.is_file() or not any(run_dir.glob("experiment_state*.json")):
         raise UsageError(f"--resume: {run_uri or run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
                          f"start one with --space NAME --name NAME")
-    spec = json.loads(spec_path.read_text())
+    from tune_app.rundir import read_json
+
+    spec = read_json(spec_path, "restore it from a copy (it records the sweep's space and settings)")
     saved = {"space": spec["space"], **spec["settings"]}
-    given = {k: getattr(args, k) for k in ("space", *SETTING_FLAGS) if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in ("space", "seed", *SETTING_FLAGS) if getattr(args, k, None) is not None}
     if isinstance(given.get("space"), str) and is_path(given["space"]):
         given["space"] = str(Path(given["space"]).expanduser().resolve())
     changed = sorted(k for k, v in given.items() if saved.get(k) != v)
@@ -179,7 +218,11 @@ def plan_new(args: SweepSettings) -> dict:
         raise UsageError("--top-k needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+    check_name(args.name)
+    if args.from_run and not storage_is_uri(args.from_run) and not Path(args.from_run).expanduser().is_dir():
+        raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
     space = load_space(args.space, args.set)
+    check_against_space(space, args)
     settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
     if space.trainable.COST_KEYS is None:
         probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", args.gpus_per_trial == "auto"),
@@ -207,7 +250,10 @@ def plan_new(args: SweepSettings) -> dict:
         storage.check_writable(run_uri, "--storage-path")
         taken = storage.exists(run_uri, SPEC_FILE)
     else:
-        taken = (run_dir / SPEC_FILE).exists() or any(run_dir.glob("experiment_state*.json"))
+        from tune_app.runlock import check_free
+
+        check_free(run_dir)
+        taken = any(run_dir.glob("experiment_state*.json"))  # a spec alone: a start that never ran a trial
     if not args.plan and taken:
         raise UsageError(f"{run_uri or run_dir} already holds a sweep; continue it with --resume {run_uri or run_dir}, "
                          f"or pick another --name")
@@ -216,7 +262,7 @@ def plan_new(args: SweepSettings) -> dict:
         "run_uri": run_uri, "workdir": os.getcwd(),
         **transferred,
         "options": args.to_json(),
-        "settings": {**settings, "seed": args.seed, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
+        "settings": {**settings, "seed": args.seed or 0, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
                      "address": args.address, "wandb_project": args.wandb_project,
                      "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
     }
@@ -438,6 +484,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
 
     from tune_app import tuning
     from tune_app.budget import wrap_scheduler
+    from tune_app.ray_adapter import RestoreNotes
     from tune_app.wandb_setup import wandb_callback
 
     s = spec["settings"]
@@ -451,7 +498,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     oom = oom_retry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
     callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
-                             oom, budget, *extra_callbacks) if c is not None]
+                             oom, budget, RestoreNotes(), *extra_callbacks) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -474,6 +521,23 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
             progress_reporter=reporter, verbose=1,
             checkpoint_config=checkpoint_config(s, space.metric, space.mode),
             failure_config=tune.FailureConfig(max_failures=s.get("max_failures", 2))))
+
+
+def check_wandb_runs(run_dir: Path, s: dict) -> None:
+    """Every trial that reported must have a W&B run holding its history; say which ones W&B lost (their results
+    are in the run directory all the same)."""
+    trials_file = run_dir / "summary" / "trials.parquet"
+    if s.get("wandb_mode") == "disabled" or not (run_dir / "wandb").is_dir() or not trials_file.is_file():
+        return
+    import pandas as pd
+
+    from tune_app.wandb_files import missing_runs
+
+    trials = pd.read_parquet(trials_file, columns=["trial_id", "epochs"])
+    lost = missing_runs(run_dir, dict(zip(trials["trial_id"].astype(str), trials["epochs"].astype(int))))
+    if lost:
+        print(f"tune_app: warning: W&B holds no full run for {len(lost)} of {len(trials)} trials ({', '.join(lost)}); "
+              f"their results are in {run_dir} and summary/", file=sys.stderr)
 
 
 def sweep_budget(s: dict, run_dir: Path):
@@ -582,7 +646,8 @@ def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[d
           f"({plan.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
           f"{len(configs)} trials...", flush=True)
     probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
-                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency)
+                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency,
+                            local_paths(space.code))
     rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
     return rows, plan.table(rows, concurrency)
 
@@ -608,7 +673,8 @@ def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool
         param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
         print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
         gpu_plan = plan.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
-                                 len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"])
+                                 len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"],
+                                 local_paths(space.code))
         if not plan_only:
             run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(gpu_plan, indent=1))
@@ -654,21 +720,55 @@ def run(spec: dict, resume: bool) -> int:
     tuning.check(s, config, points)  # before any data is read or Ray started
     dataset = load_data(space, s, spec.get("workdir"))
     check_models(space, dataset)
-    started = join_ray(s, spec.get("code"))
+    lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     try:
-        return run_on_ray(spec, resume, space, config, points, dataset)
-    finally:
-        if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its own code
-            import ray
+        started = join_ray(s, spec.get("code"))
+        try:
+            return run_on_ray(spec, resume, space, config, points, dataset)
+        finally:
+            if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its code
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
+    finally:
+        if lock is not None:
+            release(lock, resume)
+
+
+def claim(run_dir: Path, resume: bool):
+    """The run directory, locked for this sweep (see tune_app.runlock); a new sweep also needs it empty."""
+    from tune_app.runlock import RunLock
+
+    lock = RunLock(run_dir)
+    lock.acquire()
+    if not resume and any(run_dir.glob("experiment_state*.json")):
+        lock.release()  # another sweep finished there between planning and now
+        raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, or pick another "
+                         f"--name")
+    return lock
+
+
+def release(lock, resume: bool) -> None:
+    """Unlock; a new sweep that failed before writing anything leaves no directory behind (not even the
+    --storage-path folder it made)."""
+    from tune_app.runlock import LOCK_FILE, OWNER_FILE
+
+    lock.release()
+    run_dir = lock.run_dir
+    if not resume and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE, OWNER_FILE}:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for folder in run_dir.parents if lock.created is not None and lock.created != run_dir else ():
+            if folder == lock.created.parent or any(folder.iterdir()):
+                break
+            folder.rmdir()
 
 
 def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset) -> int:
     from ray import tune
 
     from tune_app.ray_adapter import ray_trainable
-    from tune_app.usercode import local_paths
 
     s = spec["settings"]
     run_dir = Path(spec["run_dir"])
@@ -725,16 +825,19 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     except UsageError as e:  # every trial failed: the trials table says why, and the sweep can be resumed
         print(f"tune_app: {e}", file=sys.stderr)
         found_best = False
+    check_wandb_runs(run_dir, s)
     if run_uri:
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
-    finished = results.num_terminated + results.num_errors
     from tune_app.budget import read_budget
     from tune_app.rundir import ray_statuses
 
     budget = read_budget(run_dir) or {}
-    # Ctrl-C leaves a trial RUNNING in Ray's last experiment state (the ResultGrid calls it TERMINATED)
-    unfinished = any(status not in ("TERMINATED", "ERROR") for status in ray_statuses(run_dir).values())
+    # Ctrl-C leaves a trial RUNNING in Ray's last experiment state, where the ResultGrid calls it TERMINATED: the
+    # experiment state is what counts.
+    statuses = ray_statuses(run_dir) or {str(i): "TERMINATED" for i in range(results.num_terminated)}
+    finished = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
+    unfinished = finished < len(statuses)
     if budget.get("stopped_at") and not unfinished:  # no trial made was left unfinished: the budget ended it
         print(f"tune_app: stopped by --budget-hours {budget['hours']:g}: {budget['trials_started']} of "
               f"{spec['expected_trials']} trials started, {budget['spent_s'] / 3600:.3g} device-hours spent",
@@ -779,6 +882,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search")
         return run(spec_of(settings), resume=bool(settings.resume))
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+    except OSError as e:
+        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
         return UsageError.exit_code
 
 

@@ -21,7 +21,7 @@ METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
 # The cost ledger of every trial (see ledger): device-seconds (wall seconds x the devices held: GPUs if any, else
 # CPUs) and which kind, process CPU seconds, peak memory, parameters, training samples.
 LEDGER = ("device_s", "device_kind", "cpu_s", "peak_mem_mb", "params", "samples_seen")
-STATUSES = ("completed", "stopped", "early_stopped", "diverged", "oom", "timeout", "error")
+STATUSES = ("completed", "stopped", "early_stopped", "diverged", "oom", "timeout", "error", "interrupted")
 ELIGIBLE = ("completed", "stopped", "early_stopped")  # stopped: by the scheduler; early_stopped: by the trial
 RULES = ("last", "best-epoch", "at-epoch")
 NO_ELIGIBLE = "no trial finished without error or divergence; nothing to select"
@@ -69,6 +69,8 @@ def trial_status(record) -> str:
             return "oom"
         return "error"
     history = record.get("history") or []
+    if record.get("interrupted"):  # cut off by Ctrl+C or a lost driver: --resume finishes it; never a result yet
+        return "interrupted"
     if any(row.get("diverged") for row in history):
         return "diverged"
     if history and history[-1].get("early_stopped"):

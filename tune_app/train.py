@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_app.errors import OneLineParser, UsageError
+from tune_app.errors import OneLineParser, UsageError, file_error
 
 # Study 3's best configuration: Nadam, 2 hidden layers of 2048 and 1024 units, tanh, Xavier (90.21 %
 # validation on Fashion-MNIST). Its other values were not published; these are the trainable's defaults.
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.train") 
         return 1 if last.get("diverged") else 0
     except UsageError as e:
         print(f"tune_app: error: {e}", file=sys.stderr)
+        return UsageError.exit_code
+    except OSError as e:
+        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
         return UsageError.exit_code
 
 

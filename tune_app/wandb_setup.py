@@ -95,6 +95,14 @@ class SafeWandbCallback(WandbLoggerCallback):
     def setup(self, *args, **kwargs):
         self._guard("setup", super().setup, *args, **kwargs)
 
+    def __del__(self):
+        # A callback restored by --resume may never have been set up (its actor tables were not pickled): Ray's
+        # __del__ then raised AttributeError into "Exception ignored" noise at the end of every resume.
+        try:
+            super().__del__()
+        except Exception:  # noqa: BLE001 - nothing left to clean up
+            pass
+
     def log_trial_start(self, trial):
         self._guard("run start", super().log_trial_start, trial)
 
@@ -128,5 +136,5 @@ def wandb_callback(mode: str | None, project: str, entity: str | None, group: st
     return SafeWandbCallback(project=project, group=group, log_config=False, upload_timeout=300,
                              excludes=["time_this_iter_s", "time_total_s", "timestamp", "pid",
                                        "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
-                                       "checkpoint_dir_name", "date", "done"],
+                                       "checkpoint_dir_name", "date", "done", "restore_note"],
                              **{k: v for k, v in kwargs.items() if v is not None})

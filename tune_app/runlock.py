@@ -1,0 +1,93 @@
+"""One sweep per run directory: a lock held for the sweep's whole life.
+
+The lock is an OS file lock (``filelock``: ``flock`` on Linux) on ``<run dir>/.tune_app.lock``, so it
+ends with the process that holds it: a sweep killed outright leaves nothing that blocks ``--resume``.
+Next to it ``.tune_app.owner.json`` says who holds it (host, pid, start time), for the one line a second
+sweep, ``analyze`` or ``retrain`` of a running sweep gets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import filelock
+
+from tune_app.errors import UsageError
+
+LOCK_FILE = ".tune_app.lock"
+OWNER_FILE = ".tune_app.owner.json"
+
+
+def _owner(run_dir: Path) -> str:
+    try:
+        o = json.loads((run_dir / OWNER_FILE).read_text())
+        return f"the sweep started {o['started']} on {o['host']} (pid {o['pid']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another sweep"
+
+
+class RunLock:
+    """Held from before Ray starts until the sweep (and its analysis) ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
+        self.created: Path | None = None  # the outermost folder acquire() made (the run dir, or --storage-path)
+
+    def acquire(self) -> None:
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        self.created = missing[-1] if missing else None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot create the run directory {self.run_dir} ({e.strerror}); give a --storage-path "
+                             f"you can write to") from None
+        try:
+            self.lock.acquire()
+        except filelock.Timeout:
+            check_free(self.run_dir)
+            raise UsageError(f"{self.run_dir} is in use by another sweep; pick another --name") from None
+        except OSError as e:
+            raise UsageError(f"cannot lock the run directory {self.run_dir} ({e.strerror}); give a --storage-path "
+                             f"you can write to") from None
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        (self.run_dir / OWNER_FILE).write_text(json.dumps(owner))
+
+    def release(self) -> None:
+        if self.lock.is_locked:
+            (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
+            self.lock.release()
+
+
+def holder(run_dir) -> str | None:
+    """Who holds the run directory's lock now ("the sweep started ... (pid N)"), or None when nobody does."""
+    run_dir = Path(run_dir)
+    if not (run_dir / LOCK_FILE).is_file():
+        return None
+    probe = filelock.FileLock(str(run_dir / LOCK_FILE), timeout=0)
+    try:
+        probe.acquire()
+    except filelock.Timeout:
+        return _owner(run_dir)
+    except OSError:
+        return None  # a read-only copy of a run: nothing can be running in it
+    probe.release()
+    return None
+
+
+def check_free(run_dir) -> None:
+    """A sweep (new or resumed) into a directory another sweep is running in: one line."""
+    owner = holder(run_dir)
+    if owner is not None:
+        raise UsageError(f"{run_dir} is in use by {owner}; wait for it to end, or pick another --name")
+
+
+def check_idle(run_dir, command: str) -> None:
+    """``command`` (analyze, retrain) on a sweep that is still running: one line."""
+    owner = holder(run_dir)
+    if owner is not None:
+        raise UsageError(f"{run_dir}: {owner} is still running there; {command} it when it ends (or stop it with "
+                         f"Ctrl+C)")
