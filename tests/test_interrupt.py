@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.rundir import ray_statuses
 
 
@@ -17,13 +18,13 @@ def cli(*args):
     return [sys.executable, "-m", "tune_app.search", *args]
 
 
-def start(tmp_path: Path, name: str, *extra) -> subprocess.Popen:
+def start(tmp_path: Path, name: str, *extra, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher", "random",
             "--scheduler", "fifo", "--cpus-per-trial", "1", "--storage-path", str(tmp_path / "runs"), "--name", name,
             "--wandb-mode", "disabled", *extra),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def wait_for(predicate, timeout: float = 240, what: str = "") -> None:
@@ -72,7 +73,11 @@ def test_ctrl_c_after_a_trial_finished_exits_130_with_the_right_count(tmp_path):
 
 
 def test_a_second_sweep_into_a_running_ones_directory_is_refused(tmp_path):
-    first = start(tmp_path, "twice")
+    # the first sweep's first trial hangs at epoch 2 (a fault drill, once): it is running for as long as the test
+    # needs, however slow the machine
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([{"epoch": 2, "times": 1, "kind": "hang"}]))
+    first = start(tmp_path, "twice", "--max-concurrent", "1", env={FAULTS_ENV: str(faults)})
     run_dir = tmp_path / "runs" / "twice"
     wait_for(lambda: any(epochs_done(run_dir).values()), what="the first sweep's first epoch")
     second = subprocess.run(cli("--space", "digits", "--storage-path", str(tmp_path / "runs"), "--name", "twice",

@@ -146,7 +146,7 @@ def test_payload_and_headline(records):
     assert payload["config"] == b["config"]  # list decoded, no NaN momentum key
     assert payload["seed"] == 7 and type(payload["seed"]) is int
     assert payload["trials"] == {"total": 6, "completed": 3, "stopped": 1, "early_stopped": 0, "diverged": 1,
-                                 "oom": 0, "timeout": 0, "error": 1}
+                                 "oom": 0, "timeout": 0, "error": 1, "interrupted": 0}
     assert (payload["value"], payload["last_value"], payload["best_epoch_value"], payload["best_epoch"],
             payload["at_epoch_value"], payload["epochs"]) == (0.85, 0.85, 0.90, 2, 0.90, 3)
     assert payload["selection_rule"] == "last" and payload["at_epoch"] == 2

@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(source, tmp_path, caps
         ([*mn, *src, "--num-samples", "2"],
          "--num-samples 2: fewer than the 3 configurations --from-run transfers; give at least 3, or --top-k 2"),
         ([*mn, "--from-run", str(tmp_path / "nope")],
-         f"--from-run {tmp_path / 'nope'}: {tmp_path / 'nope'}: no such directory"),
+         f"--from-run {tmp_path / 'nope'}: no such directory; give a finished sweep's run directory"),
     ]
     before = snapshot(source_dir)
     for argv, message in bad:

@@ -25,7 +25,9 @@ SPEC_FILE = "tune_app.json"
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
         "peak_mem_mb", "params", "cpu_s", "samples_seen", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
 FLAGS = ("diverged", "early_stopped")
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # Ray's statuses of a trial an interruption left unfinished
+# Ray's statuses of a trial an interruption left unfinished. Not PAUSED: HyperBand's last experiment state can
+# still say PAUSED for a trial it went on to stop.
+UNFINISHED = ("RUNNING", "PENDING")
 TIMEOUT_FILE = "timeout.txt"  # written by --trial-timeout's watchdog into the folder of a trial it stopped
 RAY_COLUMNS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "trial_id", "date",
                "hostname", "node_ip", "pid", "done", "iterations_since_restore", "time_since_restore",

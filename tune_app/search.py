@@ -830,14 +830,14 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
     from tune_app.budget import read_budget
-    from tune_app.rundir import ray_statuses
+    from tune_app.rundir import UNFINISHED, ray_statuses
 
     budget = read_budget(run_dir) or {}
     # Ctrl-C leaves a trial RUNNING in Ray's last experiment state, where the ResultGrid calls it TERMINATED: the
     # experiment state is what counts.
     statuses = ray_statuses(run_dir) or {str(i): "TERMINATED" for i in range(results.num_terminated)}
-    finished = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
-    unfinished = finished < len(statuses)
+    unfinished = sum(status in UNFINISHED for status in statuses.values())
+    finished = len(statuses) - unfinished
     if budget.get("stopped_at") and not unfinished:  # no trial made was left unfinished: the budget ended it
         print(f"tune_app: stopped by --budget-hours {budget['hours']:g}: {budget['trials_started']} of "
               f"{spec['expected_trials']} trials started, {budget['spent_s'] / 3600:.3g} device-hours spent",
