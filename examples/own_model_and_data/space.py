@@ -5,8 +5,8 @@
     python -m tune_app.retrain runs/space-<date>-<time>    # the winner, 3 seeds, on the test images
 
 8 trials (width x dropout x optimizer x lr x batch size), Optuna TPE with ASHA stopping the
-weak ones at epochs 2 and 6, 2 trials at a time: about 40 s on a 2-core CPU machine (measured
-37.6 and 40.3 s, analysis included), best validation accuracy about 99 %.
+weak ones at epochs 2 and 6, 2 trials at a time: about 30 s on a 2-core CPU machine, analysis
+included (figures in tune_app's docs/BENCHMARKS.md), best validation accuracy about 99 %.
 """
 from ray import tune
 
