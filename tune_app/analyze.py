@@ -26,6 +26,7 @@ from tune_app import (
     rundir,
 )
 from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.results import Sweep
 from tune_app.runlock import check_idle
 from tune_app.summary import (
     ELIGIBLE,
@@ -393,9 +394,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze"
     return 0
 
 
+def call(run_dir, **options) -> Sweep:
+    """Analyze a run directory again (``metric``, ``mode``, ``at_epoch``, ``select``, ``top_k``, ``pairs``,
+    ``curves_by``, ``wandb_mode`` as the command line's flags); returns its results."""
+    known = ("metric", "mode", "at_epoch", "pairs", "select", "top_k", "curves_by", "wandb_mode", "wandb_project",
+             "wandb_entity", "quiet")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
+    path = Path(run_dir).expanduser().resolve()
+    check_idle(path, "analyze")
+    run(path, **options)
+    return Sweep(path)
+
+
 if __name__ == "__main__":
     sys.exit(main())
-else:  # tune_app.analyze(...) from Python calls tune_app.api.analyze
-    from tune_app.api import callable_command
+else:  # tune_app.analyze(run_dir) from Python is call(run_dir)
+    from tune_app.command import callable_command
 
     callable_command(sys.modules[__name__])

@@ -15,13 +15,10 @@ down after it, so the next one ships its own code).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import types
-from functools import cached_property
 from pathlib import Path
 
 from tune_app.errors import UsageError
+from tune_app.results import Sweep
 from tune_app.settings import SweepSettings
 
 
@@ -37,49 +34,6 @@ class SweepInterrupted(Exception):
 
 class SweepFailed(Exception):
     """No trial of the sweep finished (the trials table in summary/ and error.txt in each trial say why)."""
-
-
-class Sweep:
-    """A finished sweep's results, read from its run directory."""
-
-    def __init__(self, run_dir) -> None:
-        self.run_dir = Path(run_dir)
-
-    def __repr__(self) -> str:
-        return f"Sweep({str(self.run_dir)!r})"
-
-    @property
-    def summary_dir(self) -> Path:
-        return self.run_dir / "summary"
-
-    @cached_property
-    def best(self) -> dict:
-        """best_config.json: the config, the selection rule, the metric and its provenance."""
-        path = self.summary_dir / "best_config.json"
-        if not path.is_file():
-            raise UsageError(f"{self.run_dir}: no summary/best_config.json; analyze the run first "
-                             f"(tune_app.analyze({str(self.run_dir)!r}))")
-        return json.loads(path.read_text())
-
-    @property
-    def best_config(self) -> dict:
-        return self.best["config"]
-
-    @cached_property
-    def trials(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.summary_dir / "trials.parquet")
-
-    @cached_property
-    def history(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.summary_dir / "history.parquet")
-
-    @property
-    def report(self) -> Path:
-        return self.summary_dir / "report.html"
 
 
 def sweep(space=None, **settings) -> Sweep:
@@ -102,43 +56,17 @@ def sweep(space=None, **settings) -> Sweep:
 
 
 def analyze(run_dir, **options) -> Sweep:
-    """Analyze a run directory again (``metric``, ``mode``, ``at_epoch``, ``select``, ``top_k``, ``pairs``,
-    ``curves_by``, ``wandb_mode`` as the command line's flags); returns its results."""
+    """``tune_app.analyze``: see tune_app.analyze.call."""
     from tune_app import analyze as command
 
-    known = ("metric", "mode", "at_epoch", "pairs", "select", "top_k", "curves_by", "wandb_mode", "wandb_project",
-             "wandb_entity", "quiet")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(known)}")
-    from tune_app.runlock import check_idle
-
-    path = Path(run_dir).expanduser().resolve()
-    check_idle(path, "analyze")
-    command.run(path, **options)
-    return Sweep(path)
+    return command.call(run_dir, **options)
 
 
 def retrain(run_dir, seeds: int = 3, **options) -> dict:
-    """Retrain the sweep's best configuration with ``seeds`` seeds and measure it on the test set; returns
-    retrain.json (per configuration and seed: validation and test metrics). Options are the command line's:
-    ``top_k``, ``seed_list``, ``epochs``, ``train_on``, ``cpus_per_trial``, ``gpus_per_trial``, ``wandb_mode``..."""
+    """``tune_app.retrain``: see tune_app.retrain.call."""
     from tune_app import retrain as command
 
-    args = command.build_parser().parse_args([str(run_dir)])
-    unknown = sorted(set(options) - set(vars(args)) - {"seeds"})
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(vars(args)))}")
-    if options.get("train_on", "train") not in ("train", "train+val"):
-        raise UsageError(f"train_on={options['train_on']!r}: use 'train' or 'train+val'")
-    if options.get("evaluate") is not None:
-        raise UsageError("evaluate= trains nothing; measure a model file with tune_app.load_model(path).evaluate("
-                         "images, labels)")
-    if isinstance(options.get("seed_list"), (list, tuple)):
-        options["seed_list"] = ",".join(str(seed) for seed in options["seed_list"])
-    namespace = argparse.Namespace(**{**vars(args), **options, "seeds": seeds})
-    out = command.run(namespace)
-    return json.loads((out / "retrain.json").read_text())
+    return command.call(run_dir, seeds, **options)
 
 
 def load_model(path, device: str = "cpu"):
@@ -155,15 +83,3 @@ def load_model(path, device: str = "cpu"):
         return command.load_model(file, device)
     except ValueError as e:
         raise UsageError(str(e)) from None
-
-
-class CommandModule(types.ModuleType):
-    """``tune_app.analyze`` and ``tune_app.retrain`` are both a command's module (``python -m tune_app.analyze``,
-    ``tune_app.analyze.run``) and the Python function above: calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs):
-        return globals()[self.__name__.rsplit(".", 1)[-1]](*args, **kwargs)
-
-
-def callable_command(module: types.ModuleType) -> None:
-    module.__class__ = CommandModule

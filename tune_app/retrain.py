@@ -879,9 +879,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain"
         return UsageError.exit_code
 
 
+def call(run_dir, seeds: int = 3, **options) -> dict:
+    """Retrain the sweep's best configuration with ``seeds`` seeds and measure it on the test set; returns
+    retrain.json (per configuration and seed: validation and test metrics). Options are the command line's:
+    ``top_k``, ``seed_list``, ``epochs``, ``train_on``, ``cpus_per_trial``, ``gpus_per_trial``, ``wandb_mode``..."""
+    args = build_parser().parse_args([str(run_dir)])
+    unknown = sorted(set(options) - set(vars(args)) - {"seeds"})
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(vars(args)))}")
+    if options.get("train_on", "train") not in ("train", "train+val"):
+        raise UsageError(f"train_on={options['train_on']!r}: use 'train' or 'train+val'")
+    if options.get("evaluate") is not None:
+        raise UsageError("evaluate= trains nothing; measure a model file with tune_app.load_model(path).evaluate("
+                         "images, labels)")
+    if isinstance(options.get("seed_list"), (list, tuple)):
+        options["seed_list"] = ",".join(str(seed) for seed in options["seed_list"])
+    namespace = argparse.Namespace(**{**vars(args), **options, "seeds": seeds})
+    out = run(namespace)
+    return json.loads((out / "retrain.json").read_text())
+
+
 if __name__ == "__main__":
     sys.exit(main())
-else:  # tune_app.retrain(...) from Python calls tune_app.api.retrain
-    from tune_app.api import callable_command
+else:  # tune_app.retrain(run_dir, seeds=3) from Python is call(run_dir, seeds=3)
+    from tune_app.command import callable_command
 
     callable_command(sys.modules[__name__])
