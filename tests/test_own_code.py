@@ -438,3 +438,21 @@ def test_a_lost_wandb_run_is_named(tmp_path):
     assert missing_runs(tmp_path, {"aaaaa_00000": 3, "aaaaa_00001": 2, "bbbbb_00002": 1}) == [
         "aaaaa_00001", "bbbbb_00002"]
     assert missing_runs(tmp_path, {"aaaaa_00000": 4}) == ["aaaaa_00000"]  # 3 rows where 4 epochs were reported
+
+
+def test_a_model_of_the_users_trains_with_augmentation_mixed_precision_and_channels_last(in_project, digits):
+    """The built-in trainer's options reach a model of the user's as they reach the built-ins: crop, flip,
+    Cutout, MixUp, bf16 autocast and channels_last, on the CPU; and --predict's path (predict on new images)."""
+    from trainables import image_classifier
+    from trainables.reporting import LocalReporter
+
+    config = {"dataset": "digits", "model": "mymodels:TinyNet", "model.hidden": 24, "optimizer": "adam",
+              "lr": 0.01, "batch_size": 64, "epochs": 2, "crop_padding": 1, "flip": True, "cutout": 2,
+              "mix": "mixup", "amp": "bf16", "channels_last": "on"}
+    reporter = LocalReporter()
+    image_classifier.fit(config, digits.sweep_view(), reporter)
+    assert [h["epoch"] for h in reporter.history] == [1, 2]
+    assert all(np.isfinite(h["train_loss"]) and 0 <= h["val_acc"] <= 1 for h in reporter.history)
+    assert reporter.history[-1]["params"] == 64 * 24 + 24 + 24 * 10 + 10
+    predicted = image_classifier.predict(reporter.state, digits.x_test[:20], digits.sweep_view())
+    assert predicted.shape == (20,) and set(predicted) <= set(range(10))
