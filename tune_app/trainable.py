@@ -80,11 +80,6 @@ class LoadedTrainable:
             return extra[item]
         raise AttributeError(item)
 
-    @property
-    def evaluate_fn(self) -> Callable | None:
-        """A user trainable's ``evaluate(state, data) -> dict`` (None where it has none)."""
-        return None if self.builtin else getattr(self.module, "evaluate", None)
-
 
 def import_attr(ref: str, what: str):
     """``module.path:attr`` imported; one-line UsageError naming ``what`` when it cannot be."""
