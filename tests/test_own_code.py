@@ -316,7 +316,7 @@ def bad_project(root: Path) -> dict[str, tuple[list[str], str]]:
     for file, said in (("no_x", "x_train"), ("lengths", "4"), ("floats", "float32")):
         cases[f"npz_{file}"] = (["--space", "./model_space.py", "--set", f"dataset=npz:{file}.npz"], said)
     # the user's own trainable
-    for name, trainable, said in (("no_fit", "own_fit:nofit", "own_fit has no nofit"),
+    for name, trainable, said in (("no_fit", "own_fit:nofit", "own_fit has no attribute 'nofit'"),
                                   ("two_args", "own_fit:two_args", "fit(config, data, reporter)"),
                                   ("no_trainable_module", "gone_module:fit", "cannot import gone_module")):
         (root / f"{name}.py").write_text(FIT_SPACE.replace('"own_fit:fit"', repr(trainable)))

@@ -220,7 +220,8 @@ def test_a_trial_that_errors_is_recorded_and_never_best(ray_local, tmp_path, cap
     # the fixture's pretend GPU: without a GPU asked for, device=cuda is refused before Ray starts)
     fixed = ["activation=relu", "optimizer=adam", "lr=0.003", "batch_size=64", "batch_norm=true", "epochs=1"]
     argv = ["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--set", "device=[cpu,cuda]",
-            "--cpus-per-trial", "1", "--gpus-per-trial", "0.5", "--storage-path", str(tmp_path), "--name", "err", "--wandb-mode", "disabled"]
+            "--cpus-per-trial", "1", "--gpus-per-trial", "0.5", "--storage-path", str(tmp_path), "--name", "err",
+            "--wandb-mode", "disabled"]
     code = main(argv + [arg for item in fixed for arg in ("--set", item)])
     assert code == 0
     trials, _, best = read_summary(tmp_path / "err")

@@ -126,15 +126,11 @@ def ray_trainable(ref: str, code_paths: list[str] = ()):
     module_name, attr = ref.split(":")
 
     def trainable(config: dict, data) -> None:
-        import importlib
-
+        from trainables.imports import import_attr
         from tune_app.usercode import use_paths
 
         use_paths(code_paths)
-        fit = importlib.import_module(module_name)
-        for part in attr.split("."):
-            fit = getattr(fit, part)
-        fit(config, data, RayReporter(config))
+        import_attr(ref, "trainable")(config, data, RayReporter(config))
 
     trainable.__name__ = module_name.rsplit(".", 1)[-1] if attr == "fit" else attr.rsplit(".", 1)[-1]
     return trainable

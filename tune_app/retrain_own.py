@@ -26,16 +26,14 @@ def retrain_one(ref: str, code_paths: list[str], config: dict, data, cpus: float
 
     import torch
 
+    from trainables.imports import import_attr
     from trainables.reporting import LocalReporter
     from tune_app.usercode import use_paths
 
     use_paths(code_paths)
     torch.set_num_threads(max(1, math.floor(cpus)))
-    module_name, attr = ref.split(":")
-    module = importlib.import_module(module_name)
-    fit = module
-    for part in attr.split("."):
-        fit = getattr(fit, part)
+    fit = import_attr(ref, "trainable")
+    module = importlib.import_module(ref.split(":")[0])
     reporter = LocalReporter()
     t0 = time.perf_counter()
     fit(config, data, reporter)

@@ -12,10 +12,11 @@ from ray import tune
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 import search_spaces
+from trainables.imports import is_ref
 from trainables.params import is_factory_arg
 from tune_app import usercode
 from tune_app.errors import UsageError
-from tune_app.trainable import REF, LoadedTrainable
+from tune_app.trainable import LoadedTrainable
 from tune_app.trainable import load as load_trainable
 
 DEFAULT_KEYS = {
@@ -122,7 +123,7 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
         if key not in DEFAULT_KEYS:
             raise UsageError(f"{where}: unknown DEFAULTS key {key!r}; known: {', '.join(DEFAULT_KEYS)}")
     refs = [trainable.ref, *(v for value in space.values() for v in domain_values(value)
-                             if isinstance(v, str) and REF.match(v))]
+                             if is_ref(v))]
     shipped = code if code is not None else usercode.code_to_ship(root, refs)
     return Space(name, module, trainable, module.METRIC, module.MODE, space, defaults, dict(overrides or {}),
                  recorded, shipped)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -27,8 +26,6 @@ from typing import Any, Protocol, runtime_checkable
 
 from trainables.catalog import TRAINABLES
 from tune_app.errors import UsageError
-
-REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")  # module.path:attr.path
 
 
 @runtime_checkable
@@ -82,24 +79,13 @@ class LoadedTrainable:
 
 
 def import_attr(ref: str, what: str):
-    """``module.path:attr`` imported; one-line UsageError naming ``what`` when it cannot be."""
-    if not REF.match(ref):
-        raise UsageError(f"{what} {ref!r}: expected 'module:attribute', e.g. 'mylab.train:fit'")
-    module_name, attr = ref.split(":")
+    """``module.path:attr`` imported (trainables.imports.import_attr); its one-line error as a UsageError."""
+    from trainables import imports
+
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise UsageError(f"{what} {ref!r}: cannot import {module_name} ({e}); put it next to the space file or "
-                         f"on PYTHONPATH") from None
-    except Exception as e:  # noqa: BLE001 - the user's module raised on import: its one-line reason
-        raise UsageError(f"{what} {ref!r}: importing {module_name} raised {type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0]}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UsageError(f"{what} {ref!r}: {module_name} has no {attr}")
-        obj = getattr(obj, part)
-    return obj
+        return imports.import_attr(ref, what)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def ref_of(fn: Callable, what: str) -> str:
