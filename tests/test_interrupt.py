@@ -1,5 +1,6 @@
 """Ctrl+C never reports success, a run directory holds one sweep at a time, and a corrupt checkpoint costs an epoch,
 not the trial: each on a real sweep (real Ray, real signals, real files)."""
+import hashlib
 import json
 import os
 import signal
@@ -11,18 +12,24 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from tune_app.ray_adapter import FAULTS_ENV
-from tune_app.rundir import ray_statuses
+from tune_app.rundir import ray_statuses, trial_id_of
 
 
 def cli(*args):
     return [sys.executable, "-m", "tune_app.search", *args]
 
 
-def start(tmp_path: Path, name: str, *extra, env: dict | None = None) -> subprocess.Popen:
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` without root's power to write anywhere: in a user namespace of its own the files it makes are
+    still its own, but their permission bits bind it, so a chmod takes its run directory away as from any user."""
+    return ["unshare", "--user", *command] if os.geteuid() == 0 else command
+
+
+def start(tmp_path: Path, name: str, *extra, env: dict | None = None, wrap=list) -> subprocess.Popen:
     return subprocess.Popen(
-        cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher", "random",
+        wrap(cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher", "random",
             "--scheduler", "fifo", "--cpus-per-trial", "1", "--storage-path", str(tmp_path / "runs"), "--name", name,
-            "--wandb-mode", "disabled", *extra),
+            "--wandb-mode", "disabled", *extra)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
@@ -122,3 +129,47 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     epochs = sorted(history[history["trial_id"] == cut[0]]["epoch"])
     assert epochs == [1, 2, 3, 4, 5, 6]
     assert set(ray_statuses(run_dir).values()) == {"TERMINATED"}
+
+
+def chmod_tree(root: Path, writable: bool) -> None:
+    for folder, _, files in os.walk(root):
+        for path in [folder, *(os.path.join(folder, f) for f in files)]:
+            mode = os.stat(path).st_mode
+            os.chmod(path, mode | 0o200 if writable else mode & ~0o222)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_run_directory_that_turns_read_only_stops_the_sweep_in_one_line_and_resumes(tmp_path):
+    run_dir = tmp_path / "runs" / "ro"
+    proc = start(tmp_path, "ro", wrap=unprivileged)
+    wait_for(lambda: 6 in epochs_done(run_dir).values() and any(0 < n < 6 for n in epochs_done(run_dir).values()),
+             what="a finished trial and a running one")
+    chmod_tree(run_dir, writable=False)
+    try:
+        out, err = proc.communicate(timeout=240)
+        statuses = ray_statuses(run_dir)
+        finished = {p.name: digests(p) for p in run_dir.glob("digits_cnn_*")
+                    if statuses.get(trial_id_of(p.name)) == "TERMINATED"}
+    finally:
+        chmod_tree(run_dir, writable=True)
+    assert proc.returncode == 130, (out[-2000:], err[-3000:])
+    lines = err.strip().splitlines()
+    assert lines == [f"tune_app: error: {run_dir} stopped being writable (Permission denied), so the sweep stopped "
+                     f"with {len(finished)} of 4 trials finished; nothing finished is lost: make it writable again, "
+                     f"then continue with: python -m tune_app.search --resume {run_dir}"], err[-3000:]
+    assert "Traceback" not in out
+    # no retries burnt on a directory nobody could write to: no trial ended in error, every one is resumable
+    assert "ERROR" not in statuses.values() and len(statuses) == 4
+    resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr and "ERROR" not in resumed.stderr, resumed.stderr
+    assert set(ray_statuses(run_dir).values()) == {"TERMINATED"} and len(ray_statuses(run_dir)) == 4
+    for name, files in finished.items():  # what had finished is byte for byte what it was
+        assert digests(run_dir / name) == files
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    assert sorted(history.groupby("trial_id")["epoch"].max()) == [6, 6, 6, 6]
+    assert (history.groupby("trial_id")["epoch"].nunique() == 6).all()

@@ -26,9 +26,9 @@ class SweepInterrupted(Exception):
     """The sweep stopped before every trial finished (Ctrl+C, a budget, a lost cluster): resume it with
     ``tune_app.sweep(resume=run_dir)``."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"the sweep in {run_dir} was interrupted; continue it with tune_app.sweep(resume="
-                         f"{str(run_dir)!r})")
+    def __init__(self, run_dir: Path, because: str | None = None) -> None:
+        super().__init__(f"{because or f'the sweep in {run_dir} was interrupted'}; continue it with "
+                         f"tune_app.sweep(resume={str(run_dir)!r})")
         self.run_dir = run_dir
 
 
@@ -48,7 +48,7 @@ def sweep(space=None, **settings) -> Sweep:
     code = search.run(spec, resume=bool(options.resume))
     run_dir = Path(spec["run_dir"])
     if code == 130:
-        raise SweepInterrupted(run_dir)
+        raise SweepInterrupted(run_dir, spec.get("stopped_because"))
     if code != 0:
         raise SweepFailed(f"no trial of the sweep in {run_dir} finished; see {run_dir / 'summary'} and each trial's "
                           f"error.txt")

@@ -142,3 +142,29 @@ class RestoreNotes(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get(RESTORE_NOTE):
             print(f"tune_app: trial {trial}: {result[RESTORE_NOTE]}", flush=True)
+
+
+class RunDirUnwritable(Exception):
+    """The run directory stopped being writable mid-sweep (see ``StopWhenUnwritable``)."""
+
+
+class StopWhenUnwritable(tune.Callback):
+    """A trial that fails while the run directory cannot be written to ends the sweep there, instead of Ray
+    retrying every trial until its retries are spent: nothing more can be saved anyway. Ray's last experiment
+    state stays as it was (the trials it lists as running are resumed) and so does every file written before;
+    ``--resume`` continues once the directory is writable again. The sweep says so in one line
+    (``ray_output.WATCH`` holds the reason)."""
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check()
+
+    @staticmethod
+    def _check() -> None:
+        from tune_app.ray_output import WATCH
+
+        problem = WATCH.check()
+        if problem is not None:
+            raise RunDirUnwritable(problem)

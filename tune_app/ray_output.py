@@ -23,3 +23,79 @@ os.environ.setdefault("WANDB_SILENT", "true")
 import logging  # noqa: E402
 
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
+def unwritable(folder) -> str | None:
+    """Why nothing can be written in ``folder`` ("Permission denied", "Read-only file system", "No space left on
+    device"), or None when a small file can be written there and removed."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".tune_app.probe.")
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+class RunDirWatch(logging.Filter):
+    """A run directory that stops being writable mid-sweep (its permissions changed, its disk was remounted
+    read-only or filled up) fails every trial's next checkpoint, each with a page of Ray's traceback. While a sweep
+    runs this watch sits on Ray's log handler: an error Ray logs makes it look whether the run directory can
+    still be written to, and once it cannot, Ray's records are dropped (the sweep ends, and tune_app says why in
+    one line). ``ray_adapter.StopWhenUnwritable`` ends the sweep at the first failed trial."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+        self.run_dir = None
+        self.problem: str | None = None
+
+    def start(self, run_dir) -> None:
+        """Watch ``run_dir`` (None: a sweep into object storage, where there is nothing local to watch)."""
+        self.active, self.run_dir, self.problem = True, run_dir, None
+        for handler in logging.getLogger("ray").handlers:
+            if self not in handler.filters:
+                handler.addFilter(self)
+
+    def stop(self) -> None:
+        """After Ray has shut down (it reports the failed trials' results nobody fetched as it ends)."""
+        self.active, self.run_dir, self.problem = False, None, None
+
+    def check(self) -> str | None:
+        if self.problem is None and self.run_dir is not None:
+            self.problem = unwritable(self.run_dir)
+        return self.problem
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.active or record.levelno < logging.WARNING:
+            return True
+        if noise(record):
+            return False
+        if record.levelno >= logging.ERROR:
+            self.check()
+        return self.problem is None
+
+
+def noise(record: logging.LogRecord) -> bool:
+    """Ray's records that say nothing a user of tune_app can act on."""
+    message, error = str(record.msg), record.exc_info[1] if record.exc_info else None
+    # Ray's experiment state lags its trials by a few seconds: a sweep that ended without a last save (a crash, a
+    # run directory that stopped being writable) is resumed with a list of checkpoints that names some already
+    # deleted; Ray deletes them again on a trial's first new checkpoint, logs the missing folder as an error with
+    # a traceback, and carries on as it should.
+    if message.startswith("Trial %s: Error handling checkpoint") and isinstance(error, FileNotFoundError):
+        return True
+    # Resuming, Ray reads the results so far of every trial, and warns about the ones queued but not started
+    # (their folder exists, with no result.json yet).
+    if message.startswith("Failed to fetch metrics for"):
+        failures = message.splitlines()[1:]
+        return bool(failures) and all("result.json and progress.csv were not found" in f for f in failures)
+    return False
+
+
+WATCH = RunDirWatch()

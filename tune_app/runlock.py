@@ -58,7 +58,10 @@ class RunLock:
 
     def release(self) -> None:
         if self.lock.is_locked:
-            (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
+            try:
+                (self.run_dir / OWNER_FILE).unlink(missing_ok=True)
+            except OSError:  # a run directory that is no longer writable: a stale owner file names no holder
+                pass
             self.lock.release()
 
 

@@ -484,7 +484,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
 
     from tune_app import tuning
     from tune_app.budget import wrap_scheduler
-    from tune_app.ray_adapter import RestoreNotes
+    from tune_app.ray_adapter import RestoreNotes, StopWhenUnwritable
     from tune_app.wandb_setup import wandb_callback
 
     s = spec["settings"]
@@ -497,7 +497,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
                                                 indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     oom = oom_retry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
-    callbacks = [c for c in (callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
+    callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
                              oom, budget, RestoreNotes(), *extra_callbacks) if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
@@ -730,6 +730,7 @@ def run(spec: dict, resume: bool) -> int:
                 import ray
 
                 ray.shutdown()
+            ray_output.WATCH.stop()
     finally:
         if lock is not None:
             release(lock, resume)
@@ -769,6 +770,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     from ray import tune
 
     from tune_app.ray_adapter import ray_trainable
+    from tune_app.ray_output import WATCH
 
     s = spec["settings"]
     run_dir = Path(spec["run_dir"])
@@ -799,6 +801,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         from tune_app import storage
 
         uploads = (storage.uploader(run_dir, run_uri),)
+    WATCH.start(None if run_uri else run_dir)  # run() stops it when Ray has shut down
     if resume:
         tuner = tune.Tuner.restore(run_uri or str(run_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=bool(spec.get("retry_errored")))
@@ -813,7 +816,13 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
           f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
           f"{s['cpus_per_trial']:g} CPU / {s.get('gpus_shown', s['gpus_per_trial']):g} GPU each, into "
           f"{run_uri or run_dir}", flush=True)
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except Exception:
+        if WATCH.problem is None:
+            raise
+    if WATCH.problem is not None:
+        return stopped_unwritable(spec, run_dir, WATCH.problem)
 
     from tune_app import analyze
 
@@ -847,6 +856,20 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
               f"python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr)
         return 130
     return 0 if found_best else 1
+
+
+def stopped_unwritable(spec: dict, run_dir: Path, problem: str) -> int:
+    """A run directory that stopped being writable ended the sweep (ray_adapter.StopWhenUnwritable): one line,
+    and 130, as for any sweep that stopped before its end and can be resumed."""
+    from tune_app.rundir import UNFINISHED, ray_statuses
+
+    statuses = ray_statuses(run_dir)
+    finished = sum(status not in UNFINISHED for status in statuses.values())
+    spec["stopped_because"] = f"{run_dir} stopped being writable ({problem})"
+    print(f"tune_app: error: {spec['stopped_because']}, so the sweep stopped with {finished} of "
+          f"{spec['expected_trials']} trials finished; nothing finished is lost: make it writable again, then "
+          f"continue with: python -m tune_app.search --resume {run_dir}", file=sys.stderr, flush=True)
+    return 130
 
 
 def settings_of(args: argparse.Namespace) -> SweepSettings:
