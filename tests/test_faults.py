@@ -192,3 +192,42 @@ def test_wandb_crashing_in_every_run_leaves_warnings_and_a_complete_sweep(faults
     assert (trials["status"] == "completed").all() and len(history) == 6
     assert all(any(run_dir.glob(f"*{t}/checkpoint_*")) for t in trials["trial_id"])
     assert (run_dir / "summary" / "report.html").is_file() and (run_dir / "summary" / "best_config.json").is_file()
+
+
+def test_a_wandb_failure_mid_sweep_still_finishes_the_runs_already_started(faults_file, tmp_path, monkeypatch,
+                                                                             caplog):
+    """W&B fails on the sweep's second result (on the driver, where Ray's callback turns results into W&B's):
+    one warning, no more W&B results, and the W&B runs already started are still finished (their files end with
+    W&B's exit record and keep what was logged), not left to be killed unfinished as 7-byte files."""
+    from ray.air.integrations import wandb as ray_wandb
+
+    from tests.wandb_records import records
+
+    faults_file.write_text("[]")
+    clean_log, calls = ray_wandb._clean_log, []
+
+    def failing_clean_log(result, **kwargs):
+        if not isinstance(result, dict) or "training_iteration" not in result:  # a config, or a part of one
+            return clean_log(result, **kwargs)
+        calls.append(result.get("epoch"))
+        if len(calls) == 2:
+            raise OSError("W&B's file could not be written")
+        return clean_log(result, **kwargs)
+
+    monkeypatch.setattr(ray_wandb, "_clean_log", failing_clean_log)
+    args = [a if a != "disabled" else "offline" for a in argv(tmp_path / "runs")]
+    with caplog.at_level("WARNING", logger="tune_app"):
+        assert search.main(args) == 0
+    said = [r.getMessage() for r in caplog.records if "the sweep continues without W&B" in r.getMessage()]
+    assert len(said) == 1 and "W&B logging failed (OSError: W&B's file could not be written)" in said[0]
+    assert len(calls) == 2  # no result went to W&B after the failure
+    run_dir = tmp_path / "runs" / "drill"
+    trials, history = trials_of(run_dir)
+    assert (trials["status"] == "completed").all() and len(history) == 6
+    runs = {p.name.rsplit("-", 1)[-1]: p for p in wandb_runs(run_dir)}
+    for trial_id in trials["trial_id"]:
+        kinds = [r.WhichOneof("record_type") for r in records(next(runs[trial_id].glob("run-*.wandb")))]
+        assert kinds[-1:] == ["exit"], kinds[-5:]  # was: no record at all, the 7-byte header of a killed run
+    logged = sum(kind == "history" for p in runs.values() for kind in
+                 (r.WhichOneof("record_type") for r in records(next(p.glob("run-*.wandb")))))
+    assert logged >= 1  # the result before the failure

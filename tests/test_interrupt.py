@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.rundir import ray_statuses, trial_id_of
+from tune_app.wandb_files import missing_runs, read_run
 
 
 def cli(*args):
@@ -52,9 +53,17 @@ def epochs_done(run_dir: Path) -> dict[str, int]:
     return out
 
 
+def ray_noise(text: str) -> list[str]:
+    """Lines of a command's stderr that are neither tune_app's nor Ray's status table: tracebacks, W&B's failures,
+    Ray's C++ errors, Python's "Exception ignored"."""
+    return [line for line in text.splitlines()
+            if any(bad in line for bad in ("Traceback", "W&B setup failed", "core_worker", "Exception ignored",
+                                           "ERROR", "wandb:"))]
+
+
 def test_ctrl_c_after_a_trial_finished_exits_130_with_the_right_count(tmp_path):
     run_dir = tmp_path / "runs" / "cut"
-    proc = start(tmp_path, "cut")
+    proc = start(tmp_path, "cut", "--wandb-mode", "offline")
     # the first trial has finished (6 epochs) while others are part-way: then one Ctrl+C
     wait_for(lambda: 6 in epochs_done(run_dir).values() and any(0 < n < 6 for n in epochs_done(run_dir).values()),
              what="a finished trial and a running one")
@@ -74,9 +83,21 @@ def test_ctrl_c_after_a_trial_finished_exits_130_with_the_right_count(tmp_path):
             assert trials.loc[trial_id, "status"] == "interrupted"
     best = json.loads((run_dir / "summary" / "best_config.json").read_text())
     assert statuses[best["trial_id"]] == "TERMINATED"  # never a trial cut off part-way
-    # and it resumes to the end
-    assert subprocess.run(cli("--resume", str(run_dir)), capture_output=True, timeout=400).returncode == 0
+    assert not ray_noise(out + err), ray_noise(out + err)
+    # and it resumes to the end, logging to W&B offline as the sweep did, with nothing but tune_app's lines
+    resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not ray_noise(resumed.stdout + resumed.stderr), ray_noise(resumed.stdout + resumed.stderr)
+    assert "W&B holds no full run" not in resumed.stderr
     assert set(ray_statuses(run_dir).values()) == {"TERMINATED"} and len(ray_statuses(run_dir)) == 4
+    # every trial's epochs are in W&B, a resumed one's over its two offline runs
+    logged = {}
+    for file in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
+        trial_id = file.parent.name.rsplit("-", 1)[-1]
+        logged.setdefault(trial_id, []).extend(row["epoch"] for row in read_run(file)["history"] if "epoch" in row)
+    assert {t: sorted(set(e)) for t, e in logged.items() if t in statuses} == \
+        {t: [1, 2, 3, 4, 5, 6] for t in statuses}
+    assert missing_runs(run_dir, {t: 6 for t in statuses}) == []
 
 
 def test_a_second_sweep_into_a_running_ones_directory_is_refused(tmp_path):

@@ -278,3 +278,14 @@ def test_the_tune_app_entry_point_runs_retrain(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.strip().splitlines() == [
         f"tune_app: error: {tmp_path / 'nowhere'}: no such directory; pass a run directory such as runs/<name>"]
+
+
+def test_a_retrain_logging_to_wandb_prints_tune_apps_lines_not_wandbs_banners(sweep, tmp_path):
+    run_dir = copy_of(sweep, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "tune_app.retrain", str(run_dir), "--seeds", "2", "--epochs", "1",
+                           "--wandb-mode", "offline"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert [line for line in lines if line.lower().startswith("wandb")] == []
+    assert sum("wandb sync" in line for line in lines) == 1  # where the offline runs are: tune_app says it once
+    assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) >= 2  # and W&B did log them

@@ -63,15 +63,19 @@ def read_run(path: Path) -> dict:
 
 
 def missing_runs(run_dir: Path, epochs: dict[str, int]) -> list[str]:
-    """The trials (of ``epochs``: trial id -> epochs it reported) whose W&B run in ``<run dir>/wandb`` is missing or
-    holds fewer history rows than the trial reported epochs."""
-    logged: dict[str, int] = {}
+    """The trials (of ``epochs``: trial id -> epochs it reported) whose W&B runs in ``<run dir>/wandb`` are missing or
+    hold fewer epochs than the trial reported. A trial continued by --resume logs into a second offline run with
+    the same id: its epochs are counted over all of them."""
+    logged: dict[str, set] = {}
     for folder in Path(run_dir, "wandb").glob("*run-*"):
         trial_id = folder.name.rsplit("-", 1)[-1]
         for file in folder.glob("run-*.wandb"):
             try:
-                rows = sum(r.WhichOneof("record_type") == "history" for r in records(file))
+                history = [r.history for r in records(file) if r.WhichOneof("record_type") == "history"]
             except (ValueError, OSError, struct.error):
-                rows = 0
-            logged[trial_id] = max(logged.get(trial_id, 0), rows)
-    return sorted(t for t, n in epochs.items() if n and logged.get(t, 0) < n)
+                history = []
+            for i, row in enumerate(history):
+                epoch = next((item.value_json for item in row.item
+                              if (item.key or "/".join(item.nested_key)) == "epoch"), f"{file} row {i}")
+                logged.setdefault(trial_id, set()).add(epoch)
+    return sorted(t for t, n in epochs.items() if n and len(logged.get(t, ())) < n)

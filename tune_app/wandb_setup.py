@@ -61,17 +61,21 @@ def resolve_mode(mode: str | None) -> str:
 
 
 class SafeWandbCallback(WandbLoggerCallback):
-    """Ray's W&B callback with every call guarded: the first W&B failure is logged once
-    and turns W&B off for the rest of the sweep, which goes on."""
+    """Ray's W&B callback with every call guarded: the first W&B failure is logged once and starts no more
+    W&B runs or results for the rest of the sweep, which goes on; the runs already started are still finished."""
 
     failed = False
 
-    def _guard(self, what, fn, *args, **kwargs):
-        if self.failed:
+    def _guard(self, what, fn, *args, finishing: bool = False, **kwargs):
+        """``finishing``: a call that ends runs already started (their last results, wandb.finish): made even
+        after a failure, or those runs would stay unfinished and be killed at the end, their files empty."""
+        if self.failed and not finishing:
             return None
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any W&B failure must not end the sweep
+            if self.failed:
+                return None  # said once
             self.failed = True
             log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
             return None
@@ -93,7 +97,25 @@ class SafeWandbCallback(WandbLoggerCallback):
         super()._cleanup_logging_actors(0, kill_on_timeout)
 
     def setup(self, *args, **kwargs):
+        if self.kwargs.get("mode") == "offline":
+            # Ray's callback asks for an API key unless $WANDB_MODE says offline; a callback restored by --resume
+            # comes back without the variable wandb_callback() set
+            os.environ["WANDB_MODE"] = "offline"
         self._guard("setup", super().setup, *args, **kwargs)
+
+    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+        if not self._remote_logger_class:
+            # Ray's options for the logging actor, but no restarts: the actor takes the trial's queue (an actor
+            # handle) as an argument, from which Ray cannot restart it reliably, and says so in an error-level
+            # line at every sweep's start. A logging actor that dies is reported (check_wandb_runs), not restarted.
+            import ray
+            from ray.air.integrations.wandb import WANDB_ENV_VAR
+            from ray.air.util.node import _force_on_current_node
+
+            env = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
+            self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=0,
+                                                   runtime_env={"env_vars": env})(self._logger_actor_cls)
+        super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     def __del__(self):
         # A callback restored by --resume may never have been set up (its actor tables were not pickled): Ray's
@@ -110,14 +132,15 @@ class SafeWandbCallback(WandbLoggerCallback):
         self._guard("logging", super().log_trial_result, iteration, trial, result)
 
     def log_trial_end(self, trial, failed=False):
-        self._guard("run end", super().log_trial_end, trial, failed)
+        if trial in self._trial_queues:
+            self._guard("run end", super().log_trial_end, trial, failed, finishing=True)
 
     def on_experiment_end(self, trials, **info):
         # Trials cut short by Ctrl+C never get log_trial_end, and Ray's callback would
         # wait its whole upload timeout for their logging actors: tell them to finish first.
         for trial in list(self._trial_queues):
-            self._guard("run end", self._signal_logging_actor_stop, trial)
-        self._guard("finishing", super().on_experiment_end, trials, **info)
+            self._guard("run end", self._signal_logging_actor_stop, trial, finishing=True)
+        self._guard("finishing", super().on_experiment_end, trials, finishing=True, **info)
 
 
 def wandb_callback(mode: str | None, project: str, entity: str | None, group: str, run_dir: Path | None):
