@@ -5,10 +5,13 @@ command's real ``main`` in this process with the current directory in a scratch 
 the run and the scratch folder are compared file by file (size and modification time) before and after."""
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.readonly import chmod_tree, unprivileged
 from tune_app import analyze, retrain, search, train
 
 SEARCH = ["--space", "digits", "--num-samples", "1", "--set", "epochs=1", "--searcher", "random", "--scheduler",
@@ -170,3 +173,41 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, done, tmp_path, 
     assert "Traceback" not in out + err
     assert 1 <= len(lines) <= 2 and said in lines[-1], lines
     assert snapshot(runs, tmp_path) == before
+
+
+READ_ONLY = {  # name -> (module, argv, the one line); RUN is a read-only copy of the finished sweep
+    "search under a locked folder": ("search", [*SEARCH, "--storage-path", "LOCKED/runs", "--name", "x"],
+                                     "cannot create the run directory LOCKED/runs/x (Permission denied); give a "
+                                     "--storage-path you can write to"),
+    "analyze a read-only run": ("analyze", ["RUN"], "RUN is not writable (Permission denied) and analyze writes its "
+                                                    "summary/ there; make it writable, or analyze a copy of it"),
+    "retrain a read-only run": ("retrain", ["RUN", "--seeds", "1", "--wandb-mode", "disabled"],
+                                "RUN is not writable (Permission denied) and retrain writes its retrain/ folder "
+                                "there; make it writable, or retrain a copy of it"),
+    "resume a read-only run": ("search", ["--resume", "RUN"], "cannot lock the run directory RUN (Permission "
+                                                               "denied); make it writable to resume it"),
+}
+
+
+@pytest.mark.parametrize("case", list(READ_ONLY))
+def test_a_folder_the_user_cannot_write_to_is_one_line_exit_2_and_changes_nothing(case, done, tmp_path):
+    run, _ = done
+    module, argv, said = READ_ONLY[case]
+    copy, locked = tmp_path / "run", tmp_path / "locked"
+    shutil.copytree(run, copy)
+    locked.mkdir()
+    chmod_tree(tmp_path, writable=False)
+    try:
+        before = snapshot(tmp_path)
+        argv = [a.replace("RUN", str(copy)).replace("LOCKED", str(locked)) for a in argv]
+        done_ = subprocess.run(unprivileged([sys.executable, "-m", f"tune_app.{module}", *argv]), capture_output=True,
+                               text=True, timeout=300, cwd=tmp_path)
+        after = snapshot(tmp_path)
+    finally:
+        chmod_tree(tmp_path, writable=True)
+    said = said.replace("RUN", str(copy)).replace("LOCKED", str(locked))
+    assert done_.returncode == 2, done_.stderr[-2000:]
+    lines = done_.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tune_app: error: {said}"), lines
+    assert "Traceback" not in done_.stdout
+    assert after == before

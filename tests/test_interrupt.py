@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tests.readonly import chmod_tree, unprivileged
 from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.rundir import ray_statuses, trial_id_of
 from tune_app.wandb_files import missing_runs, read_run
@@ -20,17 +21,11 @@ def cli(*args):
     return [sys.executable, "-m", "tune_app.search", *args]
 
 
-def unprivileged(command: list[str]) -> list[str]:
-    """``command`` without root's power to write anywhere: in a user namespace of its own the files it makes are
-    still its own, but their permission bits bind it, so a chmod takes its run directory away as from any user."""
-    return ["unshare", "--user", *command] if os.geteuid() == 0 else command
-
-
 def start(tmp_path: Path, name: str, *extra, env: dict | None = None, wrap=list) -> subprocess.Popen:
     return subprocess.Popen(
-        wrap(cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher", "random",
-            "--scheduler", "fifo", "--cpus-per-trial", "1", "--storage-path", str(tmp_path / "runs"), "--name", name,
-            "--wandb-mode", "disabled", *extra)),
+        wrap(cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher",
+                 "random", "--scheduler", "fifo", "--cpus-per-trial", "1", "--storage-path", str(tmp_path / "runs"),
+                 "--name", name, "--wandb-mode", "disabled", *extra)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
@@ -150,13 +145,6 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     epochs = sorted(history[history["trial_id"] == cut[0]]["epoch"])
     assert epochs == [1, 2, 3, 4, 5, 6]
     assert set(ray_statuses(run_dir).values()) == {"TERMINATED"}
-
-
-def chmod_tree(root: Path, writable: bool) -> None:
-    for folder, _, files in os.walk(root):
-        for path in [folder, *(os.path.join(folder, f) for f in files)]:
-            mode = os.stat(path).st_mode
-            os.chmod(path, mode | 0o200 if writable else mode & ~0o222)
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ from tune_app import (
 )
 from tune_app.errors import OneLineParser, UsageError, file_error
 from tune_app.results import Sweep
-from tune_app.runlock import check_idle
+from tune_app.runlock import check_idle, check_writable
 from tune_app.summary import (
     ELIGIBLE,
     NO_ELIGIBLE,
@@ -360,6 +360,7 @@ def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last",
         wandb_mode=None, wandb_project=None, wandb_entity=None, quiet=False) -> Analysis:
     a = compute(path, metric=metric, mode=mode, at_epoch=at_epoch, pairs=pairs, select=select, top_k=top_k,
                 curves_by=curves_by)
+    check_writable(a.sweep.path, "analyze", "its summary/")
     write(a)
     log_wandb(a, wandb_mode, wandb_project, wandb_entity)
     if not quiet:

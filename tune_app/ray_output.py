@@ -25,23 +25,6 @@ import logging  # noqa: E402
 logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
-def unwritable(folder) -> str | None:
-    """Why nothing can be written in ``folder`` ("Permission denied", "Read-only file system", "No space left on
-    device"), or None when a small file can be written there and removed."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".tune_app.probe.")
-        try:
-            os.write(fd, b"\0" * 4096)
-        finally:
-            os.close(fd)
-            os.unlink(name)
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    return None
-
-
 class RunDirWatch(logging.Filter):
     """A run directory that stops being writable mid-sweep (its permissions changed, its disk was remounted
     read-only or filled up) fails every trial's next checkpoint, each with a page of Ray's traceback. While a sweep
@@ -68,6 +51,8 @@ class RunDirWatch(logging.Filter):
 
     def check(self) -> str | None:
         if self.problem is None and self.run_dir is not None:
+            from tune_app.errors import unwritable
+
             self.problem = unwritable(self.run_dir)
         return self.problem
 

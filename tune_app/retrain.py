@@ -818,10 +818,12 @@ def run(args: argparse.Namespace) -> Path | None:
     uri = args.run_dir if storage.is_uri(args.run_dir) and \
         storage.check_scheme(args.run_dir, "retrain") != "file" else None
     args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
-    from tune_app.runlock import check_idle
+    from tune_app.runlock import check_idle, check_writable
 
     check_idle(args.run_dir, "retrain")
     plan = make_plan(args)
+    if not args.evaluate:
+        check_writable(plan.run_dir, "retrain", "its retrain/ folder")
     if args.evaluate:
         evaluate_file(plan, args.evaluate)
         return None

@@ -32,8 +32,9 @@ def _owner(run_dir: Path) -> str:
 class RunLock:
     """Held from before Ray starts until the sweep (and its analysis) ends."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.fix = "make it writable to resume it" if resume else "give a --storage-path you can write to"
         self.lock = filelock.FileLock(str(self.run_dir / LOCK_FILE), timeout=0)
         self.created: Path | None = None  # the outermost folder acquire() made (the run dir, or --storage-path)
 
@@ -51,8 +52,7 @@ class RunLock:
             check_free(self.run_dir)
             raise UsageError(f"{self.run_dir} is in use by another sweep; pick another --name") from None
         except OSError as e:
-            raise UsageError(f"cannot lock the run directory {self.run_dir} ({e.strerror}); give a --storage-path "
-                             f"you can write to") from None
+            raise UsageError(f"cannot lock the run directory {self.run_dir} ({e.strerror}); {self.fix}") from None
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
         (self.run_dir / OWNER_FILE).write_text(json.dumps(owner))
 
@@ -94,3 +94,13 @@ def check_idle(run_dir, command: str) -> None:
     if owner is not None:
         raise UsageError(f"{run_dir}: {owner} is still running there; {command} it when it ends (or stop it with "
                          f"Ctrl+C)")
+
+
+def check_writable(run_dir, command: str, what: str) -> None:
+    """``command`` (analyze, retrain) writes ``what`` into the run directory: one line when it cannot."""
+    from tune_app.errors import unwritable
+
+    problem = unwritable(run_dir)
+    if problem is not None:
+        raise UsageError(f"{run_dir} is not writable ({problem}) and {command} writes {what} there; make it writable, "
+                         f"or {command} a copy of it (cp -r {run_dir} SOMEWHERE)")

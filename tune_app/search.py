@@ -497,8 +497,9 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
                                                 indent=2))
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     oom = oom_retry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
-    callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(s.get("trial_timeout") or 0), tuning.scheduler_state(scheduler),
-                             oom, budget, RestoreNotes(), *extra_callbacks) if c is not None]
+    callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(s.get("trial_timeout") or 0),
+                             tuning.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
+                 if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
@@ -740,7 +741,7 @@ def claim(run_dir: Path, resume: bool):
     """The run directory, locked for this sweep (see tune_app.runlock); a new sweep also needs it empty."""
     from tune_app.runlock import RunLock
 
-    lock = RunLock(run_dir)
+    lock = RunLock(run_dir, resume)
     lock.acquire()
     if not resume and any(run_dir.glob("experiment_state*.json")):
         lock.release()  # another sweep finished there between planning and now
