@@ -324,10 +324,10 @@ def test_bad_values_are_refused_with_one_line(digits, key, value, message):
 
 
 def test_adding_an_optimizer_is_one_class_and_its_registry_line(digits):
-    """The README's example, run as written: registered, it trains and checkpoints like the others."""
+    """docs/studies.md's example, run as written: registered, it trains and checkpoints like the others."""
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "studies.md").read_text()
     block = readme.split('@OPTIMIZERS.register("adamax")')[1].split("```")[0]
     try:
         exec('@OPTIMIZERS.register("adamax")' + block, vars(nm).copy())
