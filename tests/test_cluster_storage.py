@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tune_app import search
+from tune_app import cluster, search
 
-pytestmark = pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")
+pytestmark = [pytest.mark.cluster,
+              pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")]
 
 
 def can_unshare() -> bool:
@@ -68,5 +69,5 @@ def test_a_directory_one_node_cannot_see_is_refused(split_cluster, capsys):
 
 def test_a_directory_every_node_sees_passes(split_cluster):
     _, _, shared = split_cluster
-    search.check_shared_storage(shared, str(shared))  # no error
+    cluster.check_shared_storage(shared, str(shared))  # no error
     assert list(shared.iterdir()) == []

@@ -1,7 +1,7 @@
 """tune_app: hyperparameter search for PyTorch image classifiers on Ray Tune.
 
 The command line (``python -m tune_app.search``, ``analyze``, ``retrain``, ``train``) is a thin layer over
-these functions; see ``tune_app.api`` and docs/own_code.md.
+these functions; see ``tune_app.api`` and docs/own-code.md.
 """
 import importlib
 

@@ -245,9 +245,7 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
 
 
 def _retrain_summary(path: Path) -> dict | None:
-    from tune_app.retrain import RETRAIN_DIR
-
-    found = path / RETRAIN_DIR / "retrain.json"
+    found = path / rundir.RETRAIN_DIR / "retrain.json"
     try:
         return json.loads(found.read_text()) if found.is_file() else None
     except (OSError, json.JSONDecodeError) as e:

@@ -22,7 +22,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # tune_app's own); the setting itself is left as Ray chose it.
 import logging  # noqa: E402
 
-logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+from tune_app.ray_private import TOKEN_AUTH_LOGGER  # noqa: E402
+
+logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
 
 
 class RunDirWatch(logging.Filter):

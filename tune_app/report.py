@@ -8,6 +8,7 @@ import math
 
 import pandas as pd
 
+from tune_app.layout import RETRAIN_DIR
 from tune_app.summary import _missing, _number
 
 STYLE = """
@@ -25,11 +26,12 @@ def is_acc(metric: str) -> bool:
     return metric.endswith("acc")
 
 
-def fmt(value, metric: str) -> str:
-    """A metric value for people: accuracies in percent, other metrics to 4 significant digits."""
+def fmt(value, metric: str, unit: bool = False) -> str:
+    """A metric value for people: accuracies in percent (``unit``: with the sign), other metrics to 4 significant
+    digits."""
     if _missing(value) or (isinstance(value, float) and math.isinf(value)):
         return "n/a"
-    return f"{100 * value:.2f}" if is_acc(metric) else f"{value:.4g}"
+    return (f"{100 * value:.2f} %" if unit else f"{100 * value:.2f}") if is_acc(metric) else f"{value:.4g}"
 
 
 def _rank(value) -> str:
@@ -196,16 +198,99 @@ RETRAIN_FIGURES = (("confusion_matrix.png", "Confusion matrix of the kept model 
                    ("samples.png", "One test image per class: true -> predicted"))
 
 
-def retrain_markdown(summary: dict) -> str:
-    from tune_app import retrain
+# ---------------------------------------------------------------- the retrain section (from retrain.json)
 
-    parts = ["## Retrain on the test set", "", retrain.overview(summary), "",
-             markdown_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2), "",
-             *[f"- {line}" for line in retrain.notes(summary)], ""]
-    robustness = retrain.robustness_table(summary)
+RETRAIN_HEAD = ("rank", "configuration", "seeds", "epochs", "search", "retrain validation", "test acc",
+              "search - test")
+
+
+def retrain_rows(summary: dict) -> list[list[str]]:
+    """One row per retrained configuration: the search's number, the retrain's validation and test numbers."""
+    metric = summary["metric"]
+    return [[str(c["rank"]), c["trial_name"], ",".join(map(str, c["seeds"])), str(c["epochs"]),
+             fmt(c["search"]["value"], metric, unit=True), _pm(c["retrain_val"], metric),
+             _pm(c["test_acc"], "acc"), _points(c["gap_search_minus_test"], metric)] for c in summary["configs"]]
+
+
+def retrain_notes(summary: dict) -> list[str]:
+    """Reproduction, ranking, the model kept and the most confused classes, a sentence each."""
+    metric, lines = summary["metric"], []
+    for c in summary["configs"]:
+        rep = c["reproduction"]
+        if rep is not None:
+            verdict = "identical" if rep["identical"] else f"differs by {rep['difference']:+.3g}"
+            lines.append(f"Reproduction: {c['trial_name']} seed {rep['seed']} at epoch {rep['epoch']}: sweep "
+                         f"{fmt(rep['sweep'], metric, unit=True)}, retrain {fmt(rep['retrain'], metric, unit=True)} "
+                         f"({verdict}).")
+    r = summary["ranking"]
+    if r["holds"] is not None:
+        lines.append(f"Ranking of the top {r['k']} on the test set: {' > '.join(map(str, r['test_order']))} "
+                     f"({'the search order holds' if r['holds'] else 'the search order does not hold'}; "
+                     f"Kendall tau {r['kendall_tau']:.2f}).")
+    m = summary["model"]
+    lines.append(f"Model kept: rank {m['rank']} {m['trial_name']} seed {m['seed']} (chosen by {m['chosen_by']}), "
+                 f"test acc {100 * m['test_acc']:.2f} %.")
+    rob = summary.get("robustness")
+    if rob:
+        worst = min(rob["per_corruption"].items(), key=lambda kv: kv[1])
+        lines.append(f"Robustness of the kept model: clean test {100 * rob['clean_test_acc']:.2f} %, corrupted "
+                     f"{100 * rob['ood_acc']:.2f} % (mean over {len(rob['sets'])} sets; worst {worst[0]} "
+                     f"{100 * worst[1]:.2f} %); {'CIFAR-C files' if rob['source'] else 'generated from the test set'}.")
+    if summary["most_confused"]:
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
+        lines.append(f"Most confused (true -> predicted): {pairs}.")
+    return lines
+
+
+def robustness_table(summary: dict) -> tuple[tuple, list[list[str]]] | None:
+    """The kept model's accuracy per corruption (rows) and severity (columns), with the clean test accuracy
+    as severity 0; None when the retrain scored no corruptions."""
+    rob = summary.get("robustness")
+    if not rob:
+        return None
+    severities = sorted({r["severity"] for r in rob["sets"]})
+    acc = {(r["corruption"], r["severity"]): r["acc"] for r in rob["sets"]}
+    head = ("corruption", "mean", "clean", *[f"severity {s}" for s in severities])
+    rows = [[name, f"{100 * mean:.2f} %", f"{100 * rob['clean_test_acc']:.2f} %",
+             *[f"{100 * acc[(name, s)]:.2f} %" if (name, s) in acc else "" for s in severities]]
+            for name, mean in rob["per_corruption"].items()]
+    return head, rows
+
+
+def retrain_overview(summary: dict) -> str:
+    d = summary["dataset"]
+    return (f"Retrain of {summary['sweep']} ({summary['trainable']}): train on {summary['train_on']} "
+            f"({d['train']} images), metric {summary['metric']}; test set {d['test']} images never seen by the search.")
+
+
+def retrain_console(summary: dict) -> str:
+    return "\n".join([retrain_overview(summary), "",
+                      markdown_table(RETRAIN_HEAD, retrain_rows(summary), right_from=2), "", *retrain_notes(summary)])
+
+
+def _pm(stats: dict, metric: str) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    text = fmt(stats["mean"], metric, unit=True)
+    if stats["std"] is not None:
+        text += f" ± {100 * stats['std']:.2f}" if metric.endswith("acc") else f" ± {stats['std']:.3g}"
+    return text
+
+
+def _points(value, metric: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.2f} points" if metric.endswith("acc") else f"{value:+.4g}"
+
+
+def retrain_markdown(summary: dict) -> str:
+    parts = ["## Retrain on the test set", "", retrain_overview(summary), "",
+             markdown_table(RETRAIN_HEAD, retrain_rows(summary), right_from=2), "",
+             *[f"- {line}" for line in retrain_notes(summary)], ""]
+    robustness = robustness_table(summary)
     if robustness:
         parts += ["### Accuracy on corrupted test images", "", markdown_table(*robustness, right_from=1), ""]
-    parts += [f"![{title}](../{retrain.RETRAIN_DIR}/{name})\n" for name, title in RETRAIN_FIGURES]
+    parts += [f"![{title}](../{RETRAIN_DIR}/{name})\n" for name, title in RETRAIN_FIGURES]
     return "\n".join(parts)
 
 
@@ -213,21 +298,19 @@ def retrain_html(summary: dict, run_dir) -> str:
     """The retrain section; its figures are inlined as data URIs so the report stays one self-contained file."""
     import base64
 
-    from tune_app import retrain
-
     e = html.escape
     figures = []
     for name, title in RETRAIN_FIGURES:
-        png = run_dir / retrain.RETRAIN_DIR / name
+        png = run_dir / RETRAIN_DIR / name
         if png.is_file():
             data = base64.b64encode(png.read_bytes()).decode()
             figures.append(f"<div class=plot><h3>{e(title)}</h3><img alt='{e(title)}' style='max-width:100%' "
                            f"src='data:image/png;base64,{data}'></div>")
-    return (f"<h2>Retrain on the test set</h2><p>{e(retrain.overview(summary))}</p>"
-            + html_table(retrain.TABLE_HEAD, retrain.table_rows(summary), right_from=2)
-            + "<ul>" + "".join(f"<li>{e(line)}</li>" for line in retrain.notes(summary)) + "</ul>"
+    return (f"<h2>Retrain on the test set</h2><p>{e(retrain_overview(summary))}</p>"
+            + html_table(RETRAIN_HEAD, retrain_rows(summary), right_from=2)
+            + "<ul>" + "".join(f"<li>{e(line)}</li>" for line in retrain_notes(summary)) + "</ul>"
             + (f"<h3>Accuracy on corrupted test images</h3>{html_table(*robustness, right_from=1)}"
-               if (robustness := retrain.robustness_table(summary)) else "")
+               if (robustness := robustness_table(summary)) else "")
             + "".join(figures))
 
 

@@ -45,8 +45,9 @@ from tune_app import (
     ray_output,  # noqa: F401  (before Ray is imported)
 )
 from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.layout import RETRAIN_DIR
+from tune_app.report import fmt, retrain_console
 
-RETRAIN_DIR = "retrain"
 MODEL_FILE = "model.pt"
 MODEL_FORMAT = "tune_app.model/1"
 CONFUSED_PAIRS = 10  # most-confused (true, predicted) pairs listed
@@ -209,7 +210,7 @@ def ood_plan(args, metric: str, config: dict) -> dict | None:
 
 def load_dataset(plan: Plan):
     """The sweep's dataset, read once by the driver; refused when it is not the data the sweep saw."""
-    from tune_app.search import load_data
+    from tune_app.sweep_data import load_data
 
     dataset = load_data(plan.sweep.space, plan.settings, plan.sweep.spec.get("workdir"))
     recorded = (plan.sweep.spec.get("provenance") or {}).get("dataset", {}).get("fingerprint")
@@ -310,7 +311,7 @@ def run_all(plan: Plan, dataset) -> None:
         ood = (f", corrupted test acc {100 * result['robustness']['ood_acc']:.2f} %" if result["robustness"]
                else "")
         print(f"tune_app: [{total - len(pending)}/{total}] {candidate.trial_name} seed {result['seed']}: "
-              f"{plan.sweep.metric} {_fmt(last.get(plan.sweep.metric), plan.sweep.metric)}, test acc "
+              f"{plan.sweep.metric} {fmt(last.get(plan.sweep.metric), plan.sweep.metric, unit=True)}, test acc "
               f"{100 * result['test_acc']:.2f} %{ood} ({result['seconds']:.0f} s)", flush=True)
     for c in plan.candidates:
         c.runs.sort(key=lambda r: c.seeds.index(r["seed"]))
@@ -483,12 +484,6 @@ def _num(value) -> float | None:
 
 def _diff(a, b) -> float | None:
     return None if a is None or b is None else float(a) - float(b)
-
-
-def _fmt(value, metric: str) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    return f"{100 * value:.2f} %" if metric.endswith("acc") else f"{value:.4g}"
 
 
 def _plain_history(history: list[dict]) -> list[dict]:
@@ -675,90 +670,6 @@ def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
 
 # ---------------------------------------------------------------- output
 
-TABLE_HEAD = ("rank", "configuration", "seeds", "epochs", "search", "retrain validation", "test acc",
-              "search - test")
-
-
-def table_rows(summary: dict) -> list[list[str]]:
-    """One row per retrained configuration: the search's number, the retrain's validation and test numbers."""
-    metric = summary["metric"]
-    return [[str(c["rank"]), c["trial_name"], ",".join(map(str, c["seeds"])), str(c["epochs"]),
-             _fmt(c["search"]["value"], metric), _pm(c["retrain_val"], metric), _pm(c["test_acc"], "acc"),
-             _points(c["gap_search_minus_test"], metric)] for c in summary["configs"]]
-
-
-def notes(summary: dict) -> list[str]:
-    """Reproduction, ranking, the model kept and the most confused classes, a sentence each."""
-    metric, lines = summary["metric"], []
-    for c in summary["configs"]:
-        rep = c["reproduction"]
-        if rep is not None:
-            verdict = "identical" if rep["identical"] else f"differs by {rep['difference']:+.3g}"
-            lines.append(f"Reproduction: {c['trial_name']} seed {rep['seed']} at epoch {rep['epoch']}: sweep "
-                         f"{_fmt(rep['sweep'], metric)}, retrain {_fmt(rep['retrain'], metric)} ({verdict}).")
-    r = summary["ranking"]
-    if r["holds"] is not None:
-        lines.append(f"Ranking of the top {r['k']} on the test set: {' > '.join(map(str, r['test_order']))} "
-                     f"({'the search order holds' if r['holds'] else 'the search order does not hold'}; "
-                     f"Kendall tau {r['kendall_tau']:.2f}).")
-    m = summary["model"]
-    lines.append(f"Model kept: rank {m['rank']} {m['trial_name']} seed {m['seed']} (chosen by {m['chosen_by']}), "
-                 f"test acc {100 * m['test_acc']:.2f} %.")
-    rob = summary.get("robustness")
-    if rob:
-        worst = min(rob["per_corruption"].items(), key=lambda kv: kv[1])
-        lines.append(f"Robustness of the kept model: clean test {100 * rob['clean_test_acc']:.2f} %, corrupted "
-                     f"{100 * rob['ood_acc']:.2f} % (mean over {len(rob['sets'])} sets; worst {worst[0]} "
-                     f"{100 * worst[1]:.2f} %); {'CIFAR-C files' if rob['source'] else 'generated from the test set'}.")
-    if summary["most_confused"]:
-        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in summary["most_confused"][:5])
-        lines.append(f"Most confused (true -> predicted): {pairs}.")
-    return lines
-
-
-def robustness_table(summary: dict) -> tuple[tuple, list[list[str]]] | None:
-    """The kept model's accuracy per corruption (rows) and severity (columns), with the clean test accuracy
-    as severity 0; None when the retrain scored no corruptions."""
-    rob = summary.get("robustness")
-    if not rob:
-        return None
-    severities = sorted({r["severity"] for r in rob["sets"]})
-    acc = {(r["corruption"], r["severity"]): r["acc"] for r in rob["sets"]}
-    head = ("corruption", "mean", "clean", *[f"severity {s}" for s in severities])
-    rows = [[name, f"{100 * mean:.2f} %", f"{100 * rob['clean_test_acc']:.2f} %",
-             *[f"{100 * acc[(name, s)]:.2f} %" if (name, s) in acc else "" for s in severities]]
-            for name, mean in rob["per_corruption"].items()]
-    return head, rows
-
-
-def overview(summary: dict) -> str:
-    d = summary["dataset"]
-    return (f"Retrain of {summary['sweep']} ({summary['trainable']}): train on {summary['train_on']} "
-            f"({d['train']} images), metric {summary['metric']}; test set {d['test']} images never seen by the search.")
-
-
-def console(summary: dict) -> str:
-    from tune_app.report import markdown_table
-
-    return "\n".join([overview(summary), "", markdown_table(TABLE_HEAD, table_rows(summary), right_from=2), "",
-                      *notes(summary)])
-
-
-def _pm(stats: dict, metric: str) -> str:
-    if stats["mean"] is None:
-        return "n/a"
-    text = _fmt(stats["mean"], metric)
-    if stats["std"] is not None:
-        text += f" ± {100 * stats['std']:.2f}" if metric.endswith("acc") else f" ± {stats['std']:.3g}"
-    return text
-
-
-def _points(value, metric: str) -> str:
-    if value is None:
-        return "n/a"
-    return f"{100 * value:+.2f} points" if metric.endswith("acc") else f"{value:+.4g}"
-
-
 def refresh_report(plan: Plan) -> None:
     """Re-analyze with the choices the summary was made with (read back from its files), so the report shows
     the retrain section."""
@@ -842,7 +753,7 @@ def run_builtin(plan: Plan) -> Path:
     dataset = load_dataset(plan)
     check_ood(plan, dataset)
     to_predict = read_predict(plan, dataset)
-    from tune_app.search import join_ray
+    from tune_app.cluster import join_ray
 
     started = join_ray(plan.settings, plan.sweep.spec.get("code"))
     try:
@@ -861,7 +772,7 @@ def run_builtin(plan: Plan) -> Path:
     out = write_files(plan, dataset, summary, model_payload(plan, dataset, summary), to_predict)
     log_wandb(plan, summary, out)
     refresh_report(plan)
-    print(console(summary))
+    print(retrain_console(summary))
     extra = "".join(f", {f}" for f in ("robustness.csv", "submission.csv") if (out / f).exists())
     print(f"Retrain: {out} (retrain.json, model.pt, confusion_matrix.png/.csv, per_class.csv, samples.png{extra}); "
           f"report: {plan.run_dir / 'summary' / 'report.html'}")

@@ -16,8 +16,7 @@ import uuid
 from pathlib import Path
 
 from tune_app.errors import UsageError
-
-RETRAIN_DIR = "retrain"
+from tune_app.layout import RETRAIN_DIR
 
 
 def retrain_one(ref: str, code_paths: list[str], config: dict, data, cpus: float) -> dict:
@@ -59,7 +58,8 @@ def run(plan) -> Path:
     """Every seed of every candidate, then retrain.json. Returns the retrain folder."""
     import ray
 
-    from tune_app.search import join_ray, load_data
+    from tune_app.cluster import join_ray
+    from tune_app.sweep_data import load_data
     from tune_app.usercode import local_paths
 
     space, spec = plan.sweep.space, plan.sweep.spec

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from tune_app.errors import UsageError
+from tune_app.layout import RETRAIN_DIR, SPEC_FILE  # noqa: F401  (rundir.SPEC_FILE, rundir.RETRAIN_DIR)
 
-SPEC_FILE = "tune_app.json"
 # What a trial's history keeps from each report: the metrics, the cost ledger's figures (CPU seconds, training
 # samples so far, the CPUs and share of a GPU the trial held), the divergence and early-stopping flags, when it
 # was reported.

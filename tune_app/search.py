@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import logging
 import math
 import os
 import sys
@@ -18,13 +17,15 @@ import time
 from pathlib import Path
 
 from tune_app import ray_output  # noqa: F401  (before Ray is imported)
-from tune_app.errors import OneLineParser, UsageError, file_error, first_line
+from tune_app.cluster import check_shared_storage, join_ray
+from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.layout import SPEC_FILE
 from tune_app.settings import SweepSettings
 from tune_app.spaces import DEFAULT_KEYS, list_spaces
+from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.tuning import SCHEDULERS, SEARCHERS
 from tune_app.usercode import is_path, local_paths
 
-SPEC_FILE = "tune_app.json"  # what a sweep was started with; --resume reads it back
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
 # What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
@@ -314,15 +315,6 @@ def max_epochs_of(space) -> int:
     return int(max(domain_values(epochs)))
 
 
-def check_resources(cluster: dict, s: dict) -> None:
-    """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
-    for flag, key in (("--cpus-per-trial", "CPU"), ("--gpus-per-trial", "GPU")):
-        wanted = s[f"{key.lower()}s_per_trial"]
-        if wanted != "auto" and wanted > cluster.get(key, 0):
-            raise UsageError(f"{flag} {wanted:g}: the Ray cluster has {cluster.get(key, 0):g} {key}s in all; "
-                             f"ask for at most that, or join a bigger cluster with --address")
-
-
 def expected_trials(param_space: dict, num_samples: int) -> int:
     grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
     return num_samples * math.prod(grid)
@@ -338,144 +330,6 @@ def trial_name(trainable: str, trial) -> str:
 
 def trial_dirname(trainable: str, trial) -> str:
     return f"{trial_name(trainable, trial)}_{trial.trial_id}"[:120]
-
-
-def load_data(space, s: dict, workdir: str | None = None):
-    """The driver reads (or downloads) the dataset once; trials get it from the object store. A trainable of
-    the user's gets what its space's ``load_data()`` returns (an ``OwnData``), or None without one.
-    ``workdir``: where the sweep was started (relative dataset paths are relative to it)."""
-    if not space.trainable.builtin:
-        return OwnData(call_load_data(space))
-    from trainables.data import DataError, prepare
-
-    try:
-        return prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
-                       split_seed=space.constant("split_seed"), image_size=space.constant("image_size") or 0,
-                       base_dir=workdir)
-    except DataError as e:
-        raise UsageError(str(e)) from None
-
-
-def call_load_data(space):
-    if space.load_data is None:
-        return None
-    try:
-        return space.load_data()
-    except Exception as e:  # noqa: BLE001 - the user's function: its one-line reason
-        raise UsageError(f"space {space.ref!r}: load_data() raised {type(e).__name__}: {first_line(e)}") from None
-
-
-class OwnData:
-    """What a trainable of the user's is given as ``data``: the space's ``load_data()`` result, shared as is."""
-
-    def __init__(self, value) -> None:
-        self.value = value
-        self.name = "load_data()" if value is not None else None
-
-    def sweep_view(self):
-        return self.value
-
-
-def check_models(space, dataset) -> None:
-    """A model of the user's is built and run forward on one batch before Ray starts."""
-    check = getattr(space.trainable, "check_models", None) if space.trainable.builtin else None
-    if check is None:
-        return
-    from tune_app.spaces import domain_values
-
-    try:
-        check({key: domain_values(value) for key, value in space.space.items()}, dataset.sweep_view())
-    except ValueError as e:
-        raise UsageError(f"space {space.ref!r}: {e}") from None
-
-
-CONNECT_TIMEOUT_S = 10  # Ray itself waits minutes for a head that does not answer
-
-
-def check_reachable(address: str, given: str) -> None:
-    """A cluster address nothing answers at is refused within seconds (ray.init would wait for minutes)."""
-    import socket
-
-    target = address.removeprefix("ray://")
-    if address == "auto":
-        try:
-            from ray._private.services import canonicalize_bootstrap_address
-
-            target = canonicalize_bootstrap_address("auto") or ""
-        except Exception:  # noqa: BLE001 - no cluster recorded here: ray.init says so at once
-            return
-    if address == "local" or ":" not in target:
-        return
-    host, _, port = target.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{given} {address}: nothing answers at {target} within {CONNECT_TIMEOUT_S} s "
-                         f"({type(e).__name__}: {e}); start the cluster's head with 'ray start --head' there, or "
-                         f"check the host and port") from None
-
-
-def join_ray(s: dict, code: dict | None = None) -> bool:
-    """Start or join Ray; ``code`` (tune_app.usercode.code_to_ship) goes to every worker through the runtime_env.
-    A Ray the caller started already cannot take one: workers on this machine import the code from its folders
-    (see ray_adapter)."""
-    import ray
-
-    from tune_app.usercode import runtime_env
-
-    env = runtime_env(code or {})
-    started = not ray.is_initialized()
-    if started:
-        # With no address Ray would join whatever cluster last ran on this machine; tune_app starts its own
-        # unless told otherwise (--address, or RAY_ADDRESS as cluster launchers set it).
-        address = s["address"] or os.environ.get("RAY_ADDRESS") or "local"
-        check_reachable(address, "--address" if s["address"] else "RAY_ADDRESS")
-        try:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False,
-                     logging_level=logging.WARNING, configure_logging=True, runtime_env=env)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            given = f"--address {address}" if s["address"] else f"RAY_ADDRESS={address}"
-            raise UsageError(f"{given}: cannot join that Ray cluster ({first_line(e)}); "
-                             f"start one with 'ray start --head' or leave --address out") from None
-    check_resources(ray.cluster_resources(), s)
-    return started
-
-
-SHARED_CHECK_TIMEOUT_S = 60
-
-
-def check_shared_storage(root: Path, flag_value: str) -> None:
-    """Every node of a multi-node sweep writes its trials' checkpoints and results into the storage, and a trial
-    moved to another node reads them back there: a local directory must be one that every node mounts. The
-    driver writes a marker file and asks each other node whether it sees it; a node that does not is refused
-    before anything runs (Ray would lose that node's checkpoints)."""
-    import uuid
-
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    others = [n for n in ray.nodes() if n["Alive"] and n["NodeID"] != here]
-    if not others:
-        return
-    root.mkdir(parents=True, exist_ok=True)
-    marker = root / f".tune_app_shared_{uuid.uuid4().hex[:12]}"
-    marker.write_text("tune_app")
-
-    def sees(path: str) -> bool:
-        return os.path.isfile(path)
-
-    probe = ray.remote(num_cpus=0)(sees)
-    try:
-        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-                        .remote(str(marker)) for n in others], timeout=SHARED_CHECK_TIMEOUT_S)
-    finally:
-        marker.unlink(missing_ok=True)
-    blind = [n["NodeManagerAddress"] for n, ok in zip(others, seen) if not ok]
-    if blind:
-        raise UsageError(f"--storage-path {flag_value}: {len(blind)} of the cluster's {len(others) + 1} nodes "
-                         f"({', '.join(blind)}) cannot see {root}, so their trials' checkpoints would be lost; give "
-                         f"a directory every node mounts (NFS, EFS) or s3://bucket/path")
 
 
 def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_callbacks=()):

@@ -92,7 +92,7 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:
         raise UsageError(f"{where} is not a space: it has no {', '.join(missing)} (a space module defines TRAINABLE, "
-                         f"METRIC, MODE, SPACE and optionally DEFAULTS; see docs/own_code.md)")
+                         f"METRIC, MODE, SPACE and optionally DEFAULTS; see docs/own-code.md)")
     if not isinstance(module.SPACE, dict):
         raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains")
     trainable = load_trainable(module.TRAINABLE, where)

@@ -12,6 +12,7 @@ from ray import tune
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from trainables.registry import Registry
+from tune_app import ray_private
 from tune_app.errors import UsageError
 
 SEARCHERS = Registry("searcher")
@@ -96,11 +97,11 @@ def optuna(space, settings, run_dir, points=()):
 
         def restore(self, checkpoint_path: str):
             super().restore(checkpoint_path)
-            known = {t._trial_id for t in self._ot_trials.values()}
-            storage = self._ot_study._storage
-            for t in self._ot_study.get_trials(deepcopy=False, states=(_optuna.trial.TrialState.RUNNING,)):
-                if t._trial_id not in known:
-                    storage.set_trial_state_values(t._trial_id, _optuna.trial.TrialState.FAIL)
+            known, study = ray_private.optuna_known_ids(self), ray_private.optuna_study(self)
+            storage = ray_private.optuna_storage(study)
+            for t in study.get_trials(deepcopy=False, states=(_optuna.trial.TrialState.RUNNING,)):
+                if ray_private.optuna_internal_id(t) not in known:
+                    storage.set_trial_state_values(ray_private.optuna_internal_id(t), _optuna.trial.TrialState.FAIL)
 
         def on_trial_result(self, trial_id, result):
             try:
@@ -109,13 +110,13 @@ def optuna(space, settings, run_dir, points=()):
                 pass
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            ot_trial = self._ot_trials.get(trial_id)
+            ot_trial, study = ray_private.optuna_trial(self, trial_id), ray_private.optuna_study(self)
             if ot_trial is not None and not error and result and self.metric in result:
-                told = self._ot_study._storage.get_trial(ot_trial._trial_id)
+                told = ray_private.optuna_storage(study).get_trial(ray_private.optuna_internal_id(ot_trial))
                 if told.state == _optuna.trial.TrialState.FAIL:
                     # An errored trial run again (--retry-errored) that now finished: the study cannot change a
                     # failed trial, so its result joins as a new one and TPE learns from it.
-                    self._ot_study.add_trial(_optuna.trial.create_trial(
+                    study.add_trial(_optuna.trial.create_trial(
                         params=told.params, distributions=told.distributions, value=result[self.metric],
                         user_attrs={"ray_trial_id": trial_id, "retried": True}))
                     return
@@ -169,17 +170,10 @@ def scheduler_state(scheduler):
             self.scheduler = scheduler
 
         def get_state(self) -> dict:
-            brackets = self.scheduler._brackets
-            return {"rungs": [[(milestone, dict(recorded)) for milestone, recorded in b._rungs] for b in brackets],
-                    "trial_bracket": {t: brackets.index(b) for t, b in self.scheduler._trial_info.items()},
-                    "counter": self.scheduler._counter, "num_stopped": self.scheduler._num_stopped}
+            return ray_private.asha_state(self.scheduler)
 
         def set_state(self, state: dict) -> None:
-            brackets = self.scheduler._brackets
-            for bracket, rungs in zip(brackets, state["rungs"]):
-                bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
-            self.scheduler._trial_info = {t: brackets[i] for t, i in state["trial_bracket"].items()}
-            self.scheduler._counter, self.scheduler._num_stopped = state["counter"], state["num_stopped"]
+            ray_private.set_asha_state(self.scheduler, state)
 
     return AshaState()
 

@@ -183,13 +183,13 @@ def code_to_ship(root: Path | None, refs: list[str]) -> dict:
 def shipped_files(folder: Path) -> tuple[int, list[tuple[int, str]], list[str]]:
     """(bytes shipped, the largest (bytes, path) shipped, the large files left behind) for a folder."""
     # Ray's own matcher, with the ignore files Ray reads in that folder, so the count is what Ray ships.
-    from ray._private.thirdparty.pathspec import PathSpec
+    from tune_app.ray_private import path_spec
 
     lines = list(EXCLUDES)
     for name in (".gitignore", ".rayignore"):
         if (folder / name).is_file():
             lines += (folder / name).read_text(errors="replace").splitlines()
-    ignore = PathSpec.from_lines("gitwildmatch", lines)
+    ignore = path_spec(lines)
     total, sizes, large = 0, [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         rel_dir = Path(dirpath).relative_to(folder)

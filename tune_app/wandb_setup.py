@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ray.air.integrations.wandb import WandbLoggerCallback
+from tune_app.ray_private import WandbCallbackBase
 
 log = logging.getLogger("tune_app")
 
@@ -60,7 +60,7 @@ def resolve_mode(mode: str | None) -> str:
     return mode
 
 
-class SafeWandbCallback(WandbLoggerCallback):
+class SafeWandbCallback(WandbCallbackBase):
     """Ray's W&B callback with every call guarded: the first W&B failure is logged once and starts no more
     W&B runs or results for the rest of the sweep, which goes on; the runs already started are still finished."""
 
@@ -80,21 +80,18 @@ class SafeWandbCallback(WandbLoggerCallback):
             log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
             return None
 
-    def _cleanup_logging_actors(self, timeout: int = 0, kill_on_timeout: bool = False):
+    def before_reaping(self, futures: dict, timeout: float) -> None:
         # Ray drops a logging actor whose W&B run failed without a word: say so (the trial goes on).
         import ray
 
-        futures = list(self._trial_logging_futures.values())
-        done, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout) if futures else ([], [])
+        done, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0) if futures else ([], [])
         for future in done:
             try:
                 ray.get(future)
             except Exception as e:  # noqa: BLE001 - whatever W&B raised in the actor
-                trial = self._logging_future_to_trial.get(future)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
                 log.warning("W&B run of trial %s failed (%s); the trial goes on, its results are in the run "
-                            "directory", trial, first)
-        super()._cleanup_logging_actors(0, kill_on_timeout)
+                            "directory", futures[future], first)
 
     def setup(self, *args, **kwargs):
         if self.kwargs.get("mode") == "offline":
@@ -103,19 +100,11 @@ class SafeWandbCallback(WandbLoggerCallback):
             os.environ["WANDB_MODE"] = "offline"
         self._guard("setup", super().setup, *args, **kwargs)
 
-    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
-        if not self._remote_logger_class:
-            # Ray's options for the logging actor, but no restarts: the actor takes the trial's queue (an actor
-            # handle) as an argument, from which Ray cannot restart it reliably, and says so in an error-level
-            # line at every sweep's start. A logging actor that dies is reported (check_wandb_runs), not restarted.
-            import ray
-            from ray.air.integrations.wandb import WANDB_ENV_VAR
-            from ray.air.util.node import _force_on_current_node
-
-            env = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
-            self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=0,
-                                                   runtime_env={"env_vars": env})(self._logger_actor_cls)
-        super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+    def logging_actor_options(self) -> dict:
+        # Ray's options, but no restarts: the actor takes the trial's queue (an actor handle) as an argument, from
+        # which Ray cannot restart it reliably, and says so in an error-level line at every sweep's start. A
+        # logging actor that dies is reported (check_wandb_runs), not restarted.
+        return {**super().logging_actor_options(), "max_restarts": 0, "max_task_retries": 0}
 
     def __del__(self):
         # A callback restored by --resume may never have been set up (its actor tables were not pickled): Ray's
@@ -132,14 +121,14 @@ class SafeWandbCallback(WandbLoggerCallback):
         self._guard("logging", super().log_trial_result, iteration, trial, result)
 
     def log_trial_end(self, trial, failed=False):
-        if trial in self._trial_queues:
+        if trial in self.logging_trials():
             self._guard("run end", super().log_trial_end, trial, failed, finishing=True)
 
     def on_experiment_end(self, trials, **info):
         # Trials cut short by Ctrl+C never get log_trial_end, and Ray's callback would
         # wait its whole upload timeout for their logging actors: tell them to finish first.
-        for trial in list(self._trial_queues):
-            self._guard("run end", self._signal_logging_actor_stop, trial, finishing=True)
+        for trial in self.logging_trials():
+            self._guard("run end", self.stop_logging, trial, finishing=True)
         self._guard("finishing", super().on_experiment_end, trials, finishing=True, **info)
 
 

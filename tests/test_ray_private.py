@@ -1,0 +1,121 @@
+"""tune_app.ray_private against the installed Ray and Optuna: every private name it uses is there and does what
+tune_app relies on, built on the real objects (an upgrade that moves one fails here, by name); the installed
+versions are ones it was checked against; and no other module of tune_app touches those names."""
+import ast
+import importlib.metadata
+from pathlib import Path
+
+import pytest
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_app import ray_private
+
+TUNE_APP = Path(__file__).parents[1] / "tune_app"
+
+
+def test_the_installed_ray_and_optuna_are_versions_tune_app_was_checked_against():
+    assert ray_private.version_warning() is None
+
+
+def test_an_untested_ray_is_named_in_one_line(monkeypatch):
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda p: "2.61.0" if p == "ray" else real(p))
+    assert ray_private.version_warning() == ("ray 2.61.0 is not a version tune_app was tested with (2.60.x); if a "
+                                             "sweep fails inside ray, install ray==2.60.*")
+
+
+def test_asha_rungs_round_trip_into_a_fresh_scheduler():
+    def asha():
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2)
+        scheduler.set_search_properties("val_acc", "max")
+        return scheduler
+
+    first = asha()
+    trials = [Trial("fit", stub=True, trial_id=f"t{i}") for i in range(3)]
+    for i, trial in enumerate(trials):
+        first.on_trial_add(None, trial)
+        first.on_trial_result(None, trial, {"epoch": 1, "val_acc": 0.1 * i, "training_iteration": 1})
+    state = ray_private.asha_state(first)
+    assert state["rungs"][0][-1] == (1, {"t0": 0.0, "t1": 0.1, "t2": 0.2})
+    assert state["trial_bracket"] == {"t0": 0, "t1": 0, "t2": 0}
+    second = asha()
+    ray_private.set_asha_state(second, state)
+    assert ray_private.asha_state(second) == state
+    # and the restored rungs decide: a weak new trial at the first rung is stopped against them
+    weak = Trial("fit", stub=True, trial_id="t3")
+    second.on_trial_add(None, weak)
+    assert second.on_trial_result(None, weak, {"epoch": 1, "val_acc": -1.0, "training_iteration": 1}) == "STOP"
+
+
+def test_the_optuna_study_inside_rays_searcher_is_reached():
+    searcher = OptunaSearch(space={"lr": tune.uniform(0, 1)}, metric="val_acc", mode="max", seed=0)
+    searcher.suggest("ray_trial_1")
+    trial = ray_private.optuna_trial(searcher, "ray_trial_1")
+    assert ray_private.optuna_trial(searcher, "nope") is None
+    internal = ray_private.optuna_internal_id(trial)
+    assert ray_private.optuna_known_ids(searcher) == {internal}
+    study = ray_private.optuna_study(searcher)
+    told = ray_private.optuna_storage(study).get_trial(internal)
+    assert told.state.name == "RUNNING" and 0 <= told.params["lr"] <= 1
+
+
+def test_rays_helpers_are_where_they_were():
+    assert ray_private.bootstrap_address("127.0.0.1:6379").endswith(":6379")
+    spec = ray_private.path_spec(["*.pyc", "data/"])
+    assert spec.match_file("pkg/a.pyc") and spec.match_file("data/x.npz") and not spec.match_file("pkg/a.py")
+    import importlib.util
+
+    assert importlib.util.find_spec(ray_private.TOKEN_AUTH_LOGGER) is not None  # the module whose logger it is
+
+
+def test_the_wandb_callback_base_reaches_rays_internals():
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    callback = ray_private.WandbCallbackBase(project="p", mode="offline")
+    assert isinstance(callback, WandbLoggerCallback)
+    assert callback.logging_futures() == {} and callback.logging_trials() == []
+    options = callback.logging_actor_options()
+    assert options["num_cpus"] == 0 and options["max_restarts"] == -1 and "env_vars" in options["runtime_env"]
+    for name in ("_start_logging_actor", "_cleanup_logging_actors", "_signal_logging_actor_stop"):
+        assert callable(getattr(WandbLoggerCallback, name)), name
+    assert callback._remote_logger_class is None and callback._logger_actor_cls is not None
+
+
+def private_names() -> set[str]:
+    """The private names ray_private reaches: attributes of others' objects and ray._private modules."""
+    names = set()
+    for node in ast.walk(ast.parse((TUNE_APP / "ray_private.py").read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+            names.add(node.attr)
+        if isinstance(node, ast.ImportFrom) and node.module and "._" in node.module:
+            names.add(node.module)
+    return names
+
+
+def test_no_other_module_touches_those_names():
+    names = private_names()
+    assert {"_ot_trials", "_brackets", "_rungs", "ray._private.services"} <= names
+    found = {}
+    for path in TUNE_APP.rglob("*.py"):
+        if path.name == "ray_private.py":
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Attribute) and node.attr in names:
+                found.setdefault(path.name, []).append(node.attr)
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = getattr(node, "module", None) or ""
+                if any(n.startswith("ray.") and "._" in n for n in [module, *(a.name for a in node.names)]):
+                    found.setdefault(path.name, []).append(module)
+    assert found == {}
+
+
+@pytest.mark.parametrize("package,bound", [("ray", "<2.61"), ("optuna", "<6")])
+def test_pyproject_bounds_ray_and_optuna_to_the_tested_versions(package, bound):
+    text = (TUNE_APP.parent / "pyproject.toml").read_text()
+    line = next(x for x in text.splitlines() if x.strip().startswith(f'"{package}'))
+    assert bound in line

@@ -1,0 +1,156 @@
+"""Every place tune_app reaches past Ray's, Ray Tune's or Optuna's public API, in one room.
+
+Each is here because the public API has no way to do it: ASHA's rungs are not checkpointed with a sweep, Ray's
+OptunaSearch does not expose its study, Ray's W&B callback has no hook for its logging actor, and a few of Ray's
+helpers live in ``ray._private``. A Ray or Optuna release may move any of them, so:
+- ``TESTED`` names the versions this file was checked against, and pyproject.toml bounds Ray to them;
+- tests/test_ray_private.py builds the real objects and checks every name used below, so an upgrade that moves
+  one fails there, by name, rather than in the middle of a user's sweep;
+- ``version_warning()`` is said once by a sweep that runs on an untested Ray.
+Nothing outside this module touches a private name of Ray's or Optuna's (tests/test_layout.py checks).
+"""
+from __future__ import annotations
+
+TESTED = {"ray": ("2.60",), "optuna": ("4", "5")}  # release prefixes this module was checked against
+
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"  # Ray's per-start token notice
+
+
+def version_warning() -> str | None:
+    """One line when the installed Ray or Optuna is not a version this module was checked against."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package, prefixes in TESTED.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            continue
+        if not any(found == p or found.startswith(p + ".") for p in prefixes):
+            return (f"{package} {found} is not a version tune_app was tested with ({', '.join(prefixes)}.x); if "
+                    f"a sweep fails inside {package}, install {package}=={prefixes[-1]}.*")
+    return None
+
+
+# ---------------------------------------------------------------- ray._private
+
+def bootstrap_address(address: str = "auto") -> str:
+    """The head address ``ray.init(address="auto")`` would join (Ray's record of the last cluster started here)."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(address) or ""
+
+
+def path_spec(lines: list[str]):
+    """Ray's own .gitignore matcher (the one runtime_env uses to decide what to ship)."""
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    return PathSpec.from_lines("gitwildmatch", lines)
+
+
+# ---------------------------------------------------------------- Ray's OptunaSearch and Optuna's storage
+
+def optuna_study(searcher):
+    """The Optuna study inside Ray's OptunaSearch."""
+    return searcher._ot_study
+
+
+def optuna_trial(searcher, ray_trial_id: str):
+    """The Optuna trial Ray's OptunaSearch made for a Ray trial, or None."""
+    return searcher._ot_trials.get(ray_trial_id)
+
+
+def optuna_known_ids(searcher) -> set[int]:
+    """The study's internal ids of the trials Ray's OptunaSearch knows."""
+    return {t._trial_id for t in searcher._ot_trials.values()}
+
+
+def optuna_internal_id(trial) -> int:
+    """An Optuna trial's id in its storage (not its number)."""
+    return trial._trial_id
+
+
+def optuna_storage(study):
+    return study._storage
+
+
+# ---------------------------------------------------------------- ASHA's rungs
+
+def asha_state(scheduler) -> dict:
+    """ASHA's rungs, which trial is in which bracket, and its counters, as plain data."""
+    brackets = scheduler._brackets
+    return {"rungs": [[(milestone, dict(recorded)) for milestone, recorded in b._rungs] for b in brackets],
+            "trial_bracket": {t: brackets.index(b) for t, b in scheduler._trial_info.items()},
+            "counter": scheduler._counter, "num_stopped": scheduler._num_stopped}
+
+
+def set_asha_state(scheduler, state: dict) -> None:
+    brackets = scheduler._brackets
+    for bracket, rungs in zip(brackets, state["rungs"]):
+        bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+    scheduler._trial_info = {t: brackets[i] for t, i in state["trial_bracket"].items()}
+    scheduler._counter, scheduler._num_stopped = state["counter"], state["num_stopped"]
+
+
+# ---------------------------------------------------------------- Ray's W&B callback
+
+def __getattr__(name: str):
+    """``WandbCallbackBase`` is made on first use, so that importing this module imports no Ray (ray_output
+    must run before Ray is imported); it pickles by name like any module-level class."""
+    if name == "WandbCallbackBase":
+        cls = _wandb_callback_base()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _wandb_callback_base():
+    import os
+
+    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback
+
+    class WandbCallbackBase(WandbLoggerCallback):
+        """Ray's W&B callback with public names for the internals tune_app's callback (wandb_setup) needs: the
+        logging actors' options, the runs still logging, and a hook before Ray reaps finished logging actors."""
+
+        def logging_actor_options(self) -> dict:
+            """The options of each trial's logging actor (Ray's own; a subclass may change them)."""
+            from ray.air.util.node import _force_on_current_node
+
+            env = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
+            return {"num_cpus": 0, **_force_on_current_node(), "runtime_env": {"env_vars": env},
+                    "max_restarts": -1, "max_task_retries": -1}
+
+        def logging_futures(self) -> dict:
+            """{future of a trial's logging actor: the trial} for the runs still logging."""
+            return {future: self._logging_future_to_trial.get(future)
+                    for future in self._trial_logging_futures.values()}
+
+        def logging_trials(self) -> list:
+            return list(self._trial_queues)
+
+        def stop_logging(self, trial) -> None:
+            """Tell a trial's logging actor that no more results come (it finishes its W&B run)."""
+            self._signal_logging_actor_stop(trial)
+
+        def before_reaping(self, futures: dict, timeout: float) -> None:
+            """Called with logging_futures() before Ray reaps the logging actors that finished within
+            ``timeout`` (and, at the end, kills the rest)."""
+
+        def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
+            if not self._remote_logger_class:
+                import ray
+
+                self._remote_logger_class = ray.remote(**self.logging_actor_options())(self._logger_actor_cls)
+            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+        def _cleanup_logging_actors(self, timeout: int = 0, kill_on_timeout: bool = False):
+            import ray
+
+            futures = self.logging_futures()
+            if futures and timeout:
+                ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
+            self.before_reaping(futures, timeout)
+            super()._cleanup_logging_actors(0, kill_on_timeout)
+
+    WandbCallbackBase.__module__, WandbCallbackBase.__qualname__ = __name__, "WandbCallbackBase"
+    return WandbCallbackBase
