@@ -15,6 +15,8 @@ from tests.fake_runs import sweep_trials, write_experiment
 from tests.wandb_records import read_run
 from tune_app.analyze import main
 
+pytestmark = pytest.mark.e2e
+
 SUMMARY_FILES = {"trials.parquet", "history.parquet", "trends.csv", "trends.md", "pairs.csv", "importance.csv",
                  "best_config.json", "best_config.yaml", "topk.json", "report.md", "report.html", "plots"}
 PLOTS = ["parallel_coordinates", "slices", "metric_vs_step", "curves", "best_so_far", "importance"]

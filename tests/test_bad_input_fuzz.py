@@ -14,6 +14,8 @@ import pytest
 from tests.readonly import chmod_tree, unprivileged
 from tune_app import analyze, retrain, search, train
 
+pytestmark = pytest.mark.e2e
+
 SEARCH = ["--space", "digits", "--num-samples", "1", "--set", "epochs=1", "--searcher", "random", "--scheduler",
           "fifo", "--wandb-mode", "disabled"]
 

@@ -7,6 +7,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.fixture(scope="module")
 def two_node_cluster():

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "own_model_and_data"
 TIMEOUT_S = 600

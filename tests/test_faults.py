@@ -14,6 +14,8 @@ from trainables.reporting import LocalReporter
 from tune_app import search
 from tune_app.ray_adapter import FAULTS_ENV, STATE_FILE
 
+pytestmark = pytest.mark.e2e
+
 FIXED = {"optimizer": "adam", "lr": 0.003, "batch_size": 64, "epochs": 3, "batch_norm": "true"}
 
 

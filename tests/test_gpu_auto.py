@@ -14,6 +14,8 @@ from tune_app import plan, search
 from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.spaces import load_space
 
+pytestmark = pytest.mark.e2e
+
 FAKE_GPU_MB = 8000  # about a quarter of it per digits trial (a CPU process's peak is ~1 GB)
 
 

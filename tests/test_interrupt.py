@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.readonly import chmod_tree, unprivileged
 from tune_app.ray_adapter import FAULTS_ENV
 from tune_app.rundir import ray_statuses, trial_id_of
 from tune_app.wandb_files import missing_runs, read_run
+
+pytestmark = pytest.mark.e2e
 
 
 def cli(*args):

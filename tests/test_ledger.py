@@ -21,6 +21,8 @@ from tune_app import plots
 from tune_app.analyze import main
 from tune_app.summary import LEDGER, held_devices, ledger, trials_frame
 
+pytestmark = pytest.mark.e2e
+
 NAN = float("nan")
 
 

@@ -12,6 +12,8 @@ from ray import tune
 from tune_app import plan
 from tune_app.search import main
 
+pytestmark = pytest.mark.e2e
+
 TINY = ["--set", "epochs=2", "--set", "num_layers=[1,2]", "--set", "hidden_size=16", "--set", "batch_size=[16,32]",
         "--cpus-per-trial", "1", "--wandb-mode", "disabled"]
 

@@ -18,6 +18,8 @@ from tune_app import search
 from tune_app.errors import UsageError
 from tune_app.spaces import load_space
 
+pytestmark = pytest.mark.e2e
+
 MODEL_SPACE = '''
 """TinyNet on a PNG folder: python -m tune_app.search --space ./model_space.py"""
 from ray import tune

@@ -21,6 +21,8 @@ from tests.user_project import MODELS, OWN_FIT, write_pngs
 from tune_app import search
 from tune_app.rundir import ray_statuses
 
+pytestmark = pytest.mark.cluster
+
 SPACE_PY = """
 '''TinyNet of the user's on a digits PNG folder.'''
 from ray import tune

@@ -14,6 +14,8 @@ import pytest
 
 from tune_app.rundir import ray_statuses
 
+pytestmark = pytest.mark.e2e
+
 NUM_SAMPLES = 5
 
 

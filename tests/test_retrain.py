@@ -20,6 +20,8 @@ from tests.wandb_records import read_run
 from trainables.data import prepare
 from tune_app import retrain, search
 
+pytestmark = pytest.mark.e2e
+
 TIMING = ("epoch_time_s", "samples_per_s", "peak_mem_mb", "cpu_s")
 
 

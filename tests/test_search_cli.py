@@ -9,6 +9,8 @@ import pytest
 
 from tune_app.search import main
 
+pytestmark = pytest.mark.e2e
+
 
 def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -15,6 +15,8 @@ from tune_app.rundir import trial_id_of
 from tune_app.search import main
 from tune_app.summary import ELIGIBLE
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def digits_sweep(ray_local, tmp_path_factory):

@@ -7,6 +7,8 @@ import pytest
 from tune_app.search import main
 from tune_app.tuning import SCHEDULERS, SEARCHERS
 
+pytestmark = pytest.mark.e2e
+
 TINY = ["--space", "digits", "--set", "batch_size=128", "--cpus-per-trial", "1", "--wandb-mode", "disabled"]
 # grid needs lists everywhere; the rest sample digits' own space
 SEARCHER_ARGS = {

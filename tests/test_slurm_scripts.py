@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
 CLUSTER, ONE_GPU = SCRIPTS / "ray_cluster.sbatch", SCRIPTS / "one_gpu.sbatch"
 NODES = ("node01", "node02", "node03")

@@ -20,6 +20,8 @@ import pytest
 from tune_app import analyze, search, storage
 from tune_app.ray_adapter import FAULTS_ENV
 
+pytestmark = pytest.mark.e2e
+
 BUCKET = "sweeps"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}

@@ -15,6 +15,8 @@ from trainables.corruptions import CORRUPTIONS
 from trainables.data import prepare
 from tune_app import retrain, search
 
+pytestmark = pytest.mark.e2e
+
 N_TRAIN, N_TEST = 60, 20
 
 

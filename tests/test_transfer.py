@@ -12,6 +12,8 @@ from ray import tune
 from tune_app.search import main
 from tune_app.tuning import point_value
 
+pytestmark = pytest.mark.e2e
+
 TINY = ["--set", "epochs=2", "--set", "num_layers=[1,2]", "--set", "hidden_size=16", "--set", "batch_size=[16,32]",
         "--max-epochs", "2", "--cpus-per-trial", "1", "--wandb-mode", "disabled"]
 
