@@ -104,16 +104,17 @@ def run_sweep(argv: list[str], log: Path):
     """Run the command with its steps timed; (exit code, wall s, clock, trial events, t0, t1)."""
     from ray import tune
 
-    import tune_app.search as search
-    from tune_app import analyze
+    import tune_app.search.runner as search_runner
+    import tune_app.search.tuner as search_tuner
+    from tune_app import analyze, search
 
     clock, events = Clock(), {}
-    restore = [(search, "join_ray", clock.wrap(search, "join_ray", "ray_start")),
-               (search, "load_data", clock.wrap(search, "load_data", "data")),
+    restore = [(search_runner, "join_ray", clock.wrap(search_runner, "join_ray", "ray_start")),
+               (search_runner, "load_data", clock.wrap(search_runner, "load_data", "data")),
                (tune.Tuner, "fit", clock.wrap(tune.Tuner, "fit", "fit")),
                (analyze, "run", clock.wrap(analyze, "run", "analysis")),
-               (search, "trial_timeout", search.trial_timeout)]
-    search.trial_timeout = lambda seconds: trial_clock(events)  # the watchdog's slot; --trial-timeout is 0
+               (search_tuner, "trial_timeout", search_tuner.trial_timeout)]
+    search_tuner.trial_timeout = lambda seconds: trial_clock(events)  # the watchdog's slot; --trial-timeout is 0
     try:
         with output_to(log):
             t0 = time.time()

@@ -74,7 +74,7 @@ def test_tune_app_has_no_import_cycle():
     known = modules("tune_app")
     assert len(known) > 30 and "tune_app.search" in known
     graph = {name: imported(path, name, known) for name, path in known.items()}
-    assert "tune_app.analyze" in graph["tune_app.search"]  # the reader sees real imports, lazy ones included
+    assert "tune_app.analyze" in graph["tune_app.search.runner"]  # the reader sees real imports, lazy ones included
     assert cycles(graph) == []
 
 

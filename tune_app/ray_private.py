@@ -147,7 +147,9 @@ def _wandb_callback_base():
             import ray
 
             futures = self.logging_futures()
-            if futures and timeout:
+            if not futures:
+                return  # (Ray's own would call ray.wait, which starts a Ray where none runs)
+            if timeout:
                 ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
             self.before_reaping(futures, timeout)
             super()._cleanup_logging_actors(0, kill_on_timeout)

@@ -1,0 +1,251 @@
+"""A sweep's spec, checked before Ray starts: settings from the command line, the space's DEFAULTS and the
+fallbacks; the run directory; --resume's saved spec; --from-run's configurations. What tune_app.json keeps."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+
+from tune_app.errors import UsageError
+from tune_app.layout import SPEC_FILE
+from tune_app.settings import SweepSettings
+from tune_app.spaces import DEFAULT_KEYS, list_spaces
+from tune_app.tuning import SCHEDULERS, SEARCHERS
+from tune_app.usercode import is_path
+
+SETTING_FLAGS = tuple(DEFAULT_KEYS)
+# What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
+FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
+                     "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
+                     "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0}
+TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
+USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
+
+
+def check_settings(s: dict) -> None:
+    for key, registry in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
+        if s.get(key) not in registry:
+            raise UsageError(f"{key} {s.get(key)!r}: choose one of {', '.join(registry.names())}")
+    rules = {
+        "num_samples": (1, "at least 1"), "max_epochs": (1, "at least 1"), "grace_period": (1, "at least 1"),
+        "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
+        "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
+        "max_failures": (0, "0 or more"), "keep_checkpoints": (1, "at least 1"), "trial_timeout": (0, "0 or more"),
+        "budget_hours": (0, "0 (no budget) or more"),
+    }
+    for key, (low, text) in rules.items():
+        value = s.get(key)
+        if key == "gpus_per_trial" and value == "auto":
+            continue
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be a finite number, {text}")
+        if value is not None and value < low:
+            raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be {text}")
+    gpus = s["gpus_per_trial"]
+    if gpus != "auto" and gpus > 1 and gpus != int(gpus):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
+
+
+def resolve_run_dir(args) -> tuple[Path, str | None]:
+    """(the run directory on this machine, the run's URI when it lives in object storage, else None)."""
+    from tune_app import storage
+
+    if isinstance(args.resume, str):
+        where, flag = args.resume, "--resume"
+    elif args.resume and not args.name:
+        raise UsageError("--resume needs the run directory (--resume runs/NAME) or --name NAME")
+    elif storage.is_uri(args.storage_path):
+        storage.check_scheme(args.storage_path, "--storage-path")
+        where, flag = storage.join(args.storage_path, args.name), "--storage-path"
+    else:
+        return (Path(args.storage_path).expanduser() / args.name).resolve(), None
+    if not storage.is_uri(where):
+        return Path(where).expanduser().resolve(), None
+    if storage.check_scheme(where, flag) == "file":
+        return storage.local_path(where), None
+    return storage.mirror_dir(where), where.rstrip("/")
+
+
+def check_name(name: str | None) -> None:
+    """A run directory's name: one folder inside --storage-path, never a path out of it."""
+    if name is None:
+        return
+    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name or name.startswith("~"):
+        raise UsageError(f"--name {name!r}: give a plain folder name (no '/', not '.' or '..'); the run directory is "
+                         f"--storage-path/NAME")
+
+
+def storage_is_uri(path: str) -> bool:
+    from tune_app import storage
+
+    return storage.is_uri(path)
+
+
+def check_against_space(space, args: SweepSettings) -> None:
+    """Settings that contradict the space: a validation metric with no validation split, a GPU device with no
+    GPU asked for."""
+    from tune_app.spaces import domain_values
+
+    params = space.trainable.PARAMS or {}
+    if "val_fraction" in params and space.metric.startswith("val_") and space.constant("val_fraction") == 0:
+        raise UsageError(f"val_fraction=0 leaves no validation split, and the space ranks by {space.metric}: give "
+                         f"val_fraction > 0 (the default is {params['val_fraction'].default:g})")
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else space.defaults.get("gpus_per_trial", 0)
+    if "device" in params and "cuda" in domain_values(space.space.get("device", "auto")) and gpus == 0:
+        raise UsageError("device=cuda needs a GPU per trial: give --gpus-per-trial (a fraction such as 0.25, or "
+                         "auto), or device=auto")
+
+
+def plan_resume(args: SweepSettings) -> dict:
+    run_dir, run_uri = resolve_run_dir(args)
+    if run_uri:
+        from tune_app import storage
+
+        storage.check_writable(run_uri, "--resume")
+        storage.download(run_uri, run_dir)  # spec, results and searcher state; Ray reads checkpoints from there
+    spec_path = run_dir / SPEC_FILE
+    from tune_app.runlock import check_free
+
+    check_free(run_dir)
+    if not spec_path.is_file() or not any(run_dir.glob("experiment_state*.json")):
+        raise UsageError(f"--resume: {run_uri or run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
+                         f"start one with --space NAME --name NAME")
+    from tune_app.rundir import read_json
+
+    spec = read_json(spec_path, "restore it from a copy (it records the sweep's space and settings)")
+    saved = {"space": spec["space"], **spec["settings"]}
+    given = {k: getattr(args, k) for k in ("space", "seed", *SETTING_FLAGS) if getattr(args, k, None) is not None}
+    if isinstance(given.get("space"), str) and is_path(given["space"]):
+        given["space"] = str(Path(given["space"]).expanduser().resolve())
+    changed = sorted(k for k, v in given.items() if saved.get(k) != v)
+    changed += sorted(k for k, v in args.set.items() if spec["overrides"].get(k) != v)
+    transfer = {"from_run": str(Path(args.from_run).expanduser().resolve()) if args.from_run else None,
+                "top_k": args.top_k}
+    changed += [k for k, v in transfer.items() if v is not None and spec.get(k) != v]
+    if changed:
+        raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
+                         f"(start a new sweep with another --name to change them)")
+    spec["run_dir"], spec["run_uri"] = str(run_dir), run_uri
+    return spec
+
+
+def plan_new(args: SweepSettings) -> dict:
+    from tune_app.spaces import load_space
+
+    if not args.space:
+        raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
+    if args.top_k is not None and not args.from_run:
+        raise UsageError("--top-k needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+    check_name(args.name)
+    if args.from_run and not storage_is_uri(args.from_run) and not Path(args.from_run).expanduser().is_dir():
+        raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
+    space = load_space(args.space, args.set)
+    check_against_space(space, args)
+    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
+    if space.trainable.COST_KEYS is None:
+        probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", args.gpus_per_trial == "auto"),
+                                        ("estimate_cost", space.defaults.get("estimate_cost"))) if on]
+        if probes:
+            raise UsageError(f"{probes[0]} probes the built-in trainers' cost keys; trainable {space.trainable.name} "
+                             f"has none: give --gpus-per-trial a number")
+    for key in SETTING_FLAGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            settings[key] = value
+    if args.searcher == "grid" and args.num_samples is None:
+        settings["num_samples"] = 1  # the grid itself defines the trials
+    top_k = TRANSFER_TOP_K if args.top_k is None else args.top_k
+    if args.from_run and args.num_samples is None:
+        settings["num_samples"] = top_k  # the budget is the transferred configurations
+    check_settings(settings)
+    transferred = transfer(args.from_run, top_k, space, settings) if args.from_run else {}
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    args = dataclasses.replace(args, name=name)
+    run_dir, run_uri = resolve_run_dir(args)
+    if run_uri and not args.plan:
+        from tune_app import storage
+
+        storage.check_writable(run_uri, "--storage-path")
+        taken = storage.exists(run_uri, SPEC_FILE)
+    else:
+        from tune_app.runlock import check_free
+
+        check_free(run_dir)
+        taken = any(run_dir.glob("experiment_state*.json"))  # a spec alone: a start that never ran a trial
+    if not args.plan and taken:
+        raise UsageError(f"{run_uri or run_dir} already holds a sweep; continue it with --resume {run_uri or run_dir}, "
+                         f"or pick another --name")
+    return {
+        "space": space.ref, "code": space.code, "overrides": space.overrides, "run_dir": str(run_dir),
+        "run_uri": run_uri, "workdir": os.getcwd(),
+        **transferred,
+        "options": args.to_json(),
+        "settings": {**settings, "seed": args.seed or 0, "name": name, "data_dir": str(Path(args.data_dir).resolve()),
+                     "address": args.address, "wandb_project": args.wandb_project,
+                     "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode},
+    }
+
+
+def transfer(from_run: str, k: int, space, settings: dict) -> dict:
+    """The k best configurations of the sweep `from_run`, as points this space's searcher evaluates first:
+    each holds the keys this space searches (what it fixes stays as it is), with values it can take."""
+    from tune_app.analyze import top_configs
+    from tune_app.tuning import check, point_value
+
+    if settings["num_samples"] < k:
+        raise UsageError(f"--num-samples {settings['num_samples']}: fewer than the {k} configurations --from-run "
+                         f"transfers; give at least {k}, or --top-k {settings['num_samples']}")
+    try:
+        sweep, top = top_configs(from_run, k)
+    except UsageError as e:
+        raise UsageError(str(e) if str(e).startswith("--") else f"--from-run {from_run}: {e}") from None
+    source = sweep.space
+    if source.trainable.ref != space.trainable.ref:
+        raise UsageError(f"--from-run {from_run}: that sweep's space {source.name} trains {source.trainable.name}, "
+                         f"space {space.name} trains {space.trainable.name}; configurations transfer only "
+                         f"between spaces of one trainable")
+    defaults = {key: p.default for key, p in (space.trainable.PARAMS or {}).items()}
+    points = []
+    for trial in top["trials"]:
+        config = {**defaults, **trial["config"]}  # a key the source space left out ran with its default
+        point = {}
+        for key in space.searched:
+            try:
+                point[key] = point_value(space.space[key], config[key])
+            except ValueError as e:
+                takes, widened = e.args
+                raise UsageError(f"--from-run {from_run}: trial {trial['trial_name']} ({trial['trial_id']}) has "
+                                 f"{key}={config[key]}, which space {space.name} cannot take ({takes}); widen it "
+                                 f"with --set {key}=[{','.join(map(str, widened))}]") from None
+        points.append(point)
+    check(settings, space.space, points)
+    return {"from_run": str(sweep.path), "top_k": k, "from_trials": [t["trial_id"] for t in top["trials"]],
+            "points": points}
+
+
+def max_epochs_of(space) -> int:
+    from tune_app.spaces import domain_values
+
+    epochs = space.constant("epochs")
+    if epochs is None:  # a trainable of the user's without an epochs key: its DEFAULTS' max_epochs, else this
+        return USER_MAX_EPOCHS
+    return int(max(domain_values(epochs)))
+
+
+def expected_trials(param_space: dict, num_samples: int) -> int:
+    grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
+    return num_samples * math.prod(grid)
+
+
+def spec_of(settings: SweepSettings) -> dict:
+    """Check everything that can be checked before Ray starts; the sweep's spec (what tune_app.json keeps)."""
+    if settings.retry_errored and not settings.resume:
+        raise UsageError("--retry-errored goes with --resume RUN_DIR: it re-runs that sweep's errored trials")
+    spec = plan_resume(settings) if settings.resume else plan_new(settings)
+    spec["plan_only"] = bool(settings.plan)
+    spec["retry_errored"] = bool(settings.retry_errored)
+    return spec

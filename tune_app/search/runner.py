@@ -1,0 +1,263 @@
+"""Running a planned sweep: claim its run directory, join Ray, load the data once, fit the Tuner (new or
+restored), then analyze; the exit code says how it ended (0 done, 1 no trial finished, 130 stopped and
+resumable)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from tune_app import ray_output
+from tune_app.cluster import check_shared_storage, join_ray
+from tune_app.errors import UsageError
+from tune_app.layout import SPEC_FILE
+from tune_app.search.tuner import check_wandb_runs, new_tuner
+from tune_app.sweep_data import OwnData, check_models, load_data
+from tune_app.usercode import local_paths
+
+
+def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[dict], str]:
+    """Estimated cost of every configuration (see tune_app.plan), and the table that shows it."""
+    import ray
+
+    from tune_app import plan, tuning
+
+    param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+    points = [{**config, **p} for p in points]  # --from-run's configurations come first
+    configs = points + plan.configurations(param_space, s["num_samples"] - len(points), s["seed"])
+    trainable = space.trainable
+    configs = [trainable_config(trainable, c) for c in configs]
+    cluster = ray.cluster_resources()
+    concurrency = min(cluster.get("CPU", 1) / s["cpus_per_trial"],
+                      cluster.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf,
+                      s.get("max_concurrent") or math.inf)
+    concurrency = max(1, math.floor(concurrency))
+    print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
+          f"({plan.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
+          f"{len(configs)} trials...", flush=True)
+    probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency,
+                            local_paths(space.code))
+    rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
+    return rows, plan.table(rows, concurrency)
+
+
+def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
+    """--gpus-per-trial auto: CPU trials on a cluster without GPUs; else every cost-relevant configuration is
+    probed alone on a GPU (see plan.gpu_plan) and each trial asks for its own configuration's fraction. The
+    plan is kept in the run directory, so a resumed sweep asks for the same fractions without probing again.
+    Returns (resources for tune.with_resources, settings with gpus_per_trial as the largest fraction)."""
+    import ray
+
+    from tune_app import plan, tuning
+
+    s = dict(s)
+    if not ray.cluster_resources().get("GPU", 0):
+        print("tune_app: --gpus-per-trial auto: the Ray cluster has no GPU; trials run on CPUs", flush=True)
+        s["gpus_per_trial"] = 0.0
+        return {"cpu": s["cpus_per_trial"], "gpu": 0}, s
+    saved = run_dir / plan.GPU_PLAN_FILE
+    if resume and saved.is_file():
+        gpu_plan = json.loads(saved.read_text())
+    else:
+        param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+        print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
+        gpu_plan = plan.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
+                                 len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"],
+                                 local_paths(space.code))
+        if not plan_only:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(gpu_plan, indent=1))
+    print(plan.gpu_table(gpu_plan), flush=True)
+    s["gpus_per_trial"] = max(r["fraction"] for r in gpu_plan["rows"])
+    s["gpus_shown"] = s["gpus_per_trial"]
+    return plan.gpu_resources(space.trainable, gpu_plan, s["cpus_per_trial"]), s
+
+
+def trainable_config(trainable, config: dict) -> dict:
+    from trainables.params import resolve
+
+    return resolve(trainable.PARAMS, config)
+
+
+def sweep_provenance(dataset) -> dict:
+    """What the sweep ran with, recorded when it starts (best_config.json carries it)."""
+    from tune_app.provenance import git_commit, versions
+
+    if isinstance(dataset, OwnData):  # the space's load_data(): tune_app does not know its shape
+        return {"git_commit": git_commit(), "versions": versions(), "dataset": {"name": dataset.name}}
+    return {"git_commit": git_commit(), "versions": versions(),
+            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "train": len(dataset.y_train),
+                        "val": len(dataset.y_val), "test": len(dataset.y_test), "val_fraction": dataset.val_fraction,
+                        "split_seed": dataset.split_seed}}
+
+
+def run(spec: dict, resume: bool) -> int:
+    """Run the sweep ``spec`` describes (a new one, or ``resume``); the exit code: 0 done, 1 no trial finished,
+    130 interrupted (resumable)."""
+    from tune_app import tuning
+    from tune_app.spaces import load_space
+
+    s = spec["settings"]
+    space = load_space(spec["space"], spec["overrides"], code=spec.get("code"))
+    params = space.trainable.PARAMS
+    config = dict(space.space)
+    if params is None or "max_epochs" in params:
+        config["max_epochs"] = s["max_epochs"]
+    if params is None or "seed" in params:
+        config.setdefault("seed", s["seed"])
+    points = spec.get("points", [])  # --from-run's configurations
+    tuning.check(s, config, points)  # before any data is read or Ray started
+    dataset = load_data(space, s, spec.get("workdir"))
+    check_models(space, dataset)
+    lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
+    try:
+        started = join_ray(s, spec.get("code"))
+        try:
+            return run_on_ray(spec, resume, space, config, points, dataset)
+        finally:
+            if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its code
+                import ray
+
+                ray.shutdown()
+            ray_output.WATCH.stop()
+    finally:
+        if lock is not None:
+            release(lock, resume)
+
+
+def claim(run_dir: Path, resume: bool):
+    """The run directory, locked for this sweep (see tune_app.runlock); a new sweep also needs it empty."""
+    from tune_app.runlock import RunLock
+
+    lock = RunLock(run_dir, resume)
+    lock.acquire()
+    if not resume and any(run_dir.glob("experiment_state*.json")):
+        lock.release()  # another sweep finished there between planning and now
+        raise UsageError(f"{run_dir} already holds a sweep; continue it with --resume {run_dir}, or pick another "
+                         f"--name")
+    return lock
+
+
+def release(lock, resume: bool) -> None:
+    """Unlock; a new sweep that failed before writing anything leaves no directory behind (not even the
+    --storage-path folder it made)."""
+    from tune_app.runlock import LOCK_FILE, OWNER_FILE
+
+    lock.release()
+    run_dir = lock.run_dir
+    if not resume and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {LOCK_FILE, OWNER_FILE}:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for folder in run_dir.parents if lock.created is not None and lock.created != run_dir else ():
+            if folder == lock.created.parent or any(folder.iterdir()):
+                break
+            folder.rmdir()
+
+
+def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset) -> int:
+    from ray import tune
+
+    from tune_app.ray_adapter import ray_trainable
+    from tune_app.ray_output import WATCH
+
+    s = spec["settings"]
+    run_dir = Path(spec["run_dir"])
+    run_uri = spec.get("run_uri")
+    if not run_uri and not spec.get("plan_only"):
+        check_shared_storage(run_dir.parent, str(run_dir.parent))
+    if run_uri and not resume and not spec.get("plan_only"):
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)  # a working copy left from an older run at that URI
+    resources = {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]}
+    if s["gpus_per_trial"] == "auto":
+        resources, s = auto_gpus(space, config, s, dataset, run_dir, resume, spec.get("plan_only"))
+    if spec.get("plan_only"):
+        print(plan_table(space, config, s, dataset, points)[1])
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and s.get("estimate_cost"):
+        rows, text = plan_table(space, config, s, dataset, points)
+        print(text, flush=True)
+        from tune_app.plan import PLAN_FILE
+
+        (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
+    trainable = tune.with_resources(tune.with_parameters(
+        ray_trainable(space.trainable.ref, local_paths(spec.get("code"))), data=dataset.sweep_view()), resources)
+    uploads = ()
+    if run_uri:
+        from tune_app import storage
+
+        uploads = (storage.uploader(run_dir, run_uri),)
+    WATCH.start(None if run_uri else run_dir)  # run() stops it when Ray has shut down
+    if resume:
+        tuner = tune.Tuner.restore(run_uri or str(run_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=bool(spec.get("retry_errored")))
+        # (a restored Tuner keeps the callbacks it was made with, the uploader among them)
+    else:
+        spec["provenance"] = sweep_provenance(dataset)
+        tuner = new_tuner(spec, space, config, trainable, run_dir, uploads)
+        if run_uri:
+            storage.upload(run_dir, run_uri, (SPEC_FILE,))
+    begins = f", beginning with the top {len(points)} configurations of {spec['from_run']}" if points else ""
+    print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
+          f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
+          f"{s['cpus_per_trial']:g} CPU / {s.get('gpus_shown', s['gpus_per_trial']):g} GPU each, into "
+          f"{run_uri or run_dir}", flush=True)
+    try:
+        results = tuner.fit()
+    except Exception:
+        if WATCH.problem is None:
+            raise
+    if WATCH.problem is not None:
+        return stopped_unwritable(spec, run_dir, WATCH.problem)
+
+    from tune_app import analyze
+
+    if run_uri:
+        storage.download(run_uri, run_dir)  # the trials' results, as Ray left them there
+    try:
+        analyze.run(run_dir)
+        found_best = True
+    except UsageError as e:  # every trial failed: the trials table says why, and the sweep can be resumed
+        print(f"tune_app: {e}", file=sys.stderr)
+        found_best = False
+    check_wandb_runs(run_dir, s)
+    if run_uri:
+        storage.upload(run_dir, run_uri)
+        print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
+    from tune_app.budget import read_budget
+    from tune_app.rundir import UNFINISHED, ray_statuses
+
+    budget = read_budget(run_dir) or {}
+    # Ctrl-C leaves a trial RUNNING in Ray's last experiment state, where the ResultGrid calls it TERMINATED: the
+    # experiment state is what counts.
+    statuses = ray_statuses(run_dir) or {str(i): "TERMINATED" for i in range(results.num_terminated)}
+    unfinished = sum(status in UNFINISHED for status in statuses.values())
+    finished = len(statuses) - unfinished
+    if budget.get("stopped_at") and not unfinished:  # no trial made was left unfinished: the budget ended it
+        print(f"tune_app: stopped by --budget-hours {budget['hours']:g}: {budget['trials_started']} of "
+              f"{spec['expected_trials']} trials started, {budget['spent_s'] / 3600:.3g} device-hours spent",
+              flush=True)
+    elif finished < spec["expected_trials"] or (budget.get("stopped_at") and unfinished):
+        print(f"Interrupted with {finished} of {spec['expected_trials']} trials finished; continue with: "
+              f"python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr)
+        return 130
+    return 0 if found_best else 1
+
+
+def stopped_unwritable(spec: dict, run_dir: Path, problem: str) -> int:
+    """A run directory that stopped being writable ended the sweep (ray_adapter.StopWhenUnwritable): one line,
+    and 130, as for any sweep that stopped before its end and can be resumed."""
+    from tune_app.rundir import UNFINISHED, ray_statuses
+
+    statuses = ray_statuses(run_dir)
+    finished = sum(status not in UNFINISHED for status in statuses.values())
+    spec["stopped_because"] = f"{run_dir} stopped being writable ({problem})"
+    print(f"tune_app: error: {spec['stopped_because']}, so the sweep stopped with {finished} of "
+          f"{spec['expected_trials']} trials finished; nothing finished is lost: make it writable again, then "
+          f"continue with: python -m tune_app.search --resume {run_dir}", file=sys.stderr, flush=True)
+    return 130
