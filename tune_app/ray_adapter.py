@@ -168,3 +168,29 @@ class StopWhenUnwritable(tune.Callback):
         problem = WATCH.check()
         if problem is not None:
             raise RunDirUnwritable(problem)
+
+
+class Upload(tune.Callback):
+    """Copies the Optuna journal up to a sweep's ``uri`` while trials report (at most every
+    storage.UPLOAD_EVERY_S) and all of tune_app's own files when the experiment ends, so a sweep resumed from the
+    URI on another machine finds the searcher where it was."""
+
+    def __init__(self, local: Path, uri: str) -> None:
+        self.local, self.uri, self.last = local, uri, 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from tune_app.storage import UPLOAD_EVERY_S, upload
+
+        if time.monotonic() - self.last > UPLOAD_EVERY_S:
+            upload(self.local, self.uri, ("tune_app.json", "optuna.journal"))
+            self.last = time.monotonic()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        from tune_app.storage import upload
+
+        upload(self.local, self.uri, ("optuna.journal",))
+
+    def on_experiment_end(self, trials, **info):
+        from tune_app.storage import upload
+
+        upload(self.local, self.uri, ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from pathlib import Path
 
@@ -174,27 +173,3 @@ def materialize(path: str, flag: str) -> Path:
     local = mirror_dir(path)
     download(path, local)
     return local
-
-
-def uploader(local: Path, uri: str):
-    """A Tune callback that copies the Optuna journal up while trials report (at most every UPLOAD_EVERY_S)
-    and all of tune_app's own files when the experiment ends, so a sweep resumed from the URI on another
-    machine finds the searcher where it was."""
-    from ray.tune import Callback
-
-    class Upload(Callback):
-        def __init__(self) -> None:
-            self.last = 0.0
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if time.monotonic() - self.last > UPLOAD_EVERY_S:
-                upload(local, uri, ("tune_app.json", "optuna.journal"))
-                self.last = time.monotonic()
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            upload(local, uri, ("optuna.journal",))
-
-        def on_experiment_end(self, trials, **info):
-            upload(local, uri, ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json"))
-
-    return Upload()

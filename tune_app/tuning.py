@@ -76,7 +76,8 @@ def random(space, settings, run_dir, points=()):
 @SEARCHERS.register("optuna")
 def optuna(space, settings, run_dir, points=()):
     import optuna as _optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_app.resumable_optuna import ResumableOptunaSearch
 
     _optuna.logging.set_verbosity(_optuna.logging.WARNING)
     storage = None
@@ -86,44 +87,6 @@ def optuna(space, settings, run_dir, points=()):
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / "optuna.journal")))
     sampler = _optuna.samplers.TPESampler(seed=settings["seed"])
-
-    class ResumableOptunaSearch(OptunaSearch):
-        """After a hard kill the study's journal can be ahead of Ray's last experiment checkpoint, so a trial Ray
-        resumes may already be finished in the study. Resumed, it trains to the same numbers (trials are
-        deterministic), so the study keeps what it was told instead of failing the sweep. A trial the study
-        began after that checkpoint is unknown to Ray and never reports: it is marked failed on restore, so the
-        study (and optuna-dashboard) does not show it running forever. An errored trial that --retry-errored
-        finishes is added to the study as a new, complete trial."""
-
-        def restore(self, checkpoint_path: str):
-            super().restore(checkpoint_path)
-            known, study = ray_private.optuna_known_ids(self), ray_private.optuna_study(self)
-            storage = ray_private.optuna_storage(study)
-            for t in study.get_trials(deepcopy=False, states=(_optuna.trial.TrialState.RUNNING,)):
-                if ray_private.optuna_internal_id(t) not in known:
-                    storage.set_trial_state_values(ray_private.optuna_internal_id(t), _optuna.trial.TrialState.FAIL)
-
-        def on_trial_result(self, trial_id, result):
-            try:
-                super().on_trial_result(trial_id, result)
-            except _optuna.exceptions.UpdateFinishedTrialError:
-                pass
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            ot_trial, study = ray_private.optuna_trial(self, trial_id), ray_private.optuna_study(self)
-            if ot_trial is not None and not error and result and self.metric in result:
-                told = ray_private.optuna_storage(study).get_trial(ray_private.optuna_internal_id(ot_trial))
-                if told.state == _optuna.trial.TrialState.FAIL:
-                    # An errored trial run again (--retry-errored) that now finished: the study cannot change a
-                    # failed trial, so its result joins as a new one and TPE learns from it.
-                    study.add_trial(_optuna.trial.create_trial(
-                        params=told.params, distributions=told.distributions, value=result[self.metric],
-                        user_attrs={"ray_trial_id": trial_id, "retried": True}))
-                    return
-            try:
-                super().on_trial_complete(trial_id, result, error)
-            except _optuna.exceptions.UpdateFinishedTrialError:
-                pass
 
     # The points are enqueued in the study: its first trials, and TPE learns from them.
     return ResumableOptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
@@ -152,6 +115,19 @@ def asha(settings, searched):
         reduction_factor=settings["reduction_factor"])
 
 
+class AshaState(tune.Callback):
+    """ASHA's rungs in Ray's callback checkpoints (see scheduler_state)."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return ray_private.asha_state(self.scheduler)
+
+    def set_state(self, state: dict) -> None:
+        ray_private.set_asha_state(self.scheduler, state)
+
+
 def scheduler_state(scheduler):
     """Ray Tune checkpoints the searcher with the experiment but not the scheduler, so ASHA would come back
     from --resume with empty rungs: the trials finished before the interruption would no longer count, and
@@ -159,23 +135,11 @@ def scheduler_state(scheduler):
     callback checkpoints (saved with the experiment state) and puts them back on restore. It is pickled with
     the scheduler in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None for
     the other schedulers."""
-    from ray.tune import Callback
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     if not isinstance(scheduler, AsyncHyperBandScheduler):
         return None
-
-    class AshaState(Callback):
-        def __init__(self) -> None:
-            self.scheduler = scheduler
-
-        def get_state(self) -> dict:
-            return ray_private.asha_state(self.scheduler)
-
-        def set_state(self, state: dict) -> None:
-            ray_private.set_asha_state(self.scheduler, state)
-
-    return AshaState()
+    return AshaState(scheduler)
 
 
 @SCHEDULERS.register("hyperband")

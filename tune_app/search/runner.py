@@ -190,8 +190,9 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     uploads = ()
     if run_uri:
         from tune_app import storage
+        from tune_app.ray_adapter import Upload
 
-        uploads = (storage.uploader(run_dir, run_uri),)
+        uploads = (Upload(run_dir, run_uri),)
     WATCH.start(None if run_uri else run_dir)  # run() stops it when Ray has shut down
     if resume:
         tuner = tune.Tuner.restore(run_uri or str(run_dir), trainable=trainable, resume_unfinished=True,
