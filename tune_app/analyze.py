@@ -25,7 +25,7 @@ from tune_app import (
     report,
     rundir,
 )
-from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.errors import OneLineParser, UsageError, one_line
 from tune_app.results import Sweep
 from tune_app.runlock import check_idle, check_writable
 from tune_app.summary import (
@@ -373,23 +373,20 @@ def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last",
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        from tune_app import storage
+    return one_line(_analyze, args)
 
-        path = storage.materialize(args.run_dir, "analyze")  # an s3:// or gs:// run comes down first
-        check_idle(path, "analyze")
-        run(path, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
-            select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
-            wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
-        if storage.is_uri(args.run_dir) and storage.check_scheme(args.run_dir, "analyze") != "file":
-            storage.upload(path, args.run_dir, ("summary",))
-            print(f"tune_app: summary written to {args.run_dir.rstrip('/')}/summary", flush=True)
-    except UsageError as e:
-        print(f"tune_app: error: {e}", file=sys.stderr)
-        return UsageError.exit_code
-    except OSError as e:
-        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
-        return UsageError.exit_code
+
+def _analyze(args) -> int:
+    from tune_app import storage
+
+    path = storage.materialize(args.run_dir, "analyze")  # an s3:// or gs:// run comes down first
+    check_idle(path, "analyze")
+    run(path, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, pairs=args.pair,
+        select=args.select, top_k=args.top_k, curves_by=args.curves_by, wandb_mode=args.wandb_mode,
+        wandb_project=args.wandb_project, wandb_entity=args.wandb_entity)
+    if storage.is_uri(args.run_dir) and storage.check_scheme(args.run_dir, "analyze") != "file":
+        storage.upload(path, args.run_dir, ("summary",))
+        print(f"tune_app: summary written to {args.run_dir.rstrip('/')}/summary", flush=True)
     return 0
 
 

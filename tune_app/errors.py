@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import sys
 
 
 class UsageError(Exception):
@@ -37,6 +38,18 @@ def unwritable(folder) -> str | None:
     except OSError as e:
         return e.strerror or type(e).__name__
     return None
+
+
+def one_line(action, *args) -> int:
+    """The exit code of ``action(*args)``, a command's body: a UsageError or a file-system error becomes its one
+    line on stderr and exit code 2 (every command's ``main`` runs through this)."""
+    try:
+        return action(*args)
+    except UsageError as e:
+        print(f"tune_app: error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
+    return UsageError.exit_code
 
 
 class OneLineParser(argparse.ArgumentParser):

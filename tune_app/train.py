@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.errors import OneLineParser, UsageError, one_line
 
 # Study 3's best configuration: Nadam, 2 hidden layers of 2048 and 1024 units, tanh, Xavier (90.21 %
 # validation on Fashion-MNIST). Its other values were not published; these are the trainable's defaults.
@@ -161,46 +161,43 @@ def start_wandb(args, name: str, config: dict, out: Path):
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.train") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        from trainables.catalog import get_trainable
-        from trainables.data import DataError, prepare
-        from trainables.registry import UnknownName
+    return one_line(_train, args)
 
-        try:
-            trainable = get_trainable(args.trainable)
-        except UnknownName as e:
-            raise UsageError(str(e)) from None
-        config = config_of(args, trainable)
-        try:
-            dataset = prepare(config["dataset"], args.data_dir, val_fraction=config["val_fraction"],
-                              split_seed=config["split_seed"])
-        except DataError as e:
-            raise UsageError(str(e)) from None
-        name = trainable.run_name(config)
-        out = Path(args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        out.mkdir(parents=True, exist_ok=True)
-        run = start_wandb(args, name, config, out)
-        reporter = RunReporter(out, run)
-        print(f"tune_app: training {args.trainable} {name} on {dataset.name} into {out}", flush=True)
-        try:
-            trainable.fit(config, dataset.sweep_view(), reporter)
-        except ValueError as e:  # a configuration the trainable refuses once it sees the data
-            raise UsageError(str(e).strip().splitlines()[0]) from None
-        finally:
-            if run is not None:
-                run.finish()
-        with open(out / "state.pkl", "wb") as fh:
-            pickle.dump(reporter.state, fh)
-        last = reporter.rows[-1] if reporter.rows else {}
-        print(f"tune_app: done: val_acc {100 * last.get('val_acc', float('nan')):.2f} % after "
-              f"{last.get('epoch')} epochs; history and state in {out}")
-        return 1 if last.get("diverged") else 0
-    except UsageError as e:
-        print(f"tune_app: error: {e}", file=sys.stderr)
-        return UsageError.exit_code
-    except OSError as e:
-        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
-        return UsageError.exit_code
+
+def _train(args) -> int:
+    from trainables.catalog import get_trainable
+    from trainables.data import DataError, prepare
+    from trainables.registry import UnknownName
+
+    try:
+        trainable = get_trainable(args.trainable)
+    except UnknownName as e:
+        raise UsageError(str(e)) from None
+    config = config_of(args, trainable)
+    try:
+        dataset = prepare(config["dataset"], args.data_dir, val_fraction=config["val_fraction"],
+                          split_seed=config["split_seed"])
+    except DataError as e:
+        raise UsageError(str(e)) from None
+    name = trainable.run_name(config)
+    out = Path(args.out or f"runs/train-{name}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    run = start_wandb(args, name, config, out)
+    reporter = RunReporter(out, run)
+    print(f"tune_app: training {args.trainable} {name} on {dataset.name} into {out}", flush=True)
+    try:
+        trainable.fit(config, dataset.sweep_view(), reporter)
+    except ValueError as e:  # a configuration the trainable refuses once it sees the data
+        raise UsageError(str(e).strip().splitlines()[0]) from None
+    finally:
+        if run is not None:
+            run.finish()
+    with open(out / "state.pkl", "wb") as fh:
+        pickle.dump(reporter.state, fh)
+    last = reporter.rows[-1] if reporter.rows else {}
+    print(f"tune_app: done: val_acc {100 * last.get('val_acc', float('nan')):.2f} % after "
+          f"{last.get('epoch')} epochs; history and state in {out}")
+    return 1 if last.get("diverged") else 0
 
 
 if __name__ == "__main__":

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.errors import OneLineParser, UsageError, one_line
 from tune_app.layout import RETRAIN_DIR
 from tune_app.report import retrain_console
 from tune_app.retrain import own
@@ -128,15 +127,12 @@ def shown(gpus) -> str:
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.retrain") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
+
+    def retrain() -> int:
         run(args)
         return 0
-    except UsageError as e:
-        print(f"tune_app: error: {e}", file=sys.stderr)
-        return UsageError.exit_code
-    except OSError as e:
-        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
-        return UsageError.exit_code
+
+    return one_line(retrain)
 
 
 def call(run_dir, seeds: int = 3, **options) -> dict:

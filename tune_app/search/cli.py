@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 
-from tune_app.errors import OneLineParser, UsageError, file_error
+from tune_app.errors import OneLineParser, one_line
 from tune_app.search.plan import TRANSFER_TOP_K, spec_of
 from tune_app.search.runner import run
 from tune_app.settings import SweepSettings
@@ -91,19 +90,16 @@ def settings_of(args: argparse.Namespace) -> SweepSettings:
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.search") -> int:
     args = build_parser(prog).parse_args(argv)
-    try:
-        if args.list_spaces:
-            from tune_app.spaces import load_space
+    return one_line(_search, args)
 
-            for name in list_spaces():
-                doc = (load_space(name).module.__doc__ or "").strip().splitlines()
-                print(f"{name:20s} {doc[0] if doc else ''}")
-            return 0
-        settings = settings_of(args)
-        return run(spec_of(settings), resume=bool(settings.resume))
-    except UsageError as e:
-        print(f"tune_app: error: {e}", file=sys.stderr)
-        return UsageError.exit_code
-    except OSError as e:
-        print(f"tune_app: error: {file_error(e)}", file=sys.stderr)
-        return UsageError.exit_code
+
+def _search(args) -> int:
+    if args.list_spaces:
+        from tune_app.spaces import load_space
+
+        for name in list_spaces():
+            doc = (load_space(name).module.__doc__ or "").strip().splitlines()
+            print(f"{name:20s} {doc[0] if doc else ''}")
+        return 0
+    settings = settings_of(args)
+    return run(spec_of(settings), resume=bool(settings.resume))
