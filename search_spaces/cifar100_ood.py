@@ -15,10 +15,8 @@ CIFAR-100-C's files with --corruption-dir), and --predict writes a submission CS
 For ResNet-50 from ImageNet weights: --set model=tv_resnet50 --set
 pretrained_weights=/path/resnet50-11ad3fa6.pth (inputs are upsampled to 224).
 
-Time: on a 2-core CPU (``python scripts/bench_models.py``) small_cnn2 trains about 2,300
-images/s and small_cnn4 1,100 (20 to 40 s per epoch), ResNet-18 100 and ResNet-50 20 (7.6 and
-37 minutes per epoch): try the small CNNs with --set model=[small_cnn2,small_cnn4] on a CPU,
-and run the whole space on GPUs.
+On a CPU try the small CNNs (--set model=[small_cnn2,small_cnn4]) and run the whole space on GPUs;
+each model's speed (``python scripts/bench_models.py``) is in docs/BENCHMARKS.md.
 """
 from ray import tune
 

@@ -11,9 +11,8 @@ with Nesterov, cosine T_max = epochs, basic augmentation (crop, flip, rotation, 
 jitter). The study's follow-up retrained the best run for 100 epochs (T_max 100): 73.99 %
 test accuracy for PreAct ResNet-18, SGD, lr 1e-2, CutMix/MixUp.
 
-Time: on a 2-core CPU ResNet-18 trains about 100 images/s (``python scripts/bench_models.py``),
-7.6 minutes per epoch of 45,000 images, so the grid's up to 1,600 epochs are for GPUs, where
-amp=auto trains in bf16 and channels_last.
+The grid's up to 1,600 epochs are for GPUs, where amp=auto trains in bf16 and channels_last;
+ResNet-18's speed on a CPU (``python scripts/bench_models.py``) is in docs/BENCHMARKS.md.
 """
 from ray import tune
 

@@ -10,9 +10,7 @@ Optuna TPE picks 111 configurations; ASHA stops the weak ones at its rungs (epoc
 batch 64, 80 epochs, lr 1e-3, AutoAugment, batch norm, no Cutout, wd 0, seed 42)
 reached 85.70 % validation accuracy.
 
-Time: on a 2-core CPU VGG6 trains about 250 images/s (measured with
-``trainables.image_classifier.fit`` on 4,000 CIFAR-sized images, batch 128), i.e. about
-3 minutes an epoch and some 70 hours for the sweep: run it on GPUs.
+Run it on GPUs: on a CPU the sweep takes days (VGG6's speed is in docs/BENCHMARKS.md).
 """
 from ray import tune
 

@@ -3,11 +3,8 @@
     python -m tune_app.search --space digits
 
 20 trials of a small CNN (activation x optimizer x lr x batch size x batch norm x
-epochs), Optuna TPE with ASHA stopping the weak ones. Under 1.5 minutes on a 2-core
-CPU machine (measured 78 s in a fresh clone, report included); best validation
-accuracy 97.92 % (tanh + AdamW) or 99.31 % (GELU + AdamW) with the default --seed 0, depending on
-the order parallel trials finish; both about 99 % on the test set over 3 seeds with
-``python -m tune_app.retrain``.
+epochs), Optuna TPE with ASHA stopping the weak ones, in a minute or two on a laptop's CPU (the
+measured time and results: README.md and docs/BENCHMARKS.md).
 """
 from ray import tune
 

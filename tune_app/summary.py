@@ -1,7 +1,7 @@
 """Turn a finished sweep's trial records into tables, trends and a best config.
 
 Everything here is a pure function over plain dicts and DataFrames so it can be
-tested without Ray; converting Ray's ResultGrid into records happens elsewhere.
+tested without Ray; tune_app.rundir reads the trial records from a run directory's files.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ JSON_COLUMNS_ATTR = "json_config_columns"
 
 
 class NoEligibleTrialError(ValueError):
-    """Raised by select_best; a ValueError subclass so write_summary can catch exactly this case."""
+    """Raised by select_best when no trial is eligible; a ValueError, which analyze.compute catches to say why."""
 
 
 def _missing(value) -> bool:
