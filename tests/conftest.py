@@ -12,6 +12,19 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_running(request):
+    """A module that leaves an in-process Ray running fails, naming itself, instead of breaking the next
+    module's ray.init (one local Ray per module); the Ray is shut down either way."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.module.__name__} left a Ray running in the test process")
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray per test module, sized for a 2-core machine, with one pretend GPU:

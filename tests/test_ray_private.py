@@ -77,7 +77,15 @@ def test_the_wandb_callback_base_reaches_rays_internals():
     callback = ray_private.WandbCallbackBase(project="p", mode="offline")
     assert isinstance(callback, WandbLoggerCallback)
     assert callback.logging_futures() == {} and callback.logging_trials() == []
-    options = callback.logging_actor_options()
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False)  # the options pin the actor to this node: a Ray must run
+    try:
+        options = callback.logging_actor_options()
+        ray_node = ray.get_runtime_context().get_node_id()
+    finally:
+        ray.shutdown()
+    assert options["label_selector"] == {"ray.io/node-id": ray_node}  # pinned to the node it was made on
     assert options["num_cpus"] == 0 and options["max_restarts"] == -1 and "env_vars" in options["runtime_env"]
     for name in ("_start_logging_actor", "_cleanup_logging_actors", "_signal_logging_actor_stop"):
         assert callable(getattr(WandbLoggerCallback, name)), name
