@@ -37,7 +37,7 @@ def trials():
 def analyzed(tmp_path_factory, trials):
     """One full analysis of a 12-trial experiment in Ray Tune's layout (no tune_app.json)."""
     path = write_experiment(tmp_path_factory.mktemp("a") / "exp", trials)
-    code = main([str(path), "--pair", "optimizer,batch_size", "--top-k", "3"])
+    code = main([str(path), "--pair", "optimizer,batch_size", "--top-configs", "3"])
     assert code == 0
     return path
 
@@ -208,7 +208,7 @@ def test_plain_ray_tune_experiment(ray_local, tmp_path, capsys):
 
     tune.Tuner(objective, param_space={"x": tune.grid_search([1, 2, 3]), "kind": tune.grid_search(["a", "b"])},
                run_config=tune.RunConfig(name="plain", storage_path=str(tmp_path), verbose=0)).fit()
-    code, out, _ = cli(capsys, tmp_path / "plain", "--metric", "score", "--mode", "max", "--top-k", "2")
+    code, out, _ = cli(capsys, tmp_path / "plain", "--metric", "score", "--mode", "max", "--top-configs", "2")
     assert code == 0
     s = tmp_path / "plain" / "summary"
     best = json.loads((s / "best_config.json").read_text())
@@ -238,7 +238,7 @@ def test_not_a_sweep(tmp_path, capsys):
     (["--pair", "optimizer"], "--pair optimizer: give two hyperparameters"),
     (["--at-epoch", "7"], "--at-epoch 7: no trial reached that epoch (the deepest any trial reached is 6)"),
     (["--metric", "f1"], "metric 'f1' was never reported"),
-    (["--top-k", "0"], "--top-k 0: must be at least 1"),
+    (["--top-configs", "0"], "--top-configs 0: must be at least 1"),
 ])
 def test_bad_input_one_line_nothing_written(tmp_path, trials, capsys, argv, message):
     path = write_experiment(tmp_path / "exp", trials)
@@ -307,12 +307,12 @@ def test_a_kill_during_the_export_leaves_every_file_whole(tmp_path, trials, frac
     path = write_experiment(tmp_path / "exp", trials)
     command = [sys.executable, "-m", "tune_app.analyze", str(path), "--wandb-mode", "disabled"]
     started = time.monotonic()
-    subprocess.run([*command, "--top-k", "3"], check=True, capture_output=True)
+    subprocess.run([*command, "--top-configs", "3"], check=True, capture_output=True)
     duration = time.monotonic() - started
     summary = path / "summary"
     before = {p.relative_to(summary): p.read_bytes() for p in summary.rglob("*")
               if p.is_file() and not p.name.startswith(".")}
-    proc = subprocess.Popen([*command, "--top-k", "5", "--pair", "optimizer,lr"], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*command, "--top-configs", "5", "--pair", "optimizer,lr"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     time.sleep(duration * fraction)
     proc.kill()

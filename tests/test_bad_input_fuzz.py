@@ -89,7 +89,7 @@ def cases(run: str, runs: str) -> dict[str, tuple]:
         "zero concurrency": (s, [*SEARCH, "--max-concurrent", "0"], "--max-concurrent 0"),
         "pbt with optuna": (s, [*SEARCH, "--scheduler", "pbt", "--searcher", "optuna"], "--scheduler pbt"),
         "grid over a range": (s, ["--space", "digits", "--searcher", "grid", "--wandb-mode", "disabled"], "grid"),
-        "top-k without from-run": (s, [*SEARCH, "--top-k", "2"], "--top-k needs --from-run"),
+        "top-k without from-run": (s, [*SEARCH, "--top-k", "2"], "--from-top needs --from-run"),  # + the note
         "missing from-run": (s, [*SEARCH, "--from-run", "/nonexistent/run"], "--from-run /nonexistent/run"),
         "retry without resume": (s, [*SEARCH, "--retry-errored"], "--retry-errored goes with --resume"),
         # search: names and places
@@ -114,7 +114,7 @@ def cases(run: str, runs: str) -> dict[str, tuple]:
         "analyze an empty dir": (a, [f"{runs}/empty_dir"], "is not a sweep"),
         "analyze an unknown metric": (a, [run, "--metric", "nope"], "'nope' was never reported"),
         "analyze an unknown rule": (a, [run, "--select", "nope"], "--select"),
-        "analyze top 0": (a, [run, "--top-k", "0"], "--top-k"),
+        "analyze top 0": (a, [run, "--top-configs", "0"], "--top-configs 0"),
         "analyze an unknown pair": (a, [run, "--pair", "lr,nope"], "nope"),
         "analyze a cut spec": (a, [f"{runs}/broken_spec"], "is not valid JSON"),
         "analyze an unknown space": (a, [f"{runs}/unknown_space"], "gone_study"),
@@ -123,7 +123,7 @@ def cases(run: str, runs: str) -> dict[str, tuple]:
         "retrain no seeds": (r, [run, "--seeds", "0"], "--seeds 0"),
         "retrain word seeds": (r, [run, "--seed-list", "a,b"], "--seed-list a,b"),
         "retrain zero epochs": (r, [run, "--epochs", "0"], "--epochs 0"),
-        "retrain too many": (r, [run, "--top-k", "99"], "--top-k 99"),
+        "retrain too many": (r, [run, "--configs", "99"], "--configs 99"),
         "retrain a text file": (r, [run, "--evaluate", f"{runs}/not_a_model.pt"], "not a readable model file"),
         "retrain zero cpus": (r, [run, "--cpus-per-trial", "0"], "--cpus-per-trial 0"),
         "retrain unknown corruption": (r, [run, "--corruptions", "nope"], "nope"),

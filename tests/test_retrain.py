@@ -202,7 +202,7 @@ def test_train_plus_val_folds_the_validation_split_in(sweep, retrained, tmp_path
 
 def test_top_k_checks_the_search_ranking(sweep, retrained, tmp_path):
     run_dir = copy_of(sweep, tmp_path)
-    assert retrain.main([str(run_dir), "--top-k", "2", "--seeds", "1", "--wandb-mode", "disabled"]) == 0
+    assert retrain.main([str(run_dir), "--configs", "2", "--seeds", "1", "--wandb-mode", "disabled"]) == 0
     r = summary_of(run_dir)
     topk = json.loads((sweep / "summary" / "topk.json").read_text())["trials"]
     assert [c["trial_id"] for c in r["configs"]] == [t["trial_id"] for t in topk[:2]]
@@ -234,7 +234,7 @@ def write_bad_model(run_dir: Path) -> Path:
     ("not a sweep", "is not a sweep: it holds no tune_app.json and no trial folders"),
     ("no results", "none of its 0 trials has reported a result yet"),
     ("unknown key", "trial {best}'s configuration is not accepted by this version of tune_app: unknown key 'colour'"),
-    ("top-k", "--top-k 9: tiny has 4 trials to rank by last"),
+    ("top-k", "--configs 9: tiny has 4 trials to rank by last"),
     ("weights", "the weights do not fit model digits_cnn"),
     ("seed list", "--seed-list 1,x: give whole numbers separated by commas"),
     ("epochs", "--epochs 0: must be at least 1"),
@@ -255,7 +255,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_overwritten(sweep, retrained, 
     elif case == "unknown key":
         break_best_trial(run_dir)
     elif case == "top-k":
-        extra = ["--top-k", "9"]
+        extra = ["--configs", "9"]
     elif case == "weights":
         extra = ["--evaluate", str(write_bad_model(run_dir))]
     elif case == "seed list":

@@ -168,3 +168,20 @@ def test_an_address_nothing_answers_at_is_refused_quickly(tmp_path, capsys, addr
     assert code == 2 and err.count("\n") == 1 and seconds < 30
     assert f"--address {address}: nothing answers at 127.0.0.1:1 within 10 s" in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command,new", [("search", "--from-top"), ("analyze", "--top-configs"),
+                                         ("retrain", "--configs")])
+def test_the_old_top_k_spelling_still_works_with_a_note(command, new, capsys):
+    """--top-k meant three things; each command's flag now says which, and the old spelling keeps working for a
+    release."""
+    import importlib
+
+    parser = importlib.import_module(f"tune_app.{command}").build_parser()
+    given = ["--space", "digits"] if command == "search" else ["runs/x"]
+    old = parser.parse_args([*given, "--top-k", "4"])
+    assert old.top_k == 4
+    note = f"tune_app: note: --top-k is now {new}; the old spelling goes in a later release\n"
+    assert capsys.readouterr().err == note
+    assert parser.parse_args([*given, new, "4"]).top_k == 4
+    assert capsys.readouterr().err == ""

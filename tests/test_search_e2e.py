@@ -60,8 +60,6 @@ def test_digits_sweep_exits_0_and_prints_best_and_trends(digits_sweep, digits_ou
     assert code == 0
     assert "tune_app: starting sweep 'digits-tiny' of space 'digits': 4 trials, optuna + asha, 1 CPU / 0 GPU" in out
     assert "W&B runs are kept offline; upload them later with: wandb sync " in out
-    assert "Number of trials: 4/4" in out  # Ray's progress table
-    assert "Current best trial" in out
     assert re.search(r"Best trial digits_cnn_[\w.-]+ \(\w+\), selected by last: val_acc \d+\.\d\d %", out)
     k = json.loads((digits_sweep[0] / "summary" / "best_config.json").read_text())["at_epoch"]
     assert f"### activation (epoch {k})" in out and f"### lr (epoch {k})" in out and "| 95 % CI |" in out

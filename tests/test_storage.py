@@ -160,7 +160,7 @@ def test_analyze_reads_an_s3_run_and_writes_its_summary_back(resumed, s3, capsys
     shutil.rmtree(mirror)
     fs, _ = storage.filesystem(uri)
     fs.delete_file(f"{BUCKET}/runs/crashy/summary/topk.json")
-    assert analyze.main([uri, "--top-k", "2", "--wandb-mode", "disabled"]) == 0
+    assert analyze.main([uri, "--top-configs", "2", "--wandb-mode", "disabled"]) == 0
     topk = json.loads(fs.open_input_stream(f"{BUCKET}/runs/crashy/summary/topk.json").read())
     assert len(topk["trials"]) == 2
     after = read_parquet(f"{uri}/summary/trials.parquet")

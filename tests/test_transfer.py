@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(source, tmp_path, caps
     layers = first["config"]["num_layers"]
     mn, src = ["--space", "mnist_mlp", *TINY], ["--from-run", str(source_dir)]
     bad = [
-        ([*mn, "--top-k", "3"], "--top-k needs --from-run RUN_DIR"),
+        ([*mn, "--from-top", "3"], "--from-top needs --from-run RUN_DIR"),
         ([*mn, *src, "--searcher", "grid"], "--searcher grid runs every combination of its lists and takes no "
                                             "configurations from --from-run"),
         ([*mn, *src, "--set", "num_layers=[3,4]"],
@@ -116,10 +116,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(source, tmp_path, caps
         (["--space", "digits", *src],
          f"--from-run {source_dir}: that sweep's space fashion_mnist_mlp trains numpy_mlp, space digits trains "
          f"image_classifier; configurations transfer only between spaces of one trainable"),
-        ([*mn, *src, "--top-k", "9"], "--top-k 9: fm has 4 trials to rank by last"),
-        ([*mn, *src, "--top-k", "0"], "--top-k 0: must be at least 1"),
+        ([*mn, *src, "--from-top", "9"], "--from-top 9: fm has 4 trials to rank by last"),
+        ([*mn, *src, "--from-top", "0"], "--from-top 0: must be at least 1"),
         ([*mn, *src, "--num-samples", "2"],
-         "--num-samples 2: fewer than the 3 configurations --from-run transfers; give at least 3, or --top-k 2"),
+         "--num-samples 2: fewer than the 3 configurations --from-run transfers; give at least 3, or --from-top 2"),
         ([*mn, "--from-run", str(tmp_path / "nope")],
          f"--from-run {tmp_path / 'nope'}: no such directory; give a finished sweep's run directory"),
     ]

@@ -25,7 +25,8 @@ from tune_app import (
     report,
     rundir,
 )
-from tune_app.errors import OneLineParser, UsageError, one_line
+from tune_app.atomic import atomic_write
+from tune_app.errors import OneLineParser, Renamed, UsageError, one_line
 from tune_app.results import Sweep
 from tune_app.runlock import check_idle, check_writable
 from tune_app.summary import (
@@ -34,7 +35,6 @@ from tune_app.summary import (
     RULES,
     _plain,
     _status_counts,
-    atomic_write,
     best_config_payload,
     history_frame,
     select_best,
@@ -59,7 +59,8 @@ def build_parser(prog: str = "python -m tune_app.analyze") -> argparse.ArgumentP
                         "CURVES_BY, e.g. loss for study 3)")
     p.add_argument("--select", choices=RULES, default="last",
                    help="how the best trial is chosen: its last epoch (default), its best epoch, or at --at-epoch")
-    p.add_argument("--top-k", type=int, default=5, help="configurations in topk.json (default 5)")
+    p.add_argument("--top-configs", "--top-k", dest="top_k", type=int, default=5, action=Renamed, metavar="K",
+                   help="how many of the best configurations topk.json lists (default 5)")
     p.add_argument("--wandb-mode", choices=("online", "offline", "disabled"),
                    help="log a summary run to the sweep's W&B group (default: as the sweep did; "
                         "disabled for a plain Ray experiment)")
@@ -183,12 +184,13 @@ def _other_endings(counts: dict) -> str:
     return "".join(f"{counts[key]} {text}, " for key, text in said if counts.get(key))
 
 
-def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
+def top_configs(path, k: int, flag: str) -> tuple[rundir.Sweep, dict]:
     """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
     (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
-    Returns (sweep, topk payload). Raises UsageError when there are fewer than k eligible trials."""
+    Returns (sweep, topk payload). Raises UsageError (naming ``flag``, the command's) when there are fewer
+    than k eligible trials."""
     if k < 1:
-        raise UsageError(f"--top-k {k}: must be at least 1")
+        raise UsageError(f"{flag} {k}: must be at least 1")
     options = saved_options(path)
     rule, at_epoch = options.get("select", "last"), options.get("at_epoch")
     sweep, _, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
@@ -198,7 +200,7 @@ def top_configs(path, k: int) -> tuple[rundir.Sweep, dict]:
     top = top_k_payload(trials, sweep.metric, sweep.mode, rule, k)
     if len(top["trials"]) < k:
         counts = _status_counts(trials)
-        raise UsageError(f"--top-k {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
+        raise UsageError(f"{flag} {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
                          f"({counts['completed']} completed, {counts['stopped']} stopped early, "
                          f"{_other_endings(counts)}{counts['diverged']} diverged, {counts['error']} failed); "
                          f"ask for at most {len(top['trials'])}")
@@ -211,7 +213,7 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     if select not in RULES:
         raise UsageError(f"--select {select}: use one of {', '.join(RULES)}")
     if top_k < 1:
-        raise UsageError(f"--top-k {top_k}: must be at least 1")
+        raise UsageError(f"--top-configs {top_k}: must be at least 1")
     sweep, history, trials, at_epoch = load_trials(path, metric, mode, at_epoch)
     metric, mode = sweep.metric, sweep.mode
     pair_names = parse_pairs(list(pairs), sweep.params)
@@ -314,7 +316,7 @@ def console(a: Analysis) -> str:
 def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | None) -> str | None:
     """A summary run in the sweep's W&B group: trend tables and importance as W&B Tables, the plots
     as images. A W&B failure is a warning; the analysis on disk is complete without it."""
-    from tune_app.wandb_setup import resolve_mode
+    from tune_app.wandb_setup import resolve_mode, start_run
 
     settings = (a.sweep.spec or {}).get("settings", {})
     if mode is None and a.sweep.spec is None:
@@ -325,12 +327,11 @@ def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | 
     try:
         import wandb
 
-        logging.getLogger("wandb").setLevel(logging.WARNING)  # its INFO lines would flood the console
-        run = wandb.init(project=project or settings.get("wandb_project") or "tune_app",
-                         entity=entity or settings.get("wandb_entity"), group=a.name, name=f"{a.name}-summary",
-                         job_type="analysis", dir=str(a.sweep.path), mode=mode, reinit="create_new",
-                         config={"best": a.best.get("config"), "metric": a.metric, "at_epoch": a.at_epoch,
-                                 "selection_rule": a.select})
+        run = start_run(mode, project=project or settings.get("wandb_project"),
+                        entity=entity or settings.get("wandb_entity"), group=a.name, name=f"{a.name}-summary",
+                        job_type="analysis", dir=str(a.sweep.path),
+                        config={"best": a.best.get("config"), "metric": a.metric, "at_epoch": a.at_epoch,
+                                "selection_rule": a.select})
         try:
             logged = {f"trends/{view}": wandb.Table(dataframe=_wandb_frame(t.drop(columns="view")))
                       for view, t in a.trends.groupby("view", sort=False)}

@@ -35,7 +35,8 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tune_app.summary import _number, atomic_write, held_devices
+from tune_app.atomic import atomic_write
+from tune_app.summary import _number, held_devices
 
 BUDGET_FILE = "budget.json"
 KINDS = ("gpu", "cpu")

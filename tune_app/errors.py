@@ -52,6 +52,17 @@ def one_line(action, *args) -> int:
     return UsageError.exit_code
 
 
+class Renamed(argparse.Action):
+    """A flag whose old spelling (its second option string) still works for one release, with a note that
+    names the new one."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string != self.option_strings[0]:
+            print(f"tune_app: note: {option_string} is now {self.option_strings[0]}; the old spelling goes in a "
+                  f"later release", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2, as argparse does)."""
 

@@ -22,6 +22,8 @@ import random
 
 import numpy as np
 
+from tune_app.spaces import is_grid
+
 PROBE_STEPS = 20  # training steps per probe epoch, and at least PROBE_SAMPLES samples
 PROBE_SAMPLES = 8192
 PLAN_FILE = "plan.json"
@@ -31,7 +33,7 @@ def configurations(param_space: dict, num_samples: int, seed: int) -> list[dict]
     """The configurations a sweep will run (a grid, times num_samples), or draws from a sampled space."""
     from ray.tune.search.sample import Domain
 
-    grid = {k: v["grid_search"] for k, v in param_space.items() if isinstance(v, dict) and "grid_search" in v}
+    grid = {k: v["grid_search"] for k, v in param_space.items() if is_grid(v)}
     rng = np.random.default_rng(seed)
     random.seed(seed)
     out = []

@@ -69,8 +69,13 @@ def list_spaces() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(search_spaces.__path__) if not m.name.startswith("_"))
 
 
+def is_grid(value) -> bool:
+    """A ``tune.grid_search([...])`` entry (a dict Ray expands into one trial per value)."""
+    return isinstance(value, dict) and "grid_search" in value
+
+
 def is_searched(value) -> bool:
-    return isinstance(value, Domain) or (isinstance(value, dict) and "grid_search" in value)
+    return isinstance(value, Domain) or is_grid(value)
 
 
 REQUIRED = ("TRAINABLE", "METRIC", "MODE", "SPACE")  # DEFAULTS is optional
@@ -136,7 +141,7 @@ def known_key(key: str, params: dict) -> bool:
 
 def domain_values(value) -> list:
     """The concrete values a space entry can take that can be checked one by one."""
-    if isinstance(value, dict) and "grid_search" in value:
+    if is_grid(value):
         return list(value["grid_search"])
     if isinstance(value, Categorical):
         return list(value.categories)

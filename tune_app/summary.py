@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -329,17 +327,3 @@ def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: in
                for i, (_, row) in enumerate(pool.iterrows(), start=1)]
     return _plain({"metric": metric, "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
                    "k": k, "trials": entries})
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Write to a sibling temp file, fsync, then os.replace: a kill mid-write leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -138,19 +138,14 @@ class RunReporter:
 
 
 def start_wandb(args, name: str, config: dict, out: Path):
-    from tune_app.wandb_setup import resolve_mode
+    from tune_app.wandb_setup import resolve_mode, start_run
 
     mode = resolve_mode(args.wandb_mode)
     if mode == "disabled":
         return None
     try:
-        import logging
-
-        import wandb
-
-        logging.getLogger("wandb").setLevel(logging.WARNING)
-        run = wandb.init(project=args.wandb_project, entity=args.wandb_entity, name=name, config=config,
-                         job_type="train", dir=str(out), mode=mode)
+        run = start_run(mode, project=args.wandb_project, entity=args.wandb_entity, name=name, config=config,
+                        job_type="train", dir=str(out))
         if mode == "offline":
             print(f"tune_app: W&B run kept offline; upload it later with: wandb sync {run.dir.rsplit('/files', 1)[0]}")
         return run

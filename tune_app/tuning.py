@@ -14,6 +14,7 @@ from ray.tune.search.sample import Categorical, Domain, Float, Integer
 from trainables.registry import Registry
 from tune_app import ray_private
 from tune_app.errors import UsageError
+from tune_app.spaces import is_grid
 
 SEARCHERS = Registry("searcher")
 SCHEDULERS = Registry("scheduler")
@@ -34,14 +35,14 @@ def grid_space(space: dict) -> dict:
 
 def choice_space(space: dict) -> dict:
     """Model-based searchers take no grid axes: a grid becomes a choice."""
-    return {k: tune.choice(list(v["grid_search"])) if isinstance(v, dict) and "grid_search" in v else v
+    return {k: tune.choice(list(v["grid_search"])) if is_grid(v) else v
             for k, v in space.items()}
 
 
 def point_value(domain, value):
     """`value` as the space entry `domain` holds it (64, not the 64.0 a table may give back).
     Raises ValueError(what the entry takes, the values a widened entry would list) when it cannot take it."""
-    if isinstance(domain, dict) and "grid_search" in domain:
+    if is_grid(domain):
         domain = Categorical(list(domain["grid_search"]))
     if isinstance(domain, Categorical):
         for category in domain.categories:

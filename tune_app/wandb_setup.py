@@ -60,6 +60,17 @@ def resolve_mode(mode: str | None) -> str:
     return mode
 
 
+def start_run(mode: str, *, project: str | None, entity: str | None, name: str, job_type: str, dir: str,
+              config: dict, group: str | None = None):
+    """A W&B run of tune_app's own (a summary, a retrain seed, a single training), not a sweep trial's (Ray's
+    callback starts those): W&B's INFO logging kept off the console, several runs per process allowed."""
+    import wandb
+
+    logging.getLogger("wandb").setLevel(logging.WARNING)  # its INFO lines would flood the console
+    return wandb.init(project=project or "tune_app", entity=entity, group=group, name=name, job_type=job_type,
+                      dir=dir, mode=mode, reinit="create_new", config=config)
+
+
 class SafeWandbCallback(WandbCallbackBase):
     """Ray's W&B callback with every call guarded: the first W&B failure is logged once and starts no more
     W&B runs or results for the rest of the sweep, which goes on; the runs already started are still finished."""

@@ -2,8 +2,6 @@
 valid rows and label its axis (accuracies in percent), and the atomic write of a file."""
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +75,3 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _atomic_write(path: Path, write) -> Path:
-    """Write to a hidden sibling temp file, then os.replace, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

@@ -8,7 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tune_app.plots.base import DPI, _atomic_write, _finish, _mpl
+from tune_app.atomic import atomic_write
+from tune_app.plots.base import DPI, _finish, _mpl
 
 
 def confusion_png(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> Path:
@@ -31,7 +32,7 @@ def confusion_png(path: Path, confusion: np.ndarray, classes: list[str], title: 
     _finish(ax, title, "predicted", "true")
     ax.grid(False)
     try:
-        return _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
     finally:
         plt.close(fig)
 
@@ -58,6 +59,6 @@ def samples_png(path: Path, images: np.ndarray, labels: np.ndarray, predicted: n
                      color="green" if right else "red")
     fig.suptitle("One test image per class: true -> predicted")
     try:
-        return _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
     finally:
         plt.close(fig)

@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from tune_app.plots.base import DPI, HTML_CONFIG, Figures, Plot, _atomic_write
+from tune_app.atomic import atomic_write
+from tune_app.plots.base import DPI, HTML_CONFIG, Figures, Plot
 from tune_app.plots.curves import curves_by_figures, curves_figures, metric_vs_step_figures
 from tune_app.plots.params import importance_figures, parallel_coordinates_figures, slices_figures
 from tune_app.plots.progress import best_so_far_figures, cost_figures
@@ -16,9 +17,9 @@ from tune_app.plots.progress import best_so_far_figures, cost_figures
 def _save(out: Path, name: str, figures: Figures) -> Plot:
     """Write ``<name>.png`` and ``<name>.html`` and close the matplotlib figure."""
     fig, pfig = figures
-    png = _atomic_write(out / f"{name}.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
+    png = atomic_write(out / f"{name}.png", lambda p: fig.savefig(p, format="png", dpi=DPI))
     plt.close(fig)
-    html = _atomic_write(out / f"{name}.html", lambda p: pfig.write_html(
+    html = atomic_write(out / f"{name}.html", lambda p: pfig.write_html(
         p, include_plotlyjs="directory", config=HTML_CONFIG, auto_open=False))
     return Plot(name, pfig.layout.title.text, png, html, pfig)
 
@@ -46,7 +47,7 @@ def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: st
         "importance": lambda: importance_figures(importance),
     }
     # Write the shared plotly bundle atomically first; write_html then finds it and leaves it alone.
-    _atomic_write(out / "plotly.min.js", lambda p: p.write_text(get_plotlyjs(), encoding="utf-8"))
+    atomic_write(out / "plotly.min.js", lambda p: p.write_text(get_plotlyjs(), encoding="utf-8"))
     opened = set(plt.get_fignums())
     try:
         return [_save(out, name, figures) for name, build in builders.items() if (figures := build())]

@@ -2,7 +2,7 @@
 ``python -m tune_app.retrain runs/<name>``.
 
 A sweep's best validation accuracy is partly luck: one seed, one split, the maximum of many
-noisy numbers. This retrains the best configuration (or the top k, ``--top-k``) with several
+noisy numbers. This retrains the best configuration (or the top K, ``--configs K``) with several
 seeds through the same ``fit`` the sweep ran, then evaluates each final model on the test set,
 which no part of the search has seen. By default the seeds are the trial's own seed and the
 next ones, so the first retrain repeats the sweep's trial: on a CPU it must give the sweep's

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tune_app.errors import OneLineParser, UsageError, one_line
+from tune_app.errors import OneLineParser, Renamed, UsageError, one_line
 from tune_app.layout import RETRAIN_DIR
 from tune_app.report import retrain_console
 from tune_app.retrain import own
@@ -22,7 +22,8 @@ from tune_app.retrain.wandb_runs import log_wandb
 def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI")
-    p.add_argument("--top-k", type=int, default=1, help="retrain the k best configurations (default 1)")
+    p.add_argument("--configs", "--top-k", dest="top_k", type=int, default=1, action=Renamed, metavar="K",
+                   help="retrain the K best configurations (default 1)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=3,
                        help="seeds per configuration: the trial's own seed and the next ones (default 3)")

@@ -4,15 +4,13 @@ refreshed to show it."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from tune_app import imageset
+from tune_app.atomic import write_folder
 from tune_app.errors import UsageError
 from tune_app.layout import RETRAIN_DIR
 from tune_app.retrain.model import MODEL_FILE, MODEL_FORMAT, load_model
@@ -61,10 +59,7 @@ def write_files(plan: Plan, dataset, summary: dict, payload: dict, to_predict=No
 
     from tune_app import plots
 
-    out = plan.run_dir / RETRAIN_DIR
-    tmp = plan.run_dir / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         torch.save(payload, tmp / MODEL_FILE)
         classes = list(dataset.classes)
         confusion = np.asarray(summary["confusion_matrix"])
@@ -86,15 +81,8 @@ def write_files(plan: Plan, dataset, summary: dict, payload: dict, to_predict=No
             model = load_model(tmp / MODEL_FILE, device=best_device())
             imageset.write_submission(tmp / "submission.csv", ids, model.predict(images))
         (tmp / "retrain.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
-        old = plan.run_dir / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.old"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_folder(plan.run_dir / RETRAIN_DIR, fill)
 
 
 def refresh_report(plan: Plan) -> None:

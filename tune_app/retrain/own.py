@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-import uuid
 from pathlib import Path
 
 from tune_app.errors import UsageError
@@ -131,19 +129,10 @@ def summarize(plan, metric: str, mode: str) -> dict:
 
 def write(run_dir: Path, summary: dict) -> Path:
     """retrain/retrain.json, swapped in whole (a crash leaves the old folder or the new one)."""
-    out = Path(run_dir) / RETRAIN_DIR
-    tmp = Path(run_dir) / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
-    (tmp / "retrain.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    old = Path(run_dir) / f".{RETRAIN_DIR}.{uuid.uuid4().hex}.old"
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        import shutil
+    from tune_app.atomic import write_folder
 
-        shutil.rmtree(old, ignore_errors=True)
-    return out
+    return write_folder(Path(run_dir) / RETRAIN_DIR, lambda tmp: (tmp / "retrain.json").write_text(
+        json.dumps(summary, indent=1, default=str) + "\n"))
 
 
 def console(summary: dict) -> str:

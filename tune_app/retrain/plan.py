@@ -74,7 +74,7 @@ def make_plan(args) -> Plan:
         value = getattr(args, flag)
         if value is not None and (not math.isfinite(value) or value < (0 if flag == "gpus_per_trial" else 1e-9)):
             raise UsageError(f"--{flag.replace('_', '-')} {value:g}: must be more than 0 (GPUs: 0 or more)")
-    sweep, top = top_configs(args.run_dir, args.top_k)
+    sweep, top = top_configs(args.run_dir, args.top_k, "--configs")
     trainable = sweep.space.trainable
     candidates = []
     for entry in top["trials"]:

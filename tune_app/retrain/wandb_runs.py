@@ -18,19 +18,18 @@ def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
     if mode == "disabled":
         return
     try:
-        import logging
-
         import wandb
 
-        logging.getLogger("wandb").setLevel(logging.WARNING)
+        from tune_app.wandb_setup import start_run
+
         for cfg in summary["configs"]:
             for seed_run in cfg["runs"]:
                 kept = cfg["rank"] == summary["model"]["rank"] and seed_run["seed"] == summary["model"]["seed"]
-                run = wandb.init(project=s.get("wandb_project") or "tune_app", entity=s.get("wandb_entity"),
-                                 group=plan.sweep.name, job_type="retrain", dir=str(plan.run_dir), mode=mode,
-                                 name=f"{cfg['trial_name']}-retrain-seed{seed_run['seed']}", reinit="create_new",
-                                 config={**cfg["config"], "seed": seed_run["seed"], "rank": cfg["rank"],
-                                         "train_on": plan.train_on, "search_trial_id": cfg["trial_id"]})
+                run = start_run(mode, project=s.get("wandb_project"), entity=s.get("wandb_entity"),
+                                group=plan.sweep.name, job_type="retrain", dir=str(plan.run_dir),
+                                name=f"{cfg['trial_name']}-retrain-seed{seed_run['seed']}",
+                                config={**cfg["config"], "seed": seed_run["seed"], "rank": cfg["rank"],
+                                        "train_on": plan.train_on, "search_trial_id": cfg["trial_id"]})
                 try:
                     for row in seed_run["history"]:
                         run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and v is not None},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from tune_app.errors import OneLineParser, one_line
+from tune_app.errors import OneLineParser, Renamed, one_line
 from tune_app.search.plan import TRANSFER_TOP_K, spec_of
 from tune_app.search.runner import run
 from tune_app.settings import SweepSettings
@@ -67,8 +67,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--from-run", metavar="RUN_DIR",
                    help="begin with the top configurations of this finished sweep (same trainable), restricted "
                         "to the keys this space searches")
-    p.add_argument("--top-k", type=int, help=f"how many configurations --from-run transfers (default "
-                                             f"{TRANSFER_TOP_K}); --num-samples defaults to it")
+    p.add_argument("--from-top", "--top-k", dest="top_k", type=int, action=Renamed, metavar="K",
+                   help=f"how many of --from-run's best configurations to begin with (default {TRANSFER_TOP_K}); "
+                        f"--num-samples defaults to it")
     p.add_argument("--data-dir", default="./data", help="dataset files (default ./data)")
     p.add_argument("--seed", type=int,
                    help="searcher seed, and the trials' seed where the space sets none (default 0)")

@@ -11,7 +11,7 @@ from pathlib import Path
 from tune_app.errors import UsageError
 from tune_app.layout import SPEC_FILE
 from tune_app.settings import SweepSettings
-from tune_app.spaces import DEFAULT_KEYS, list_spaces
+from tune_app.spaces import DEFAULT_KEYS, is_grid, list_spaces
 from tune_app.tuning import SCHEDULERS, SEARCHERS
 from tune_app.usercode import is_path
 
@@ -20,7 +20,7 @@ SETTING_FLAGS = tuple(DEFAULT_KEYS)
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
                      "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0}
-TRANSFER_TOP_K = 3  # --from-run without --top-k: study 3's budget on MNIST
+TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
 
@@ -137,9 +137,9 @@ def plan_new(args: SweepSettings) -> dict:
     if not args.space:
         raise UsageError(f"--space is required; known spaces: {', '.join(list_spaces())}")
     if args.top_k is not None and not args.from_run:
-        raise UsageError("--top-k needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
+        raise UsageError("--from-top needs --from-run RUN_DIR, the sweep whose top configurations to begin with")
     if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k {args.top_k}: must be at least 1")
+        raise UsageError(f"--from-top {args.top_k}: must be at least 1")
     check_name(args.name)
     if args.from_run and not storage_is_uri(args.from_run) and not Path(args.from_run).expanduser().is_dir():
         raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
@@ -198,9 +198,9 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
 
     if settings["num_samples"] < k:
         raise UsageError(f"--num-samples {settings['num_samples']}: fewer than the {k} configurations --from-run "
-                         f"transfers; give at least {k}, or --top-k {settings['num_samples']}")
+                         f"transfers; give at least {k}, or --from-top {settings['num_samples']}")
     try:
-        sweep, top = top_configs(from_run, k)
+        sweep, top = top_configs(from_run, k, "--from-top")
     except UsageError as e:
         raise UsageError(str(e) if str(e).startswith("--") else f"--from-run {from_run}: {e}") from None
     source = sweep.space
@@ -237,7 +237,7 @@ def max_epochs_of(space) -> int:
 
 
 def expected_trials(param_space: dict, num_samples: int) -> int:
-    grid = [len(v["grid_search"]) for v in param_space.values() if isinstance(v, dict) and "grid_search" in v]
+    grid = [len(v["grid_search"]) for v in param_space.values() if is_grid(v)]
     return num_samples * math.prod(grid)
 
 
