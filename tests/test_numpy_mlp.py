@@ -42,7 +42,7 @@ def numerical_grads(params, x, y, activation, loss, weight_decay):
 
 
 @pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="needs an extended-precision long double")
-@pytest.mark.parametrize("activation, loss", itertools.product(nm.ACTIVATIONS.names(), nm.LOSSES.names()))
+@pytest.mark.parametrize("activation, loss", list(itertools.product(nm.ACTIVATIONS.names(), nm.LOSSES.names())))
 def test_gradients_match_central_differences(activation, loss):
     """Every weight and bias, for every init and 1-3 hidden layers of equal or unequal widths, in float64;
     weight decay at depth 2.

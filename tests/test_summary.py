@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from tune_app import report, summary
+from tune_app import report
+from tune_app.atomic import atomic_write
 from tune_app.summary import (
-    atomic_write,
     best_config_payload,
     history_frame,
     select_best,
@@ -169,7 +169,9 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         seen.append(src)
         raise OSError("simulated kill")
 
-    monkeypatch.setattr(summary.os, "replace", failing_replace)
+    from tune_app import atomic
+
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated kill"):
         atomic_write(target, lambda p: p.write_text("new"))
     assert seen and target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["best_config.json"]
