@@ -132,9 +132,9 @@ def _wandb_callback_base():
             """Tell a trial's logging actor that no more results come (it finishes its W&B run)."""
             self._signal_logging_actor_stop(trial)
 
-        def before_reaping(self, futures: dict, timeout: float) -> None:
-            """Called with logging_futures() before Ray reaps the logging actors that finished within
-            ``timeout`` (and, at the end, kills the rest)."""
+        def before_reaping(self, futures: dict) -> None:
+            """Called with logging_futures() once the wait for them is over, before Ray reaps the logging actors
+            that finished (and, at the end, kills the rest)."""
 
         def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
             if not self._remote_logger_class:
@@ -151,7 +151,7 @@ def _wandb_callback_base():
                 return  # (Ray's own would call ray.wait, which starts a Ray where none runs)
             if timeout:
                 ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
-            self.before_reaping(futures, timeout)
+            self.before_reaping(futures)
             super()._cleanup_logging_actors(0, kill_on_timeout)
 
     WandbCallbackBase.__module__, WandbCallbackBase.__qualname__ = __name__, "WandbCallbackBase"

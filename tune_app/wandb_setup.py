@@ -91,7 +91,7 @@ class SafeWandbCallback(WandbCallbackBase):
             log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
             return None
 
-    def before_reaping(self, futures: dict, timeout: float) -> None:
+    def before_reaping(self, futures: dict) -> None:
         # Ray drops a logging actor whose W&B run failed without a word: say so (the trial goes on).
         import ray
 
