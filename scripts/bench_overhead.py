@@ -201,7 +201,9 @@ def main() -> None:
     p.add_argument("--no-reuse-actors", action="store_true",
                    help="a fresh worker process per trial (tune_app's --no-reuse-actors), to compare with the default")
     args = p.parse_args()
-    from tune_app import ray_output  # noqa: F401  (Ray's console settings, before Ray is imported)
+    from tune_app.cluster import console
+
+    console.quiet()  # Ray's console settings, before Ray is imported
 
     n = args.num_samples or (4 if args.quick else 20)
     overrides = (["epochs=[2,3]"] if args.quick else []) + args.overrides

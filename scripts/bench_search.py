@@ -111,7 +111,7 @@ def config_key(row, axes) -> tuple:
 
 def best_of(trials) -> float:
     """The best val_acc the sweep selects: each eligible trial's last epoch (the summary's rule 'last')."""
-    from tune_app.summary import ELIGIBLE
+    from tune_app.rundir.tables import ELIGIBLE
 
     pool = trials[trials["status"].isin(ELIGIBLE)]["final_val_acc"].dropna()
     return float(pool.max()) if len(pool) else math.nan
@@ -150,7 +150,9 @@ def main() -> None:
     asha_n = args.asha_samples or (
         2 if args.quick else max(1, math.floor(GOAL_EPOCHS * n_configs * args.epochs / ASHA_EPOCHS_PER_TRIAL)))
     asha = {"grace_period": args.grace_period, "reduction_factor": args.reduction_factor}
-    from tune_app import ray_output  # noqa: F401  (Ray's console settings, before Ray is imported)
+    from tune_app.cluster import console
+
+    console.quiet()  # Ray's console settings, before Ray is imported
 
     storage = Path(args.storage_path or tempfile.mkdtemp(prefix="bench_search_")).resolve()
     storage.mkdir(parents=True, exist_ok=True)

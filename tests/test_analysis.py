@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tune_app import analysis
-from tune_app.summary import history_frame, trials_frame
+from tune_app.analyze import trends as trend_tables
+from tune_app.rundir.tables import history_frame, trials_frame
 
 TARGET = 6
 # trial id, optimizer, lr, batch size, epochs reported, how it ended
@@ -66,8 +66,8 @@ def test_default_epoch_is_deepest_reached_by_a_third(table, records):
     history = history_frame(records)
     # 13 trials reported: 5 must reach K. Epoch 4 is reached by t01-t04, t10, t11 and t12 (valid through
     # epoch 4); epochs 5 and 6 only by the four complete trials.
-    assert analysis.default_at_epoch(history, "val_acc") == expected_k(table) == 4
-    depth = analysis.reached(history, "val_acc")
+    assert trend_tables.default_at_epoch(history, "val_acc") == expected_k(table) == 4
+    depth = trend_tables.reached(history, "val_acc")
     assert depth["t12"] == 4 and depth["t13"] == 1 and depth["t01"] == 6
 
 
@@ -94,7 +94,7 @@ def independent(table, at_epoch: int, view: str, param: str) -> pd.DataFrame:
 def test_trend_numbers_match_pandas(table, records, view):
     history = history_frame(records)
     trials = trials_frame(records, "val_acc", "max")
-    trends = analysis.trends(trials, history, ["optimizer", "batch_size"], "val_acc", "max", at_epoch=4)
+    trends = trend_tables.trends(trials, history, ["optimizer", "batch_size"], "val_acc", "max", at_epoch=4)
     label = {"epoch": "epoch 4"}.get(view, view)
     assert set(trends["view"]) == {"epoch 4", "completed", "raw"}
     for param in ("optimizer", "batch_size"):
@@ -114,7 +114,7 @@ def test_trend_numbers_match_pandas(table, records, view):
 def test_diverged_trial_counted_never_averaged(records):
     history = history_frame(records)
     trials = trials_frame(records, "val_acc", "max")
-    trends = analysis.trends(trials, history, ["optimizer"], "val_acc", "max", at_epoch=4)
+    trends = trend_tables.trends(trials, history, ["optimizer"], "val_acc", "max", at_epoch=4)
     rms = trends[(trends["view"] == "epoch 4") & (trends["value"] == "rmsprop")].iloc[0]
     # t12 (rmsprop) had 0.99 at epoch 4; only t04 (0.55 + 0.2 + 0.04) is averaged.
     assert rms["diverged"] == 1 and rms["n"] == 1 and rms["mean"] == pytest.approx(0.79) and rms["best"] < 0.99
@@ -125,7 +125,8 @@ def test_equal_epoch_view_removes_the_early_stopping_bias(records):
     """sgd's trials were mostly stopped at epoch 2: its raw mean mixes lengths, the epoch view does not."""
     history = history_frame(records)
     trials = trials_frame(records, "val_acc", "max")
-    trends = analysis.trends(trials, history, ["optimizer"], "val_acc", "max", at_epoch=2).set_index(["view", "value"])
+    trends = trend_tables.trends(trials, history, ["optimizer"], "val_acc", "max", at_epoch=2)
+    trends = trends.set_index(["view", "value"])
     at2 = trends.loc[("epoch 2", "sgd")]
     raw = trends.loc[("raw", "sgd")]
     assert at2["n"] == 4 and raw["n"] == 4
@@ -137,8 +138,8 @@ def test_equal_epoch_view_removes_the_early_stopping_bias(records):
 def test_continuous_bins_group_like_pd_cut(table, records):
     edges = [1e-4, 1e-3, 1e-2, 1e-1]
     trials = trials_frame(records, "val_acc", "max")
-    values = analysis.view_values(trials, history_frame(records), "val_acc", 2)["epoch"]
-    got = analysis.trend_table(trials, values, ["lr"], "max", bins={"lr": edges}).set_index("value")
+    values = trend_tables.view_values(trials, history_frame(records), "val_acc", 2)["epoch"]
+    got = trend_tables.trend_table(trials, values, ["lr"], "max", bins={"lr": edges}).set_index("value")
     assert list(got.index) == ["[0.0001, 0.001)", "[0.001, 0.01)", "[0.01, 0.1]"]
     pool = table[(table["epoch"] == 2) & table["status"].isin(["completed", "stopped"])]
     groups = pd.cut(pool["lr"], edges, right=False, labels=list(got.index))
@@ -149,8 +150,8 @@ def test_continuous_bins_group_like_pd_cut(table, records):
 
 def test_pair_table(table, records):
     trials = trials_frame(records, "val_acc", "max")
-    values = analysis.view_values(trials, history_frame(records), "val_acc", 4)["epoch"]
-    got = analysis.pair_table(trials, values, "optimizer", "batch_size").set_index(["a", "b"])
+    values = trend_tables.view_values(trials, history_frame(records), "val_acc", 4)["epoch"]
+    got = trend_tables.pair_table(trials, values, "optimizer", "batch_size").set_index(["a", "b"])
     pool = table[(table["epoch"] == 4) & table["status"].isin(["completed", "stopped"])]
     want = pool.groupby(["optimizer", "batch_size"])["val_acc"].agg(["mean", "size"])
     for (a, b), w in want.iterrows():
@@ -161,10 +162,10 @@ def test_pair_table(table, records):
 
 def test_ci_is_student_t_and_clipped():
     v = pd.Series([0.90, 0.92, 0.94])
-    low, high = analysis.ci95(v)
+    low, high = trend_tables.ci95(v)
     assert (low, high) == pytest.approx(stats.t.interval(0.95, 2, loc=0.92, scale=stats.sem(v)))
-    assert analysis.ci95(pd.Series([0.5, 0.99]), (0, 1))[1] == 1.0
-    assert all(math.isnan(x) for x in analysis.ci95(pd.Series([0.5])))
+    assert trend_tables.ci95(pd.Series([0.5, 0.99]), (0, 1))[1] == 1.0
+    assert all(math.isnan(x) for x in trend_tables.ci95(pd.Series([0.5])))
 
 
 def synthetic_trials(n=48, seed=0):
@@ -184,12 +185,12 @@ def synthetic_trials(n=48, seed=0):
 def test_importance_ranks_the_driving_hyperparameter_first():
     records = synthetic_trials()
     trials = trials_frame(records, "val_acc", "max", at_epoch=1)
-    values = analysis.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
-    dists = analysis.distributions(trials, ["lr", "noise", "flag"], {"lr": ("float", 1e-4, 1e-1, True)})
+    values = trend_tables.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
+    dists = trend_tables.distributions(trials, ["lr", "noise", "flag"], {"lr": ("float", 1e-4, 1e-1, True)})
     assert dists["lr"].log and dists["noise"].choices == ("a", "b", "c") and dists["flag"].choices == (False, True)
-    study = analysis.build_study(trials, values, dists, "max")
+    study = trend_tables.build_study(trials, values, dists, "max")
     assert len(study.trials) == 48 and study.direction.name == "MAXIMIZE"
-    imp = analysis.importance(study).set_index("hyperparameter")
+    imp = trend_tables.importance(study).set_index("hyperparameter")
     assert imp.index[0] == "lr"
     for column in ("fanova", "ped_anova"):
         assert imp[column].sum() == pytest.approx(1.0, abs=1e-6)
@@ -199,6 +200,6 @@ def test_importance_ranks_the_driving_hyperparameter_first():
 def test_importance_empty_when_nothing_varies():
     records = synthetic_trials(n=1)
     trials = trials_frame(records, "val_acc", "max", at_epoch=1)
-    values = analysis.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
-    study = analysis.build_study(trials, values, analysis.distributions(trials, ["noise"], {}), "max")
-    assert analysis.importance(study).empty
+    values = trend_tables.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
+    study = trend_tables.build_study(trials, values, trend_tables.distributions(trials, ["noise"], {}), "max")
+    assert trend_tables.importance(study).empty

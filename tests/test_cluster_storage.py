@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tune_app import cluster, search
+from tune_app import search
+from tune_app.cluster import session
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux's unshare")]
@@ -53,7 +54,7 @@ def split_cluster(tmp_path_factory):
     ray.shutdown()
     os.killpg(worker.pid, signal.SIGTERM)
     worker.wait(timeout=60)
-    cluster.shutdown()
+    session.shutdown()
 
 
 def test_a_directory_one_node_cannot_see_is_refused(split_cluster, capsys):
@@ -69,5 +70,5 @@ def test_a_directory_one_node_cannot_see_is_refused(split_cluster, capsys):
 
 def test_a_directory_every_node_sees_passes(split_cluster):
     _, _, shared = split_cluster
-    cluster.check_shared_storage(shared, str(shared))  # no error
+    session.check_shared_storage(shared, str(shared))  # no error
     assert list(shared.iterdir()) == []

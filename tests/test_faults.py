@@ -12,7 +12,7 @@ import torch
 from trainables import image_classifier as ic
 from trainables.reporting import LocalReporter
 from tune_app import search
-from tune_app.ray_adapter import FAULTS_ENV, STATE_FILE
+from tune_app.cluster.adapter import FAULTS_ENV, STATE_FILE
 
 pytestmark = pytest.mark.e2e
 

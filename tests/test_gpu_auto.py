@@ -10,8 +10,10 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from tune_app import plan, search
-from tune_app.ray_adapter import FAULTS_ENV
+from tune_app import search
+from tune_app.cluster.adapter import FAULTS_ENV
+from tune_app.cost import estimate, gpu_share
+from tune_app.rundir.layout import GPU_PLAN_FILE
 from tune_app.spaces import load_space
 
 pytestmark = pytest.mark.e2e
@@ -28,24 +30,24 @@ FAKE_GPU_MB = 8000  # about a quarter of it per digits trial (a CPU process's pe
     (400, 4_000, 0.3333),      # 0.275: 3 per GPU
 ])
 def test_fraction_is_the_measured_peak_plus_headroom_rounded_up_to_a_packing(peak_mb, gpu_mb, fraction):
-    got = plan.gpu_fraction(peak_mb, gpu_mb)
+    got = gpu_share.gpu_fraction(peak_mb, gpu_mb)
     assert got == fraction
     k = round(1 / got)
     assert k * got <= 1  # k trials fit on one GPU in Ray's bookkeeping
-    assert got * gpu_mb >= peak_mb * plan.HEADROOM + plan.CONTEXT_MB or got == 1.0
+    assert got * gpu_mb >= peak_mb * gpu_share.HEADROOM + gpu_share.CONTEXT_MB or got == 1.0
 
 
 def test_every_cost_relevant_combination_of_the_space_is_probed():
     space = load_space("digits")
     trainable = space.trainable
-    configs = plan.cost_configs(trainable, space.space, seed=0)
+    configs = gpu_share.cost_configs(trainable, space.space, seed=0)
     assert sorted((c["batch_size"], c["batch_norm"]) for c in configs) == sorted(
         (b, n) for b in (32, 64, 128) for n in (True, False))
-    keys = {plan.cost_key(trainable, c) for c in configs}
+    keys = {estimate.cost_key(trainable, c) for c in configs}
     assert len(keys) == 6
-    fake = {"gpu_mb": 4000, "rows": [{"cost_key": json.dumps(plan.cost_key(trainable, c)),
+    fake = {"gpu_mb": 4000, "rows": [{"cost_key": json.dumps(estimate.cost_key(trainable, c)),
                                       "fraction": 0.25 if c["batch_size"] == 32 else 0.5} for c in configs]}
-    resources = plan.gpu_resources(trainable, fake, cpus=1)
+    resources = gpu_share.gpu_resources(trainable, fake, cpus=1)
     assert resources({"dataset": "digits", "model": "digits_cnn", "batch_size": 32, "batch_norm": True,
                       "lr": 0.01}) == {"cpu": 1, "gpu": 0.25}
     assert resources({"dataset": "digits", "model": "digits_cnn", "batch_size": 128, "batch_norm": False,
@@ -61,11 +63,11 @@ def fake_gpus(tmp_path_factory):
 
     drill = tmp_path_factory.mktemp("drill") / "faults.json"
     drill.write_text("[]")
-    os.environ.update({plan.FAKE_GPU_ENV: str(FAKE_GPU_MB), FAULTS_ENV: str(drill)})  # workers inherit them
+    os.environ.update({gpu_share.FAKE_GPU_ENV: str(FAKE_GPU_MB), FAULTS_ENV: str(drill)})  # workers inherit them
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield drill
     ray.shutdown()
-    del os.environ[plan.FAKE_GPU_ENV], os.environ[FAULTS_ENV]
+    del os.environ[gpu_share.FAKE_GPU_ENV], os.environ[FAULTS_ENV]
 
 
 def auto_sweep(runs, *extra):
@@ -80,12 +82,12 @@ def test_auto_probes_and_each_trial_holds_its_configurations_fraction(fake_gpus,
     out = capsys.readouterr().out
     assert f"--gpus-per-trial auto on GPUs of {FAKE_GPU_MB} MB" in out
     run_dir = tmp_path / "auto"
-    gpu_plan = json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())
+    gpu_plan = json.loads((run_dir / GPU_PLAN_FILE).read_text())
     assert gpu_plan["gpu_mb"] == FAKE_GPU_MB and len(gpu_plan["rows"]) == 2
     by_batch = {}
     for row in gpu_plan["rows"]:
         assert row["peak_mb"] > 0
-        assert row["fraction"] == plan.gpu_fraction(row["peak_mb"], FAKE_GPU_MB)
+        assert row["fraction"] == gpu_share.gpu_fraction(row["peak_mb"], FAKE_GPU_MB)
         by_batch[int(dict(json.loads(row["cost_key"]))["batch_size"])] = row["fraction"]
     assert set(by_batch) == {32, 128}
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
@@ -100,7 +102,7 @@ def test_auto_probes_and_each_trial_holds_its_configurations_fraction(fake_gpus,
 
 def test_auto_on_a_machine_without_gpus_means_cpu_trials(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    env.pop(plan.FAKE_GPU_ENV, None)
+    env.pop(gpu_share.FAKE_GPU_ENV, None)
     done = subprocess.run([sys.executable, "-m", "tune_app.search", "--space", "digits", "--plan",
                            "--gpus-per-trial", "auto", "--set", "batch_size=64", "--set", "batch_norm=true",
                            "--storage-path", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
@@ -127,7 +129,7 @@ def test_a_trial_that_runs_out_of_gpu_memory_is_retried_on_a_larger_share(fake_g
         fake_gpus.write_text("[]")
     run_dir = tmp_path / "auto"
     fractions = {int(dict(json.loads(r["cost_key"]))["batch_size"]): r["fraction"]
-                 for r in json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())["rows"]}
+                 for r in json.loads((run_dir / GPU_PLAN_FILE).read_text())["rows"]}
     first = fractions[128]
     more = 1.0 if first >= 0.5 else math.floor(10_000 / math.floor(1 / (2 * first))) / 10_000
     assert more > first
@@ -160,7 +162,7 @@ def test_auto_probes_each_width_of_a_model_of_the_users(fake_gpus, tmp_path, mon
                         "--set", "optimizer=adam", "--set", "lr=0.003", "--storage-path", str(tmp_path),
                         "--name", "wide", "--wandb-mode", "disabled"]) == 0
     run_dir = tmp_path / "wide"
-    rows = json.loads((run_dir / plan.GPU_PLAN_FILE).read_text())["rows"]
+    rows = json.loads((run_dir / GPU_PLAN_FILE).read_text())["rows"]
     by_width = {int(dict(json.loads(r["cost_key"]))["model.width"]): r["fraction"] for r in rows}
     assert set(by_width) == {4, 4096}
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()

@@ -145,7 +145,7 @@ def test_early_stopping_ends_the_trial_with_its_own_flag(digits):
     history = run(config, digits.sweep_view()).history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert [h["early_stopped"] for h in history] == [False, False, True]
-    from tune_app.summary import trial_status
+    from tune_app.rundir.tables import trial_status
     assert trial_status({"history": history, "target_epochs": 6}) == "early_stopped"
 
 

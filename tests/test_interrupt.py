@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.readonly import chmod_tree, unprivileged
-from tune_app.ray_adapter import FAULTS_ENV
-from tune_app.rundir import ray_statuses, trial_id_of
-from tune_app.wandb_files import missing_runs, read_run
+from tune_app.cluster.adapter import FAULTS_ENV
+from tune_app.integrations.wandb_files import missing_runs, read_run
+from tune_app.rundir.reader import ray_statuses, trial_id_of
 
 pytestmark = pytest.mark.e2e
 

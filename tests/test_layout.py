@@ -92,3 +92,58 @@ def test_trainables_never_import_tune_app_or_ray():
                 offenders.setdefault(name, []).append(node.lineno)
     assert len(modules("trainables")) >= 10
     assert offenders == {}
+
+
+# The layers, lowest first: a module imports only from its own layer or a lower one.
+LAYERS = (
+    ("shared", ("tune_app.errors", "tune_app.command", "tune_app.settings", "tune_app.trainable", "tune_app.usercode",
+                "tune_app.spaces", "tune_app.sweep_data", "tune_app.imageset", "tune_app.rundir", "tune_app.cluster",
+                "tune_app.integrations", "tune_app.cost", "tune_app.results")),
+    ("views", ("tune_app.plots", "tune_app.report")),
+    ("commands", ("tune_app.analyze", "tune_app.retrain", "tune_app.search", "tune_app.train")),
+    ("api", ("tune_app", "tune_app.api", "tune_app.__main__")),
+)
+
+
+def layer_of(name: str) -> int:
+    best = max(((i, p) for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes
+                if name == p or name.startswith(p + ".")), key=lambda ip: len(ip[1]))
+    return best[0]
+
+
+def test_imports_point_down_the_layers():
+    """Run directories, the cluster, integrations and costs never import a command or a view; views never import a
+    command; so a command's package can be read without the others."""
+    known = modules("tune_app")
+    upward = sorted((name, other) for name, path in known.items() for other in imported(path, name, known)
+                    if layer_of(other) > layer_of(name))
+    assert [layer_of(n) for n in ("tune_app.rundir.reader", "tune_app.report", "tune_app.search.runner",
+                                  "tune_app.api")] == [0, 1, 2, 3]
+    assert upward == []
+
+
+def test_a_command_quiets_ray_before_it_imports_ray():
+    """A command's package sets Ray's and W&B's console variables (cluster.console.quiet) before Ray is first
+    imported: Ray reads some of them (TUNE_WARN_THRESHOLD_S) as ``ray.tune`` is imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+seen = {}
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" and "ray" not in seen:
+            seen["ray"] = os.environ.get("TUNE_WARN_THRESHOLD_S")
+        return None
+sys.meta_path.insert(0, Watch())
+import tune_app.COMMAND
+print(seen.get("ray", "-"), os.environ.get("WANDB_SILENT"))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("TUNE_WARN_THRESHOLD_S", "WANDB_SILENT")}
+    for command in ("search", "analyze", "retrain"):
+        out = subprocess.run([sys.executable, "-c", code.replace("COMMAND", command)], capture_output=True,
+                             text=True, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, check=True).stdout.split()
+        # search imports Ray as it is imported (its spaces are Ray domains); the others import it when they run
+        assert out == ["3" if command == "search" else "-", "true"], command

@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from tests.fake_runs import sweep_trials, write_experiment
-from tune_app import budget as budget_mod
 from tune_app import plots
 from tune_app.analyze import main
-from tune_app.summary import LEDGER, held_devices, ledger, trials_frame
+from tune_app.cost import budget as budget_mod
+from tune_app.rundir.layout import BUDGET_FILE
+from tune_app.rundir.tables import LEDGER, held_devices, ledger, trials_frame
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +122,7 @@ def ledger_run(tmp_path_factory):
     spec = {"space": "digits", "overrides": {}, "settings": SETTINGS, "metric": "val_acc", "mode": "max",
             "searched": ["optimizer", "lr", "batch_size"], "expected_trials": 4}
     (path / "tune_app.json").write_text(json.dumps(spec))
-    (path / budget_mod.BUDGET_FILE).write_text(json.dumps(BUDGET))
+    (path / BUDGET_FILE).write_text(json.dumps(BUDGET))
     assert main([str(path), "--wandb-mode", "disabled"]) == 0
     return path
 
@@ -297,7 +298,7 @@ def test_budget_stops_a_grid_sweep_and_the_running_trials_finish(ray_local, tmp_
     ran = _ran(run_dir)
     assert len(ran) == 2 and all(epochs == [1, 2, 3] for epochs in ran.values())
     assert len(results) == 6 and results.num_errors == 0
-    saved = json.loads((run_dir / budget_mod.BUDGET_FILE).read_text())
+    saved = json.loads((run_dir / BUDGET_FILE).read_text())
     assert saved == {"hours": 0.3, "devices_per_trial": 1.0, "kind": "cpu", "spent_s": 6 * 360.0,
                      "trials_started": 2, "not_started": 4, "stopped_at": saved["stopped_at"],
                      "spent_s_at_stop": 3 * 360.0, "running_at_stop": 2}

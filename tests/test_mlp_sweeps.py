@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from tune_app import plan
+from tune_app.cost import estimate
+from tune_app.rundir.layout import PLAN_FILE
 from tune_app.search import main
 
 pytestmark = pytest.mark.e2e
@@ -83,7 +84,7 @@ def test_estimates_sit_next_to_measurements_after_the_sweep(ray_local, data_dir,
                  "--set", "batch_size=32", "--wandb-mode", "disabled"])
     out = capsys.readouterr().out
     assert code == 0, out
-    rows = json.loads((tmp_path / "lab" / "plan.json").read_text())
+    rows = json.loads((tmp_path / "lab" / PLAN_FILE).read_text())
     assert len(rows) == 3 and all(r["est_epoch_s"] > 0 and r["est_peak_mem_mb"] > 0 for r in rows)
     trials = pd.read_parquet(tmp_path / "lab" / "summary" / "trials.parquet")
     assert trials[["est_epoch_s", "epoch_s", "est_trial_s", "est_peak_mem_mb"]].notna().all().all()
@@ -96,11 +97,12 @@ def test_estimates_sit_next_to_measurements_after_the_sweep(ray_local, data_dir,
 
 def test_configurations_grid_and_sampled():
     space = {"a": tune.grid_search([1, 2]), "b": tune.choice(["x", "y"]), "c": tune.loguniform(1e-3, 1e-1), "d": 7}
-    configs = plan.configurations(space, 3, seed=0)
+    configs = estimate.configurations(space, 3, seed=0)
     assert len(configs) == 6 and [c["a"] for c in configs] == [1, 2] * 3
     assert all(c["b"] in ("x", "y") and 1e-3 <= c["c"] <= 1e-1 and c["d"] == 7 for c in configs)
-    assert configs == plan.configurations(space, 3, seed=0)  # seeded
-    assert plan.duration(90) == "90 s" and plan.duration(600) == "10.0 min" and plan.duration(36000) == "10.0 h"
+    assert configs == estimate.configurations(space, 3, seed=0)  # seeded
+    assert estimate.duration(90) == "90 s" and estimate.duration(600) == "10.0 min"
+    assert estimate.duration(36000) == "10.0 h"
 
 
 def test_the_report_compares_cross_entropy_with_squared_error(fashion_sweep):
@@ -156,8 +158,8 @@ def test_probes_of_a_wave_train_side_by_side_until_all_have_measured(ray_local, 
     dataset = prepare("fashion_mnist", data_dir)
     base = {"dataset": "fashion_mnist", "num_layers": 1, "hidden_size": 64, "epochs": 10}
     configs = [numpy_mlp.resolve(numpy_mlp.PARAMS, {**base, "batch_size": b}) for b in (128, 1)]
-    probes = plan.probe_all(numpy_mlp, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+    probes = estimate.probe_all(numpy_mlp, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
                             dataset.x_train.nbytes, 1, 0, concurrency=2)
-    fast, slow = (probes[plan.cost_key(numpy_mlp, c)] for c in configs)
-    assert slow["epochs_run"] == 1 + plan.WARM_EPOCHS < fast["epochs_run"]
+    fast, slow = (probes[estimate.cost_key(numpy_mlp, c)] for c in configs)
+    assert slow["epochs_run"] == 1 + estimate.WARM_EPOCHS < fast["epochs_run"]
     assert fast["samples_per_s"] > slow["samples_per_s"] > 0 and fast["probe_samples"] == slow["probe_samples"] == 270

@@ -203,7 +203,7 @@ def test_an_npz_dataset_and_a_function_model_from_python(in_project, tmp_path):
 
 
 def test_own_trainable_with_load_data_resumes_after_a_crash_and_retrains(in_project, tmp_path, monkeypatch):
-    from tune_app.ray_adapter import FAULTS_ENV
+    from tune_app.cluster.adapter import FAULTS_ENV
 
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps([{"epoch": 3, "times": 1, "kind": "crash"}]))
@@ -422,7 +422,7 @@ def test_a_dataset_with_an_empty_path_is_read_as_text():
 
 def test_a_lost_wandb_run_is_named(tmp_path):
     """A trial whose W&B run file holds no history (cut off when its logging actor shut down) is found."""
-    from tune_app.wandb_files import missing_runs
+    from tune_app.integrations.wandb_files import missing_runs
 
     whole = tmp_path / "wandb" / "offline-run-20261128_000000-aaaaa_00000"
     cut = tmp_path / "wandb" / "offline-run-20261128_000001-aaaaa_00001"

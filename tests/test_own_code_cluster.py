@@ -19,7 +19,7 @@ import pytest
 
 from tests.user_project import MODELS, OWN_FIT, write_pngs
 from tune_app import search
-from tune_app.rundir import ray_statuses
+from tune_app.rundir.reader import ray_statuses
 
 pytestmark = pytest.mark.cluster
 

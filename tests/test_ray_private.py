@@ -1,4 +1,4 @@
-"""tune_app.ray_private against the installed Ray and Optuna: every private name it uses is there and does what
+"""tune_app.cluster.ray_private against the installed Ray and Optuna: every private name it uses is there and does what
 tune_app relies on, built on the real objects (an upgrade that moves one fails here, by name); the installed
 versions are ones it was checked against; and no other module of tune_app touches those names."""
 import ast
@@ -11,7 +11,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_app import ray_private
+from tune_app.cluster import ray_private
 
 TUNE_APP = Path(__file__).parents[1] / "tune_app"
 
@@ -95,7 +95,7 @@ def test_the_wandb_callback_base_reaches_rays_internals():
 def private_names() -> set[str]:
     """The private names ray_private reaches: attributes of others' objects and ray._private modules."""
     names = set()
-    for node in ast.walk(ast.parse((TUNE_APP / "ray_private.py").read_text())):
+    for node in ast.walk(ast.parse((TUNE_APP / "cluster" / "ray_private.py").read_text())):
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
                 and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
             names.add(node.attr)

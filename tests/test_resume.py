@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tune_app.rundir import ray_statuses
+from tune_app.rundir.reader import ray_statuses
 
 pytestmark = pytest.mark.e2e
 

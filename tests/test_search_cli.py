@@ -121,7 +121,7 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
 
 
 def test_a_wandb_failure_turns_wandb_off_and_never_raises(monkeypatch, caplog):
-    from tune_app.wandb_setup import SafeWandbCallback
+    from tune_app.integrations.wandb_runs import SafeWandbCallback
 
     callback = SafeWandbCallback(project="p", group="g")
 
@@ -143,7 +143,7 @@ def test_history_falls_back_to_progress_csv_when_result_json_is_empty(tmp_path):
     """Ray can leave a PBT-restarted trial's result.json empty while progress.csv is whole."""
     import pandas as pd
 
-    from tune_app.rundir import read_trials
+    from tune_app.rundir.reader import read_trials
 
     folder = tmp_path / "digits_cnn_relu_adam_bs64_lr0.001_abc12345"
     folder.mkdir()

@@ -11,9 +11,9 @@ import yaml
 
 from tests.fake_datasets import write_cifar10
 from tests.wandb_records import read_run
-from tune_app.rundir import trial_id_of
+from tune_app.rundir.reader import trial_id_of
+from tune_app.rundir.tables import ELIGIBLE
 from tune_app.search import main
-from tune_app.summary import ELIGIBLE
 
 pytestmark = pytest.mark.e2e
 

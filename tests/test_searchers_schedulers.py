@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tune_app.search import main
-from tune_app.tuning import SCHEDULERS, SEARCHERS
+from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 
 pytestmark = pytest.mark.e2e
 

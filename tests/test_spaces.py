@@ -3,8 +3,8 @@ import pytest
 from ray.tune.search.sample import Categorical
 
 from tune_app.errors import UsageError
+from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 from tune_app.spaces import DEFAULT_KEYS, list_spaces, load_space, parse_overrides
-from tune_app.tuning import SCHEDULERS, SEARCHERS
 
 
 def test_the_studies_spaces_are_listed():
@@ -39,7 +39,7 @@ def test_cifar_vgg6_is_study_one_in_full():
 def test_cifar100_resnet_is_study_two_grid_exactly():
     from ray.tune.search.variant_generator import generate_variants
 
-    from tune_app.tuning import grid_space
+    from tune_app.search.algorithms import grid_space
 
     space = load_space("cifar100_resnet")
     grid = [v for _, v in generate_variants(grid_space(space.space))]

@@ -17,8 +17,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from tune_app import analyze, search, storage
-from tune_app.ray_adapter import FAULTS_ENV
+from tune_app import analyze, search
+from tune_app.cluster import storage
+from tune_app.cluster.adapter import FAULTS_ENV
 
 pytestmark = pytest.mark.e2e
 

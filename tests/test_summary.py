@@ -1,4 +1,4 @@
-"""Tests for tune_app.summary with hand-built trial records (no Ray needed)."""
+"""Tests for tune_app.rundir.tables and tune_app.analyze.selection with hand-built trial records (no Ray needed)."""
 
 import json
 import math
@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from tune_app import report
-from tune_app.atomic import atomic_write
-from tune_app.summary import (
-    best_config_payload,
-    history_frame,
-    select_best,
-    top_k_payload,
-    trial_status,
-    trials_frame,
-)
+from tune_app.analyze.selection import best_config_payload, select_best, top_k_payload
+from tune_app.rundir.atomic import atomic_write
+from tune_app.rundir.tables import history_frame, trial_status, trials_frame
 
 NAN = float("nan")
 
@@ -169,7 +163,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         seen.append(src)
         raise OSError("simulated kill")
 
-    from tune_app import atomic
+    from tune_app.rundir import atomic
 
     monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="simulated kill"):

@@ -10,7 +10,7 @@ import pytest
 from ray import tune
 
 from tune_app.search import main
-from tune_app.tuning import point_value
+from tune_app.search.algorithms import point_value
 
 pytestmark = pytest.mark.e2e
 

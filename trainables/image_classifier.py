@@ -193,7 +193,7 @@ OPTIONAL_METRICS = ("ood_acc",)  # reported when ood_corruptions is set; a space
 
 COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "device", "amp", "channels_last", "compile",
              "ood_corruptions", "ood_severities", "ood_images")  # --plan probes each
-# The model.NAME keys of a user model (its size, say) count for cost too: tune_app.plan adds them to these.
+# The model.NAME keys of a user model (its size, say) count for cost too: tune_app.cost.estimate adds them to these.
 WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 

@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from tune_app.layout import RETRAIN_DIR
-from tune_app.summary import _missing, _number
+from tune_app.rundir.layout import RETRAIN_DIR
+from tune_app.rundir.tables import missing, number
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -29,17 +29,17 @@ def is_acc(metric: str) -> bool:
 def fmt(value, metric: str, unit: bool = False) -> str:
     """A metric value for people: accuracies in percent (``unit``: with the sign), other metrics to 4 significant
     digits."""
-    if _missing(value) or (isinstance(value, float) and math.isinf(value)):
+    if missing(value) or (isinstance(value, float) and math.isinf(value)):
         return "n/a"
     return (f"{100 * value:.2f} %" if unit else f"{100 * value:.2f}") if is_acc(metric) else f"{value:.4g}"
 
 
 def _rank(value) -> str:
-    return "n/a" if _missing(value) else f"{value:g}"
+    return "n/a" if missing(value) else f"{value:g}"
 
 
 def _ci(row, metric) -> str:
-    if _missing(row["ci95_low"]):
+    if missing(row["ci95_low"]):
         return "n/a"
     return f"{fmt(row['ci95_low'], metric)} to {fmt(row['ci95_high'], metric)}"
 
@@ -174,12 +174,12 @@ def ledger_line(trials: pd.DataFrame) -> str | None:
 
 def budget_line(run_dir) -> str | None:
     """What --budget-hours did (its budget.json in the run directory), or None without one."""
-    from tune_app.budget import read_budget
+    from tune_app.cost.budget import read_budget
 
     budget = read_budget(run_dir)
     if budget is None:
         return None
-    hours = lambda key: f"{(_number(budget.get(key)) or 0.0) / 3600:.3g}"  # noqa: E731
+    hours = lambda key: f"{(number(budget.get(key)) or 0.0) / 3600:.3g}"  # noqa: E731
     if budget.get("stopped_at"):
         return (f"Stopped by --budget-hours {budget.get('hours'):g}: {hours('spent_s_at_stop')} device-hours were "
                 f"spent at {budget['stopped_at']}; no new trial started after that ({budget.get('trials_started')} "

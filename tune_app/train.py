@@ -138,7 +138,7 @@ class RunReporter:
 
 
 def start_wandb(args, name: str, config: dict, out: Path):
-    from tune_app.wandb_setup import resolve_mode, start_run
+    from tune_app.integrations.wandb_runs import resolve_mode, start_run
 
     mode = resolve_mode(args.wandb_mode)
     if mode == "disabled":

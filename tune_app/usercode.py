@@ -183,7 +183,7 @@ def code_to_ship(root: Path | None, refs: list[str]) -> dict:
 def shipped_files(folder: Path) -> tuple[int, list[tuple[int, str]], list[str]]:
     """(bytes shipped, the largest (bytes, path) shipped, the large files left behind) for a folder."""
     # Ray's own matcher, with the ignore files Ray reads in that folder, so the count is what Ray ships.
-    from tune_app.ray_private import path_spec
+    from tune_app.cluster.ray_private import path_spec
 
     lines = list(EXCLUDES)
     for name in (".gitignore", ".rayignore"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tune_app.atomic import atomic_write
 from tune_app.plots.base import DPI, _finish, _mpl
+from tune_app.rundir.atomic import atomic_write
 
 
 def confusion_png(path: Path, confusion: np.ndarray, classes: list[str], title: str) -> Path:

@@ -7,11 +7,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from plotly.offline import get_plotlyjs
 
-from tune_app.atomic import atomic_write
 from tune_app.plots.base import DPI, HTML_CONFIG, Figures, Plot
 from tune_app.plots.curves import curves_by_figures, curves_figures, metric_vs_step_figures
 from tune_app.plots.params import importance_figures, parallel_coordinates_figures, slices_figures
 from tune_app.plots.progress import best_so_far_figures, cost_figures
+from tune_app.rundir.atomic import atomic_write
 
 
 def _save(out: Path, name: str, figures: Figures) -> Plot:

@@ -29,13 +29,16 @@ model file and ``load_model``), ``files`` (the retrain folder and the report), `
 """
 import sys
 
-from tune_app import ray_output  # noqa: F401  (before Ray is imported)
-from tune_app.command import callable_command
-from tune_app.layout import RETRAIN_DIR
-from tune_app.retrain.cli import build_parser, call, main, run
-from tune_app.retrain.model import MODEL_FILE, MODEL_FORMAT, TrainedModel, load_model
-from tune_app.retrain.plan import Candidate, Plan, make_plan
-from tune_app.retrain.tasks import load_dataset, training_view
+from tune_app.cluster import console
+
+console.quiet()  # Ray's and W&B's console settings: before Ray is imported (the modules below import it)
+
+from tune_app.command import callable_command  # noqa: E402
+from tune_app.retrain.cli import build_parser, call, main, run  # noqa: E402
+from tune_app.retrain.model import MODEL_FILE, MODEL_FORMAT, TrainedModel, load_model  # noqa: E402
+from tune_app.retrain.plan import Candidate, Plan, make_plan  # noqa: E402
+from tune_app.retrain.tasks import load_dataset, training_view  # noqa: E402
+from tune_app.rundir.layout import RETRAIN_DIR  # noqa: E402
 
 __all__ = ["MODEL_FILE", "MODEL_FORMAT", "RETRAIN_DIR", "Candidate", "Plan", "TrainedModel", "build_parser", "call",
            "load_dataset", "load_model", "main", "make_plan", "run", "training_view"]

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from tune_app.errors import OneLineParser, Renamed, UsageError, one_line
-from tune_app.layout import RETRAIN_DIR
 from tune_app.report import retrain_console
 from tune_app.retrain import own
 from tune_app.retrain.files import model_payload, read_predict, refresh_report, write_files
@@ -17,6 +16,7 @@ from tune_app.retrain.plan import Plan, make_plan
 from tune_app.retrain.results import summarize
 from tune_app.retrain.tasks import check_ood, load_dataset, run_all
 from tune_app.retrain.wandb_runs import log_wandb
+from tune_app.rundir.layout import RETRAIN_DIR
 
 
 def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentParser:
@@ -69,12 +69,12 @@ def evaluate_file(plan: Plan, path: str) -> None:
 
 def run(args: argparse.Namespace) -> Path | None:
     """Retrain as ``args`` (the command line's) say; the retrain folder (None for --evaluate). Raises UsageError."""
-    from tune_app import storage
+    from tune_app.cluster import storage
 
     uri = args.run_dir if storage.is_uri(args.run_dir) and \
         storage.check_scheme(args.run_dir, "retrain") != "file" else None
     args.run_dir = str(storage.materialize(args.run_dir, "retrain"))  # an s3:// run comes down first
-    from tune_app.runlock import check_idle, check_writable
+    from tune_app.rundir.lock import check_idle, check_writable
 
     check_idle(args.run_dir, "retrain")
     plan = make_plan(args)
@@ -96,7 +96,7 @@ def run_builtin(plan: Plan) -> Path:
     dataset = load_dataset(plan)
     check_ood(plan, dataset)
     to_predict = read_predict(plan, dataset)
-    from tune_app.cluster import join_ray
+    from tune_app.cluster.session import join_ray
 
     started = join_ray(plan.settings, plan.sweep.spec.get("code"))
     try:

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from tune_app import imageset
-from tune_app.atomic import write_folder
 from tune_app.errors import UsageError
-from tune_app.layout import RETRAIN_DIR
 from tune_app.retrain.model import MODEL_FILE, MODEL_FORMAT, load_model
 from tune_app.retrain.plan import Plan
+from tune_app.rundir.atomic import write_folder
+from tune_app.rundir.layout import RETRAIN_DIR
 
 
 def read_predict(plan: Plan, dataset):
@@ -28,7 +28,7 @@ def read_predict(plan: Plan, dataset):
 
 
 def model_payload(plan: Plan, dataset, summary: dict) -> dict:
-    from tune_app.provenance import provenance
+    from tune_app.integrations.provenance import provenance
 
     kept = next(c for c in plan.candidates if c.rank == summary["model"]["rank"])
     run = next(r for r in kept.runs if r["seed"] == summary["model"]["seed"])

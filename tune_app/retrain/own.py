@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tune_app.errors import UsageError
-from tune_app.layout import RETRAIN_DIR
+from tune_app.rundir.layout import RETRAIN_DIR
 
 
 def retrain_one(ref: str, code_paths: list[str], config: dict, data, cpus: float) -> dict:
@@ -56,7 +56,7 @@ def run(plan) -> Path:
     """Every seed of every candidate, then retrain.json. Returns the retrain folder."""
     import ray
 
-    from tune_app.cluster import join_ray
+    from tune_app.cluster.session import join_ray
     from tune_app.sweep_data import load_data
     from tune_app.usercode import local_paths
 
@@ -129,7 +129,7 @@ def summarize(plan, metric: str, mode: str) -> dict:
 
 def write(run_dir: Path, summary: dict) -> Path:
     """retrain/retrain.json, swapped in whole (a crash leaves the old folder or the new one)."""
-    from tune_app.atomic import write_folder
+    from tune_app.rundir.atomic import write_folder
 
     return write_folder(Path(run_dir) / RETRAIN_DIR, lambda tmp: (tmp / "retrain.json").write_text(
         json.dumps(summary, indent=1, default=str) + "\n"))

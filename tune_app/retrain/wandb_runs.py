@@ -11,7 +11,7 @@ from tune_app.retrain.plan import Plan
 def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
     """One run per retrain seed in the sweep's group; the kept model as an artifact of type model, alias best.
     A W&B failure is a warning: the files on disk are complete without it."""
-    from tune_app.wandb_setup import resolve_mode
+    from tune_app.integrations.wandb_runs import resolve_mode
 
     s = plan.settings
     mode = resolve_mode(s.get("wandb_mode"))
@@ -20,7 +20,7 @@ def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
     try:
         import wandb
 
-        from tune_app.wandb_setup import start_run
+        from tune_app.integrations.wandb_runs import start_run
 
         for cfg in summary["configs"]:
             for seed_run in cfg["runs"]:

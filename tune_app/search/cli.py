@@ -6,11 +6,11 @@ import argparse
 import dataclasses
 
 from tune_app.errors import OneLineParser, Renamed, one_line
+from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 from tune_app.search.plan import TRANSFER_TOP_K, spec_of
 from tune_app.search.runner import run
 from tune_app.settings import SweepSettings
 from tune_app.spaces import list_spaces
-from tune_app.tuning import SCHEDULERS, SEARCHERS
 
 
 def gpus_arg(text: str):

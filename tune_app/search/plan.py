@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from tune_app.errors import UsageError
-from tune_app.layout import SPEC_FILE
+from tune_app.rundir.layout import SPEC_FILE
+from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 from tune_app.settings import SweepSettings
 from tune_app.spaces import DEFAULT_KEYS, is_grid, list_spaces
-from tune_app.tuning import SCHEDULERS, SEARCHERS
 from tune_app.usercode import is_path
 
 SETTING_FLAGS = tuple(DEFAULT_KEYS)
@@ -50,7 +50,7 @@ def check_settings(s: dict) -> None:
 
 def resolve_run_dir(args) -> tuple[Path, str | None]:
     """(the run directory on this machine, the run's URI when it lives in object storage, else None)."""
-    from tune_app import storage
+    from tune_app.cluster import storage
 
     if isinstance(args.resume, str):
         where, flag = args.resume, "--resume"
@@ -78,7 +78,7 @@ def check_name(name: str | None) -> None:
 
 
 def storage_is_uri(path: str) -> bool:
-    from tune_app import storage
+    from tune_app.cluster import storage
 
     return storage.is_uri(path)
 
@@ -101,18 +101,18 @@ def check_against_space(space, args: SweepSettings) -> None:
 def plan_resume(args: SweepSettings) -> dict:
     run_dir, run_uri = resolve_run_dir(args)
     if run_uri:
-        from tune_app import storage
+        from tune_app.cluster import storage
 
         storage.check_writable(run_uri, "--resume")
         storage.download(run_uri, run_dir)  # spec, results and searcher state; Ray reads checkpoints from there
     spec_path = run_dir / SPEC_FILE
-    from tune_app.runlock import check_free
+    from tune_app.rundir.lock import check_free
 
     check_free(run_dir)
     if not spec_path.is_file() or not any(run_dir.glob("experiment_state*.json")):
         raise UsageError(f"--resume: {run_uri or run_dir} holds no tune_app sweep (no {SPEC_FILE} and Ray state); "
                          f"start one with --space NAME --name NAME")
-    from tune_app.rundir import read_json
+    from tune_app.rundir.reader import read_json
 
     spec = read_json(spec_path, "restore it from a copy (it records the sweep's space and settings)")
     saved = {"space": spec["space"], **spec["settings"]}
@@ -167,12 +167,12 @@ def plan_new(args: SweepSettings) -> dict:
     args = dataclasses.replace(args, name=name)
     run_dir, run_uri = resolve_run_dir(args)
     if run_uri and not args.plan:
-        from tune_app import storage
+        from tune_app.cluster import storage
 
         storage.check_writable(run_uri, "--storage-path")
         taken = storage.exists(run_uri, SPEC_FILE)
     else:
-        from tune_app.runlock import check_free
+        from tune_app.rundir.lock import check_free
 
         check_free(run_dir)
         taken = any(run_dir.glob("experiment_state*.json"))  # a spec alone: a start that never ran a trial
@@ -194,7 +194,7 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
     """The k best configurations of the sweep `from_run`, as points this space's searcher evaluates first:
     each holds the keys this space searches (what it fixes stays as it is), with values it can take."""
     from tune_app.analyze import top_configs
-    from tune_app.tuning import check, point_value
+    from tune_app.search.algorithms import check, point_value
 
     if settings["num_samples"] < k:
         raise UsageError(f"--num-samples {settings['num_samples']}: fewer than the {k} configurations --from-run "

@@ -8,24 +8,25 @@ import math
 import sys
 from pathlib import Path
 
-from tune_app import ray_output
-from tune_app.cluster import check_shared_storage, join_ray
+from tune_app.cluster import console
+from tune_app.cluster.session import check_shared_storage, join_ray
 from tune_app.errors import UsageError
-from tune_app.layout import SPEC_FILE
+from tune_app.rundir.layout import SPEC_FILE
 from tune_app.search.tuner import check_wandb_runs, new_tuner
 from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.usercode import local_paths
 
 
 def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[dict], str]:
-    """Estimated cost of every configuration (see tune_app.plan), and the table that shows it."""
+    """Estimated cost of every configuration (see tune_app.cost.estimate), and the table that shows it."""
     import ray
 
-    from tune_app import plan, tuning
+    from tune_app.cost import estimate
+    from tune_app.search import algorithms
 
-    param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+    param_space = algorithms.grid_space(config) if s["searcher"] == "grid" else config
     points = [{**config, **p} for p in points]  # --from-run's configurations come first
-    configs = points + plan.configurations(param_space, s["num_samples"] - len(points), s["seed"])
+    configs = points + estimate.configurations(param_space, s["num_samples"] - len(points), s["seed"])
     trainable = space.trainable
     configs = [trainable_config(trainable, c) for c in configs]
     cluster = ray.cluster_resources()
@@ -33,46 +34,48 @@ def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[d
                       cluster.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf,
                       s.get("max_concurrent") or math.inf)
     concurrency = max(1, math.floor(concurrency))
-    print(f"tune_app: probing {len({plan.cost_key(trainable, c) for c in configs})} distinct configurations "
-          f"({plan.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
+    print(f"tune_app: probing {len({estimate.cost_key(trainable, c) for c in configs})} distinct configurations "
+          f"({estimate.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
           f"{len(configs)} trials...", flush=True)
-    probes = plan.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
+    probes = estimate.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
                             dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency,
                             local_paths(space.code))
-    rows = plan.estimate(trainable, configs, probes, len(dataset.y_train))
-    return rows, plan.table(rows, concurrency)
+    rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train))
+    return rows, estimate.table(rows, concurrency)
 
 
 def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
     """--gpus-per-trial auto: CPU trials on a cluster without GPUs; else every cost-relevant configuration is
-    probed alone on a GPU (see plan.gpu_plan) and each trial asks for its own configuration's fraction. The
+    probed alone on a GPU (see gpu_share.gpu_plan) and each trial asks for its own configuration's fraction. The
     plan is kept in the run directory, so a resumed sweep asks for the same fractions without probing again.
     Returns (resources for tune.with_resources, settings with gpus_per_trial as the largest fraction)."""
     import ray
 
-    from tune_app import plan, tuning
+    from tune_app.cost import gpu_share
+    from tune_app.rundir.layout import GPU_PLAN_FILE
+    from tune_app.search import algorithms
 
     s = dict(s)
     if not ray.cluster_resources().get("GPU", 0):
         print("tune_app: --gpus-per-trial auto: the Ray cluster has no GPU; trials run on CPUs", flush=True)
         s["gpus_per_trial"] = 0.0
         return {"cpu": s["cpus_per_trial"], "gpu": 0}, s
-    saved = run_dir / plan.GPU_PLAN_FILE
+    saved = run_dir / GPU_PLAN_FILE
     if resume and saved.is_file():
         gpu_plan = json.loads(saved.read_text())
     else:
-        param_space = tuning.grid_space(config) if s["searcher"] == "grid" else config
+        param_space = algorithms.grid_space(config) if s["searcher"] == "grid" else config
         print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
-        gpu_plan = plan.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
+        gpu_plan = gpu_share.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
                                  len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"],
                                  local_paths(space.code))
         if not plan_only:
             run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(gpu_plan, indent=1))
-    print(plan.gpu_table(gpu_plan), flush=True)
+    print(gpu_share.gpu_table(gpu_plan), flush=True)
     s["gpus_per_trial"] = max(r["fraction"] for r in gpu_plan["rows"])
     s["gpus_shown"] = s["gpus_per_trial"]
-    return plan.gpu_resources(space.trainable, gpu_plan, s["cpus_per_trial"]), s
+    return gpu_share.gpu_resources(space.trainable, gpu_plan, s["cpus_per_trial"]), s
 
 
 def trainable_config(trainable, config: dict) -> dict:
@@ -83,7 +86,7 @@ def trainable_config(trainable, config: dict) -> dict:
 
 def sweep_provenance(dataset) -> dict:
     """What the sweep ran with, recorded when it starts (best_config.json carries it)."""
-    from tune_app.provenance import git_commit, versions
+    from tune_app.integrations.provenance import git_commit, versions
 
     if isinstance(dataset, OwnData):  # the space's load_data(): tune_app does not know its shape
         return {"git_commit": git_commit(), "versions": versions(), "dataset": {"name": dataset.name}}
@@ -96,7 +99,7 @@ def sweep_provenance(dataset) -> dict:
 def run(spec: dict, resume: bool) -> int:
     """Run the sweep ``spec`` describes (a new one, or ``resume``); the exit code: 0 done, 1 no trial finished,
     130 interrupted (resumable)."""
-    from tune_app import tuning
+    from tune_app.search import algorithms
     from tune_app.spaces import load_space
 
     s = spec["settings"]
@@ -108,7 +111,7 @@ def run(spec: dict, resume: bool) -> int:
     if params is None or "seed" in params:
         config.setdefault("seed", s["seed"])
     points = spec.get("points", [])  # --from-run's configurations
-    tuning.check(s, config, points)  # before any data is read or Ray started
+    algorithms.check(s, config, points)  # before any data is read or Ray started
     dataset = load_data(space, s, spec.get("workdir"))
     check_models(space, dataset)
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
@@ -121,15 +124,15 @@ def run(spec: dict, resume: bool) -> int:
                 import ray
 
                 ray.shutdown()
-            ray_output.WATCH.stop()
+            console.WATCH.stop()
     finally:
         if lock is not None:
             release(lock, resume)
 
 
 def claim(run_dir: Path, resume: bool):
-    """The run directory, locked for this sweep (see tune_app.runlock); a new sweep also needs it empty."""
-    from tune_app.runlock import RunLock
+    """The run directory, locked for this sweep (see tune_app.rundir.lock); a new sweep also needs it empty."""
+    from tune_app.rundir.lock import RunLock
 
     lock = RunLock(run_dir, resume)
     lock.acquire()
@@ -143,7 +146,7 @@ def claim(run_dir: Path, resume: bool):
 def release(lock, resume: bool) -> None:
     """Unlock; a new sweep that failed before writing anything leaves no directory behind (not even the
     --storage-path folder it made)."""
-    from tune_app.runlock import LOCK_FILE, OWNER_FILE
+    from tune_app.rundir.lock import LOCK_FILE, OWNER_FILE
 
     lock.release()
     run_dir = lock.run_dir
@@ -160,8 +163,8 @@ def release(lock, resume: bool) -> None:
 def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset) -> int:
     from ray import tune
 
-    from tune_app.ray_adapter import ray_trainable
-    from tune_app.ray_output import WATCH
+    from tune_app.cluster.adapter import ray_trainable
+    from tune_app.cluster.console import WATCH
 
     s = spec["settings"]
     run_dir = Path(spec["run_dir"])
@@ -182,15 +185,15 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     if not resume and s.get("estimate_cost"):
         rows, text = plan_table(space, config, s, dataset, points)
         print(text, flush=True)
-        from tune_app.plan import PLAN_FILE
+        from tune_app.rundir.layout import PLAN_FILE
 
         (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(tune.with_parameters(
         ray_trainable(space.trainable.ref, local_paths(spec.get("code"))), data=dataset.sweep_view()), resources)
     uploads = ()
     if run_uri:
-        from tune_app import storage
-        from tune_app.ray_adapter import Upload
+        from tune_app.cluster import storage
+        from tune_app.cluster.adapter import Upload
 
         uploads = (Upload(run_dir, run_uri),)
     WATCH.start(None if run_uri else run_dir)  # run() stops it when Ray has shut down
@@ -230,8 +233,8 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     if run_uri:
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
-    from tune_app.budget import read_budget
-    from tune_app.rundir import UNFINISHED, ray_statuses
+    from tune_app.cost.budget import read_budget
+    from tune_app.rundir.reader import UNFINISHED, ray_statuses
 
     budget = read_budget(run_dir) or {}
     # Ctrl-C leaves a trial RUNNING in Ray's last experiment state, where the ResultGrid calls it TERMINATED: the
@@ -253,7 +256,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
 def stopped_unwritable(spec: dict, run_dir: Path, problem: str) -> int:
     """A run directory that stopped being writable ended the sweep (ray_adapter.StopWhenUnwritable): one line,
     and 130, as for any sweep that stopped before its end and can be resumed."""
-    from tune_app.rundir import UNFINISHED, ray_statuses
+    from tune_app.rundir.reader import UNFINISHED, ray_statuses
 
     statuses = ray_statuses(run_dir)
     finished = sum(status not in UNFINISHED for status in statuses.values())

@@ -11,8 +11,8 @@ from pathlib import Path
 import ray
 from ray.tune import Callback
 
-from tune_app.layout import SPEC_FILE
-from tune_app.rundir import TIMEOUT_FILE
+from tune_app.rundir.layout import SPEC_FILE
+from tune_app.rundir.reader import TIMEOUT_FILE
 from tune_app.search.plan import expected_trials
 
 
@@ -30,14 +30,14 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     """A Tuner for a new sweep; writes the sweep's spec (what --resume reads back)."""
     from ray import tune
 
-    from tune_app import tuning
-    from tune_app.budget import wrap_scheduler
-    from tune_app.ray_adapter import RestoreNotes, StopWhenUnwritable
-    from tune_app.wandb_setup import wandb_callback
+    from tune_app.cluster.adapter import RestoreNotes, StopWhenUnwritable
+    from tune_app.cost.budget import wrap_scheduler
+    from tune_app.integrations.wandb_runs import wandb_callback
+    from tune_app.search import algorithms
 
     s = spec["settings"]
     searched = {k: space.space[k] for k in space.searched}
-    search_alg, scheduler, param_space = tuning.build(s, config, searched, run_dir, spec.get("points", []))
+    search_alg, scheduler, param_space = algorithms.build(s, config, searched, run_dir, spec.get("points", []))
     budget = sweep_budget(s, run_dir)
     spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
@@ -46,7 +46,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
     oom = OomRetry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
     callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(s.get("trial_timeout") or 0),
-                             tuning.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
+                             algorithms.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
                  if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=space.searched,
@@ -80,7 +80,7 @@ def check_wandb_runs(run_dir: Path, s: dict) -> None:
         return
     import pandas as pd
 
-    from tune_app.wandb_files import missing_runs
+    from tune_app.integrations.wandb_files import missing_runs
 
     trials = pd.read_parquet(trials_file, columns=["trial_id", "epochs"])
     lost = missing_runs(run_dir, dict(zip(trials["trial_id"].astype(str), trials["epochs"].astype(int))))
@@ -93,7 +93,7 @@ def sweep_budget(s: dict, run_dir: Path):
     """--budget-hours: the callback that counts the sweep's device-hours (None without a budget). A trial holds
     its GPUs where the sweep asks for any, else its CPUs; each report says what Ray gave it (--gpus-per-trial
     auto), so the count here is only a fallback."""
-    from tune_app.budget import budget_callback
+    from tune_app.cost.budget import budget_callback
 
     gpus = s["gpus_per_trial"]
     if gpus == "auto":
@@ -147,14 +147,14 @@ class OomRetry(Callback):
         self.cpus = cpus
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        from tune_app import plan
+        from tune_app.cost import gpu_share
 
         error = Path(trial.error_file) if trial.error_file else None
         last = error.read_text().rsplit("Failure #", 1)[-1] if error and error.is_file() else ""
         held = trial.placement_group_factory.required_resources.get("GPU", 0)
         if "OutOfMemoryError" not in last or not 0 < held < 1:
             return
-        more = plan.larger_share(held)
+        more = gpu_share.larger_share(held)
         trial.update_resources({"CPU": self.cpus, "GPU": more})
         print(f"tune_app: trial {trial} ran out of GPU memory on {held:g} GPU; retrying it on {more:g}", flush=True)
 

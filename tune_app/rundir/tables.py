@@ -1,9 +1,6 @@
-"""Turn a finished sweep's trial records into tables, trends and a best config.
-
-Everything here is a pure function over plain dicts and DataFrames so it can be
-tested without Ray; tune_app.rundir reads the trial records from a run directory's files.
-"""
-
+"""A sweep's trials as tables: trial records (``tune_app.rundir.reader``) become the trials table (one row per
+trial: status, cost ledger, config, the metric at the last, best and equal-length epoch) and the history table
+(one row per reported epoch). Pure functions over dicts and DataFrames, testable without Ray."""
 from __future__ import annotations
 
 import json
@@ -16,46 +13,41 @@ import pandas as pd
 
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
+
+
 # The cost ledger of every trial (see ledger): device-seconds (wall seconds x the devices held: GPUs if any, else
 # CPUs) and which kind, process CPU seconds, peak memory, parameters, training samples.
 LEDGER = ("device_s", "device_kind", "cpu_s", "peak_mem_mb", "params", "samples_seen")
+
+
 STATUSES = ("completed", "stopped", "early_stopped", "diverged", "oom", "timeout", "error", "interrupted")
+
+
 ELIGIBLE = ("completed", "stopped", "early_stopped")  # stopped: by the scheduler; early_stopped: by the trial
-RULES = ("last", "best-epoch", "at-epoch")
-NO_ELIGIBLE = "no trial finished without error or divergence; nothing to select"
+
+
 # trials.attrs key listing config columns stored as JSON text (lists, dicts, mixed types).
 JSON_COLUMNS_ATTR = "json_config_columns"
 
 
-class NoEligibleTrialError(ValueError):
-    """Raised by select_best when no trial is eligible; a ValueError, which analyze.compute catches to say why."""
-
-
-def _missing(value) -> bool:
+def missing(value) -> bool:
     """Scalar-only NaN/None test; pd.isna would vectorise over a list-valued config entry."""
     if value is None or value is pd.NA or value is pd.NaT:
         return True
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def _plain(obj):
+def plain(obj):
     """Recursively turn numpy scalars, tuples, NaN/inf and paths into JSON/YAML-safe values."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
-    if _missing(obj) or (isinstance(obj, float) and math.isinf(obj)):
+    if missing(obj) or (isinstance(obj, float) and math.isinf(obj)):
         return None
     return str(obj) if isinstance(obj, Path) else obj
-
-
-def _check(mode: str, rule: str = "last") -> None:
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
-    if rule not in RULES:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, not {rule!r}")
 
 
 def trial_status(record) -> str:
@@ -86,7 +78,7 @@ def _best_epoch(history, metric: str, mode: str):
     best, at = math.nan, None
     for i, row in enumerate(history):
         value = row.get(metric)
-        if row.get("diverged") or _missing(value) or not math.isfinite(value):
+        if row.get("diverged") or missing(value) or not math.isfinite(value):
             continue
         if at is None or (value > best if mode == "max" else value < best):
             best, at = float(value), int(row.get("epoch", i + 1))
@@ -110,16 +102,16 @@ _DTYPES = {frozenset({"bool"}): "boolean", frozenset({"int"}): "Int64", frozense
 def _config_column(values) -> tuple[pd.Series, bool]:
     """Keep homogeneous scalar columns typed (nullable ints/bools so missing keys don't turn 64 into 64.0);
     JSON-encode anything else, because Parquet needs one type per column. Returns (column, encoded)."""
-    kinds = frozenset(_kind(v) for v in values if not _missing(v))
+    kinds = frozenset(_kind(v) for v in values if not missing(v))
     if not kinds:
         return pd.Series([None] * len(values), dtype=object), False
     dtype = _DTYPES.get(kinds)
     if dtype is None:
-        return pd.Series([None if _missing(v) else json.dumps(_plain(v), sort_keys=True)
+        return pd.Series([None if missing(v) else json.dumps(plain(v), sort_keys=True)
                           for v in values], dtype=object), True
-    if not any(_missing(v) for v in values):
+    if not any(missing(v) for v in values):
         dtype = {"Int64": "int64", "boolean": "bool"}.get(dtype, dtype)
-    return pd.Series([None if _missing(v) else v for v in values], dtype=dtype), False
+    return pd.Series([None if missing(v) else v for v in values], dtype=dtype), False
 
 
 def _sorted_records(records):
@@ -130,12 +122,12 @@ def _value_at(history, metric: str, epoch: int | None) -> float:
     """The finite, non-diverged value of `metric` at `epoch`, else NaN."""
     for row in history:
         value = row.get(metric)
-        if row.get("epoch") == epoch and not row.get("diverged") and not _missing(value) and math.isfinite(value):
+        if row.get("epoch") == epoch and not row.get("diverged") and not missing(value) and math.isfinite(value):
             return float(value)
     return math.nan
 
 
-def _number(value) -> float | None:
+def number(value) -> float | None:
     """A finite real number as float; None for anything else (missing, NaN, text such as 'auto', bools)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         return None
@@ -148,13 +140,13 @@ def held_devices(report: dict, gpus=None, cpus=None) -> tuple[str | None, float]
 
     What the report says it held (``gpus``/``cpus``, from Ray's assignment) comes first; then ``gpus``/``cpus``,
     what the trial asked for (the sweep's gpus_per_trial/cpus_per_trial). (None, NaN) when neither says."""
-    held_gpus, held_cpus = _number(report.get("gpus")), _number(report.get("cpus"))
-    gpus = held_gpus if held_gpus is not None else _number(gpus)
+    held_gpus, held_cpus = number(report.get("gpus")), number(report.get("cpus"))
+    gpus = held_gpus if held_gpus is not None else number(gpus)
     if gpus is None and held_cpus is None:
         return None, math.nan  # neither the report nor the sweep says whether a GPU was held
     if gpus:
         return "gpu", gpus
-    count = held_cpus if held_cpus is not None else _number(cpus)
+    count = held_cpus if held_cpus is not None else number(cpus)
     return ("cpu", count) if count else (None, math.nan)
 
 
@@ -169,7 +161,7 @@ def ledger(record) -> dict:
     for h in history:
         kind, count = held_devices(h, asked.get("gpu"), asked.get("cpu"))
         kinds.add(kind)
-        seconds = _number(h.get("epoch_time_s"))
+        seconds = number(h.get("epoch_time_s"))
         device_s.append(math.nan if kind is None else (seconds or 0.0) * count)
     if not history:  # nothing ran: no cost, where the sweep says what a trial would have held
         kind, _ = held_devices({}, asked.get("gpu"), asked.get("cpu"))
@@ -177,7 +169,7 @@ def ledger(record) -> dict:
         device_s = [0.0] if kind is not None else [math.nan]
 
     def values(key):
-        return [v for h in history if (v := _number(h.get(key))) is not None]
+        return [v for h in history if (v := number(h.get(key))) is not None]
 
     cpu, peaks, params, samples = values("cpu_s"), values("peak_mem_mb"), values("params"), values("samples_seen")
     return {"device_s": math.fsum(device_s) if None not in kinds else math.nan,
@@ -190,7 +182,7 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
     """One row per trial: identity, status, its cost ledger (LEDGER, see ledger), config/<key>, final_<metric>,
     best-epoch columns and at_epoch_<metric>, the metric at epoch `at_epoch` (NaN for a trial that did not get
     there)."""
-    _check(mode)
+    check_mode(mode)
     records = _sorted_records(records)
     finals = [m for m in METRICS if m != "epoch"] + ([] if metric in METRICS else [metric])
     rows = []
@@ -200,9 +192,9 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
         best, at = _best_epoch(history, metric, mode)
         row = {"trial_id": str(r["trial_id"]), "name": r.get("name") or str(r["trial_id"]),
                "status": trial_status(r), "epochs": len(history), "target_epochs": r.get("target_epochs"),
-               "seconds": math.fsum(h["epoch_time_s"] for h in history if not _missing(h.get("epoch_time_s"))),
+               "seconds": math.fsum(h["epoch_time_s"] for h in history if not missing(h.get("epoch_time_s"))),
                "error": r.get("error") or None, **ledger(r)}
-        row.update({f"final_{m}": math.nan if _missing(last.get(m)) else last[m] for m in finals})
+        row.update({f"final_{m}": math.nan if missing(last.get(m)) else last[m] for m in finals})
         row.update({f"best_{metric}": best, "best_epoch": at,
                     f"at_epoch_{metric}": _value_at(history, metric, at_epoch)})
         rows.append(row)
@@ -238,31 +230,7 @@ def history_frame(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def rule_column(metric: str, rule: str) -> str:
-    """The trials-table column a selection rule ranks by: the last epoch's metric, the trial's best
-    epoch, or the metric at the analysis' equal-length epoch."""
-    return {"last": "final", "best-epoch": "best", "at-epoch": "at_epoch"}[rule] + f"_{metric}"
-
-
-def ranked(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.DataFrame:
-    """Eligible trials, best first. Diverged/errored trials are never eligible, however good their
-    numbers; trials without a value for the rule's column (no epochs, or short of the equal-length
-    epoch) are left out too. Ties go to the longer-trained trial, then to the trial id."""
-    _check(mode, rule)
-    column = rule_column(metric, rule)
-    pool = trials[trials["status"].isin(ELIGIBLE) & trials[column].notna()]
-    return pool.sort_values([column, "epochs", "trial_id"], ascending=[mode == "min", False, True], kind="mergesort")
-
-
-def select_best(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.Series:
-    """The winning row under `rule` (see ranked)."""
-    pool = ranked(trials, metric, mode, rule)
-    if pool.empty:
-        raise NoEligibleTrialError(NO_ELIGIBLE)
-    return pool.iloc[0]
-
-
-def _value_key(value):
+def value_key(value):
     """Sort numbers numerically and everything else as text, numbers first."""
     if isinstance(value, numbers.Real):
         return (0, float(value), "")
@@ -279,11 +247,11 @@ def bin_edges(lower: float, upper: float, log: bool) -> list[float]:
     return edges
 
 
-def _bin_label(edges: list[float], i: int) -> str:
+def bin_label(edges: list[float], i: int) -> str:
     return f"[{edges[i]:.3g}, {edges[i + 1]:.3g}" + ("]" if i == len(edges) - 2 else ")")
 
 
-def _status_counts(trials: pd.DataFrame) -> dict:
+def status_counts(trials: pd.DataFrame) -> dict:
     return {"total": len(trials), **{s: int((trials["status"] == s).sum()) for s in STATUSES}}
 
 
@@ -293,7 +261,7 @@ def config_of(row: pd.Series, trials: pd.DataFrame) -> dict:
     encoded = set(trials.attrs.get(JSON_COLUMNS_ATTR, ()))
     config = {}
     for column in trials.columns:
-        if not column.startswith("config/") or _missing(row[column]):
+        if not column.startswith("config/") or missing(row[column]):
             continue
         value = row[column]
         # Without attrs (e.g. a frame rebuilt elsewhere) fall back to decoding list/dict-looking text.
@@ -303,27 +271,6 @@ def config_of(row: pd.Series, trials: pd.DataFrame) -> dict:
     return config
 
 
-def _trial_numbers(row: pd.Series, metric: str, rule: str) -> dict:
-    return {"trial_id": row["trial_id"], "trial_name": row["name"], "value": row[rule_column(metric, rule)],
-            "last_value": row[f"final_{metric}"], "best_epoch_value": row[f"best_{metric}"],
-            "best_epoch": row["best_epoch"], "at_epoch_value": row[f"at_epoch_{metric}"], "epochs": row["epochs"],
-            "status": row["status"]}
-
-
-def best_config_payload(best: pd.Series, trials: pd.DataFrame, metric: str, mode: str, rule: str,
-                        provenance: dict) -> dict:
-    """JSON-safe record of the winner, enough to retrain it and to know where it came from.
-    `value` is the number the selection rule ranked by; the others are there for comparison."""
-    payload = {"config": config_of(best, trials), **_trial_numbers(best, metric, rule), "metric": metric,
-               "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
-               "trials": _status_counts(trials), **provenance}
-    return _plain(payload)
-
-
-def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: int) -> dict:
-    """The k best configurations under `rule`, best first, for a retrain of several candidates."""
-    pool = ranked(trials, metric, mode, rule).head(k)
-    entries = [{"rank": i, **_trial_numbers(row, metric, rule), "config": config_of(row, trials)}
-               for i, (_, row) in enumerate(pool.iterrows(), start=1)]
-    return _plain({"metric": metric, "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
-                   "k": k, "trials": entries})
+def check_mode(mode: str) -> None:
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")

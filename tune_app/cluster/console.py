@@ -1,30 +1,32 @@
-"""Ray Tune's console output as tune_app wants it; imported before Ray is.
+"""Ray Tune's and W&B's console output as tune_app wants it, and the watch on a sweep's run directory.
 
-Ray reads these variables when it is imported or a run starts; setdefault leaves
-anything the user set alone.
+``quiet()`` sets the variables Ray and W&B read when they are imported or a run starts (Ray's slow-step threshold
+is read as ``ray.tune`` is imported), so each command calls it before it imports Ray: ``tune_app.search``,
+``tune_app.retrain`` and ``tune_app.analyze`` do so as their package is imported. setdefault leaves anything the
+user set alone.
 """
+import logging
 import os
 
-# Ray's compact table reporter (trials done/running/pending, best so far, elapsed time)
-# is the legacy output path; the new one cannot show parameters and the best trial.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# A checkpoint every epoch is the point (ASHA, PBT and --resume continue mid-trial);
-# Ray's warning about the resulting experiment-state snapshots is noise here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Starting a trial's W&B logging actor takes about a second on a small machine; warn
-# only about slower steps.
-os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "3")
-# W&B's banners (a dozen lines per run: version, sync hints, run links) would bury tune_app's own lines, a
-# retrain's in particular; tune_app says where offline runs are and how to sync them.
-os.environ.setdefault("WANDB_SILENT", "true")
+from tune_app.cluster.ray_private import TOKEN_AUTH_LOGGER
 
-# Ray 2.5x+ warns on every start of a local Ray that it uses token authentication (a line before any of
-# tune_app's own); the setting itself is left as Ray chose it.
-import logging  # noqa: E402
 
-from tune_app.ray_private import TOKEN_AUTH_LOGGER  # noqa: E402
-
-logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
+def quiet() -> None:
+    """Ray's and W&B's console settings for tune_app's commands."""
+    # Ray's compact table reporter (trials done/running/pending, best so far, elapsed time) is the legacy output
+    # path; the new one cannot show parameters and the best trial.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # A checkpoint every epoch is the point (ASHA, PBT and --resume continue mid-trial); Ray's warning about the
+    # resulting experiment-state snapshots is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Starting a trial's W&B logging actor takes about a second on a small machine; warn only about slower steps.
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "3")
+    # W&B's banners (a dozen lines per run: version, sync hints, run links) would bury tune_app's own lines, a
+    # retrain's in particular; tune_app says where offline runs are and how to sync them.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    # Ray 2.5x+ warns on every start of a local Ray that it uses token authentication (a line before any of
+    # tune_app's own); the setting itself is left as Ray chose it.
+    logging.getLogger(TOKEN_AUTH_LOGGER).setLevel(logging.ERROR)
 
 
 class RunDirWatch(logging.Filter):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tune_app.ray_private import WandbCallbackBase
+from tune_app.cluster.ray_private import WandbCallbackBase
 
 log = logging.getLogger("tune_app")
 

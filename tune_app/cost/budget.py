@@ -1,6 +1,6 @@
 """``--budget-hours H``: a sweep starts no new trial once it has spent H device-hours; the running ones finish.
 
-Device-seconds are what the cost ledger counts (``tune_app.summary.ledger``): every report's wall seconds
+Device-seconds are what the cost ledger counts (``tune_app.rundir.tables.ledger``): every report's wall seconds
 (``epoch_time_s``, else Ray's ``time_this_iter_s``) times the devices its trial held, its GPUs where it held
 any, else its CPUs: as the report says (``gpus``/``cpus``, what Ray assigned the trial), else as the sweep asked
 (``devices_per_trial``). So the budget and ``device_s`` in trials.parquet count alike.
@@ -35,10 +35,10 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from tune_app.atomic import atomic_write
-from tune_app.summary import _number, held_devices
+from tune_app.rundir.atomic import atomic_write
+from tune_app.rundir.layout import BUDGET_FILE
+from tune_app.rundir.tables import held_devices, number
 
-BUDGET_FILE = "budget.json"
 KINDS = ("gpu", "cpu")
 log = logging.getLogger("tune_app")
 
@@ -79,9 +79,9 @@ class Budget:
 
     def seconds(self, result: dict) -> float:
         """The device-seconds one report stands for."""
-        wall = _number(result.get("epoch_time_s"))
+        wall = number(result.get("epoch_time_s"))
         if wall is None:
-            wall = _number(result.get("time_this_iter_s")) or 0.0
+            wall = number(result.get("time_this_iter_s")) or 0.0
         _, count = held_devices(result, self.devices_per_trial if self.kind == "gpu" else 0,
                                 self.devices_per_trial if self.kind == "cpu" else None)
         return wall * (count if math.isfinite(count) else self.devices_per_trial)

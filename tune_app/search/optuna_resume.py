@@ -4,7 +4,7 @@ from __future__ import annotations
 import optuna as _optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_app import ray_private
+from tune_app.cluster import ray_private
 
 
 class ResumableOptunaSearch(OptunaSearch):

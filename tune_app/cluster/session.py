@@ -29,7 +29,7 @@ def check_reachable(address: str, given: str) -> None:
     target = address.removeprefix("ray://")
     if address == "auto":
         try:
-            from tune_app.ray_private import bootstrap_address
+            from tune_app.cluster.ray_private import bootstrap_address
 
             target = bootstrap_address("auto")
         except Exception:  # noqa: BLE001 - no cluster recorded here: ray.init says so at once
@@ -69,7 +69,7 @@ def join_ray(s: dict, code: dict | None = None) -> bool:
                              f"start one with 'ray start --head' or leave --address out") from None
     check_resources(ray.cluster_resources(), s)
     if started:
-        from tune_app.ray_private import version_warning
+        from tune_app.cluster.ray_private import version_warning
 
         warning = version_warning()
         if warning:

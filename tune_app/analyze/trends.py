@@ -1,5 +1,5 @@
 """Which hyperparameter value is better, and how sure are we: trend tables that early stopping
-cannot bias, pairwise tables, importances and the top-k configurations.
+cannot bias, pairwise tables, and importances.
 
 Three views of each trial's metric feed the trend tables:
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tune_app.summary import ELIGIBLE, _bin_label, _plain, _value_key
+from tune_app.rundir.tables import ELIGIBLE, bin_label, plain, value_key
 
 VIEWS = ("epoch", "completed", "raw")
 TREND_COLUMNS = ("view", "hyperparameter", "value", "completed", "stopped", "diverged", "failed", "n",
@@ -95,8 +95,8 @@ def _groups(trials: pd.DataFrame, param: str, bins: dict):
     if param in bins:
         edges = bins[param]
         index = np.clip(np.searchsorted(edges, present[column].astype(float), side="right") - 1, 0, len(edges) - 2)
-        return [(_bin_label(edges, i), group) for i, group in present.groupby(index)]
-    return sorted(((_plain(v), g) for v, g in present.groupby(column, sort=False)), key=lambda kv: _value_key(kv[0]))
+        return [(bin_label(edges, i), group) for i, group in present.groupby(index)]
+    return sorted(((plain(v), g) for v, g in present.groupby(column, sort=False)), key=lambda kv: value_key(kv[0]))
 
 
 def trend_table(trials: pd.DataFrame, values: pd.Series, params: list[str], mode: str,
@@ -165,13 +165,13 @@ def distributions(trials: pd.DataFrame, params: list[str], ranges: dict) -> dict
             out[p] = cls(low=int(low) if kind == "int" else float(low),
                          high=int(high) if kind == "int" else float(high), log=bool(log))
         else:
-            choices = sorted({_choice(v) for v in column.dropna()}, key=_value_key)
+            choices = sorted({_choice(v) for v in column.dropna()}, key=value_key)
             out[p] = CategoricalDistribution(choices)
     return out
 
 
 def _choice(value):
-    value = _plain(value)
+    value = plain(value)
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 

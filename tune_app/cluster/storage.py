@@ -22,10 +22,11 @@ import uuid
 from pathlib import Path
 
 from tune_app.errors import UsageError, first_line
+from tune_app.rundir.layout import BUDGET_FILE, GPU_PLAN_FILE, JOURNAL_FILE, PLAN_FILE, SPEC_FILE, SUMMARY_DIR
 
 SCHEMES = {"s3": "S3", "gs": "GCS"}
 # what tune_app itself writes into a run directory
-OWN_ENTRIES = ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json", "budget.json", "summary", "wandb")
+OWN_ENTRIES = (SPEC_FILE, JOURNAL_FILE, PLAN_FILE, GPU_PLAN_FILE, BUDGET_FILE, SUMMARY_DIR, "wandb")
 UPLOAD_EVERY_S = 10.0  # the Optuna journal, while trials report
 
 

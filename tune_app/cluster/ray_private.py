@@ -94,7 +94,7 @@ def set_asha_state(scheduler, state: dict) -> None:
 # ---------------------------------------------------------------- Ray's W&B callback
 
 def __getattr__(name: str):
-    """``WandbCallbackBase`` is made on first use, so that importing this module imports no Ray (ray_output
+    """``WandbCallbackBase`` is made on first use, so that importing this module imports no Ray (cluster.console
     must run before Ray is imported); it pickles by name like any module-level class."""
     if name == "WandbCallbackBase":
         cls = _wandb_callback_base()

@@ -12,8 +12,9 @@ from ray import tune
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from trainables.registry import Registry
-from tune_app import ray_private
+from tune_app.cluster import ray_private
 from tune_app.errors import UsageError
+from tune_app.rundir.layout import JOURNAL_FILE
 from tune_app.spaces import is_grid
 
 SEARCHERS = Registry("searcher")
@@ -78,7 +79,7 @@ def random(space, settings, run_dir, points=()):
 def optuna(space, settings, run_dir, points=()):
     import optuna as _optuna
 
-    from tune_app.resumable_optuna import ResumableOptunaSearch
+    from tune_app.search.optuna_resume import ResumableOptunaSearch
 
     _optuna.logging.set_verbosity(_optuna.logging.WARNING)
     storage = None
@@ -86,7 +87,7 @@ def optuna(space, settings, run_dir, points=()):
         # A file-backed study in the run directory: optuna-dashboard can open it.
         from optuna.storages.journal import JournalFileBackend
 
-        storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / "optuna.journal")))
+        storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
     sampler = _optuna.samplers.TPESampler(seed=settings["seed"])
 
     # The points are enqueued in the study: its first trials, and TPE learns from them.

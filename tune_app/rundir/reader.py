@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from tune_app.errors import UsageError
-from tune_app.layout import RETRAIN_DIR, SPEC_FILE  # noqa: F401  (rundir.SPEC_FILE, rundir.RETRAIN_DIR)
+from tune_app.rundir.layout import SPEC_FILE
 
 # What a trial's history keeps from each report: the metrics, the cost ledger's figures (CPU seconds, training
 # samples so far, the CPUs and share of a GPU the trial held), the divergence and early-stopping flags, when it
@@ -249,7 +249,7 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
 
 
 def _edges(low, high, log):
-    from tune_app.summary import bin_edges
+    from tune_app.rundir.tables import bin_edges
 
     return bin_edges(float(low), float(high), log)
 

@@ -19,6 +19,8 @@ import ray
 import torch
 from ray import tune
 
+from tune_app.rundir.layout import GPU_PLAN_FILE, JOURNAL_FILE, PLAN_FILE, SPEC_FILE
+
 STATE_FILE = "state.pt"
 EPOCH_FILE = "epoch.txt"  # the epoch a checkpoint was taken after
 RESTORE_NOTE = "restore_note"  # a report's note that the latest checkpoint was unreadable
@@ -153,7 +155,7 @@ class StopWhenUnwritable(tune.Callback):
     retrying every trial until its retries are spent: nothing more can be saved anyway. Ray's last experiment
     state stays as it was (the trials it lists as running are resumed) and so does every file written before;
     ``--resume`` continues once the directory is writable again. The sweep says so in one line
-    (``ray_output.WATCH`` holds the reason)."""
+    (``cluster.console.WATCH`` holds the reason)."""
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._check()
@@ -163,7 +165,7 @@ class StopWhenUnwritable(tune.Callback):
 
     @staticmethod
     def _check() -> None:
-        from tune_app.ray_output import WATCH
+        from tune_app.cluster.console import WATCH
 
         problem = WATCH.check()
         if problem is not None:
@@ -179,18 +181,18 @@ class Upload(tune.Callback):
         self.local, self.uri, self.last = local, uri, 0.0
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        from tune_app.storage import UPLOAD_EVERY_S, upload
+        from tune_app.cluster.storage import UPLOAD_EVERY_S, upload
 
         if time.monotonic() - self.last > UPLOAD_EVERY_S:
-            upload(self.local, self.uri, ("tune_app.json", "optuna.journal"))
+            upload(self.local, self.uri, (SPEC_FILE, JOURNAL_FILE))
             self.last = time.monotonic()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from tune_app.storage import upload
+        from tune_app.cluster.storage import upload
 
-        upload(self.local, self.uri, ("optuna.journal",))
+        upload(self.local, self.uri, (JOURNAL_FILE,))
 
     def on_experiment_end(self, trials, **info):
-        from tune_app.storage import upload
+        from tune_app.cluster.storage import upload
 
-        upload(self.local, self.uri, ("tune_app.json", "optuna.journal", "plan.json", "gpu_plan.json"))
+        upload(self.local, self.uri, (SPEC_FILE, JOURNAL_FILE, PLAN_FILE, GPU_PLAN_FILE))

@@ -1,0 +1,222 @@
+"""A sweep's analysis as one object (``Analysis``), computed from its run directory before anything is written:
+the trials and history tables, trend and pair tables, importances, the best configuration and the top k."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from tune_app.analyze import trends as trend_tables
+from tune_app.analyze.selection import NO_ELIGIBLE, RULES, best_config_payload, select_best, top_k_payload
+from tune_app.errors import UsageError
+from tune_app.rundir import reader
+from tune_app.rundir.layout import RETRAIN_DIR, SPEC_FILE
+from tune_app.rundir.tables import ELIGIBLE, history_frame, plain, status_counts, trials_frame
+
+log = logging.getLogger("tune_app")
+
+
+
+@dataclass
+class Analysis:
+    sweep: reader.Sweep
+    at_epoch: int
+    select: str
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    trends: pd.DataFrame
+    pairs: dict
+    importance: pd.DataFrame
+    importance_trials: int
+    best: dict
+    topk: dict
+    plots: list = field(default_factory=list)
+    paths: dict = field(default_factory=dict)
+    study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
+    retrain: dict | None = None  # <run dir>/retrain/retrain.json, when tune_app.retrain has run
+    curves_by: tuple[str, ...] = ()  # hyperparameters whose values get learning curves side by side
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    @property
+    def metric(self) -> str:
+        return self.sweep.metric
+
+    @property
+    def view(self) -> str:
+        return f"epoch {self.at_epoch}"
+
+    @property
+    def overview(self) -> str:
+        c = status_counts(self.trials)
+        spec = self.sweep.spec or {}
+        s = spec.get("settings", {})
+        how = (f"space {spec.get('space')}, {s.get('searcher')} + {s.get('scheduler')}; " if spec
+               else "a Ray Tune experiment; ")
+        return (f"{how}{c['total']} trials: {c['completed']} completed, {c['stopped']} stopped early, "
+                f"{_other_endings(c)}{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} "
+                f"({self.sweep.mode}); "
+                f"trends compared at epoch {self.at_epoch}; best selected by {self.select}.")
+
+
+
+def parse_pairs(pairs: list[str], params: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for text in pairs:
+        names = [n.strip() for n in text.split(",")]
+        if len(names) != 2 or not all(names):
+            raise UsageError(f"--pair {text}: give two hyperparameters, e.g. --pair optimizer,lr")
+        for n in names:
+            if n not in params:
+                raise UsageError(f"--pair {text}: {n!r} is not a searched hyperparameter; "
+                                 f"searched: {', '.join(params)}")
+        out.append((names[0], names[1]))
+    return out
+
+
+
+def _provenance(sweep: reader.Sweep) -> dict:
+    from tune_app.integrations.provenance import provenance
+
+    spec = sweep.spec or {}
+    s = spec.get("settings", {})
+    sweep_info = {k: v for k, v in {"space": spec.get("space"), "overrides": spec.get("overrides"),
+                                    "seed": s.get("seed"), "searcher": s.get("searcher"),
+                                    "scheduler": s.get("scheduler"), "num_samples": s.get("num_samples")}.items()
+                  if v is not None}
+    # What the sweep ran with (recorded when it started) beats what analyzes it now.
+    return {**provenance(**sweep_info), **spec.get("provenance", {}), "analyzed_with": provenance()["git_commit"]}
+
+
+
+def load_trials(path, metric=None, mode=None, at_epoch=None):
+    """(sweep, history, trials table, at_epoch) of a run directory; UsageError when it has no results."""
+    sweep = reader.load(path, metric, mode)
+    history = history_frame(sweep.records)
+    if history.empty or sweep.metric not in history:
+        raise UsageError(f"{sweep.path}: none of its {len(sweep.records)} trials has reported a result yet; "
+                         f"nothing to analyze")
+    depth = trend_tables.reached(history, sweep.metric)
+    deepest = int(depth.max()) if len(depth) else 0
+    if at_epoch is not None and not 1 <= at_epoch <= deepest:
+        raise UsageError(f"--at-epoch {at_epoch}: no trial reached that epoch (the deepest any trial reached "
+                         f"is {deepest})")
+    at_epoch = at_epoch or trend_tables.default_at_epoch(history, sweep.metric) or 1
+    return sweep, history, trials_frame(sweep.records, sweep.metric, sweep.mode, at_epoch=at_epoch), at_epoch
+
+
+
+def saved_options(path) -> dict:
+    """The choices the summary in ``<path>/summary`` was made with, read back from its files (selection rule,
+    equal-length epoch and k from topk.json, the pairs in pairs.csv, the grouped curves drawn), so that a new
+    analysis can repeat them; empty when there is no summary."""
+    summary = Path(path).expanduser() / "summary"
+    options = {}
+    if (summary / "topk.json").is_file():
+        saved = reader.read_json(summary / "topk.json", f"write it again with python -m tune_app.analyze {path}")
+        options = {"select": saved.get("selection_rule", "last"), "at_epoch": saved.get("at_epoch"),
+                   "top_k": saved.get("k", 5)}
+    if (summary / "pairs.csv").is_file():
+        pairs = pd.read_csv(summary / "pairs.csv")
+        if len(pairs):
+            options["pairs"] = list(dict.fromkeys(f"{a},{b}" for a, b in zip(pairs["first"], pairs["second"])))
+    drawn = sorted((summary / "plots").glob("curves_by_*.png"))
+    if drawn:
+        options["curves_by"] = [p.stem.removeprefix("curves_by_") for p in drawn]
+    return options
+
+
+
+def _other_endings(counts: dict) -> str:
+    """Trials ended by their own early stopping, out of memory or by --trial-timeout, said only where there are
+    any."""
+    said = (("early_stopped", "stopped by early stopping"), ("oom", "out of memory"), ("timeout", "timed out"),
+            ("interrupted", "interrupted (resume to finish them)"))
+    return "".join(f"{counts[key]} {text}, " for key, text in said if counts.get(key))
+
+
+
+def top_configs(path, k: int, flag: str) -> tuple[reader.Sweep, dict]:
+    """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
+    (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
+    Returns (sweep, topk payload). Raises UsageError (naming ``flag``, the command's) when there are fewer
+    than k eligible trials."""
+    if k < 1:
+        raise UsageError(f"{flag} {k}: must be at least 1")
+    options = saved_options(path)
+    rule, at_epoch = options.get("select", "last"), options.get("at_epoch")
+    sweep, _, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
+    if sweep.spec is None or sweep.space is None:
+        raise UsageError(f"{sweep.path} is not a tune_app sweep of a space this version knows (no "
+                         f"{SPEC_FILE} naming one), so its trainable is unknown")
+    top = top_k_payload(trials, sweep.metric, sweep.mode, rule, k)
+    if len(top["trials"]) < k:
+        counts = status_counts(trials)
+        raise UsageError(f"{flag} {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
+                         f"({counts['completed']} completed, {counts['stopped']} stopped early, "
+                         f"{_other_endings(counts)}{counts['diverged']} diverged, {counts['error']} failed); "
+                         f"ask for at most {len(top['trials'])}")
+    return sweep, top
+
+
+
+def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last", top_k=5,
+            curves_by=()) -> Analysis:
+    """Everything but the files: raises UsageError (one line) before anything is written."""
+    if select not in RULES:
+        raise UsageError(f"--select {select}: use one of {', '.join(RULES)}")
+    if top_k < 1:
+        raise UsageError(f"--top-configs {top_k}: must be at least 1")
+    sweep, history, trials, at_epoch = load_trials(path, metric, mode, at_epoch)
+    metric, mode = sweep.metric, sweep.mode
+    pair_names = parse_pairs(list(pairs), sweep.params)
+    curves_by = tuple(curves_by) or tuple(getattr(sweep.space.module, "CURVES_BY", ()) if sweep.space else ())
+    for name in curves_by:
+        if name not in sweep.params:
+            raise UsageError(f"--curves-by {name}: not a searched hyperparameter; searched: "
+                             f"{', '.join(sweep.params)}")
+    from tune_app.cost import estimate
+    from tune_app.rundir.layout import PLAN_FILE
+
+    plan_file = sweep.path / PLAN_FILE
+    if plan_file.is_file() and sweep.space is not None:  # estimates made before the sweep (--plan's probe)
+        trials = estimate.attach(trials, history, json.loads(plan_file.read_text()), sweep.space.trainable)
+    values = trend_tables.view_values(trials, history, metric, at_epoch)
+    trends = trend_tables.trends(trials, history, sweep.params, metric, mode, at_epoch, sweep.bins)
+    pair_tables = {(a, b): trend_tables.pair_table(trials, values["epoch"], a, b, sweep.bins) for a, b in pair_names}
+    study = trend_tables.build_study(trials, values["epoch"],
+                                 trend_tables.distributions(trials, sweep.params, sweep.ranges), mode)
+    prov = _provenance(sweep)
+    try:
+        best = best_config_payload(select_best(trials, metric, mode, select), trials, metric, mode, select, prov)
+    except ValueError:
+        best = plain({"config": None, "reason": _no_best_reason(trials, select, at_epoch), "metric": metric,
+                       "mode": mode, "selection_rule": select, "at_epoch": at_epoch,
+                       "trials": status_counts(trials), **prov})
+    result = Analysis(sweep=sweep, at_epoch=at_epoch, select=select, trials=trials, history=history, trends=trends,
+                      pairs=pair_tables, importance=trend_tables.importance(study), importance_trials=len(study.trials),
+                      best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
+                      retrain=_retrain_summary(sweep.path), curves_by=curves_by)
+    return result
+
+
+
+def _retrain_summary(path: Path) -> dict | None:
+    found = path / RETRAIN_DIR / "retrain.json"
+    try:
+        return json.loads(found.read_text()) if found.is_file() else None
+    except (OSError, json.JSONDecodeError) as e:
+        log.warning("%s is unreadable (%s); the report has no retrain section", found, e)
+        return None
+
+
+
+def _no_best_reason(trials: pd.DataFrame, select: str, at_epoch: int) -> str:
+    if select == "at-epoch" and trials["status"].isin(ELIGIBLE).any():
+        return f"no finished trial reached epoch {at_epoch}; use --select last or a smaller --at-epoch"
+    return NO_ELIGIBLE
