@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tune_app import report
 from tune_app.analyze.selection import best_config_payload, select_best, top_k_payload
+from tune_app.report import sweep as report_sections
 from tune_app.rundir.atomic import atomic_write
 from tune_app.rundir.tables import history_frame, trial_status, trials_frame
 
@@ -147,10 +147,10 @@ def test_payload_and_headline(records):
     by_best_epoch = best_config_payload(select_best(t, "val_acc", "max", "best-epoch"), t, "val_acc", "max",
                                         "best-epoch", {})
     assert by_best_epoch["trial_id"] == "a" and by_best_epoch["value"] == 0.92
-    assert report.headline(payload, "val_acc") == (
+    assert report_sections.headline(payload, "val_acc") == (
         "Best trial t_b (b), selected by last: val_acc 85.00 %; last epoch 85.00, best epoch 90.00 (epoch 2), "
         "at epoch 2 90.00")
-    assert ["widths", "[32, 64]"] in report.best_rows(payload)
+    assert ("widths", "[32, 64]") in report_sections.best_section(payload, "val_acc").items
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import sys
 import pandas as pd
 import yaml
 
-from tune_app import report
 from tune_app.analyze.build import Analysis
+from tune_app.report import documents
 from tune_app.rundir.atomic import atomic_write
 
 log = logging.getLogger("tune_app")
@@ -33,14 +33,14 @@ def write(a: Analysis, plots: bool = True) -> dict:
         "trials.parquet": lambda p: a.trials.to_parquet(p, index=False),
         "history.parquet": lambda p: a.history.to_parquet(p, index=False),
         "trends.csv": lambda p: a.trends.to_csv(p, index=False),
-        "trends.md": text(report.trends_markdown(a.trends, a.metric)),
+        "trends.md": text(documents.trends_markdown(a.trends, a.metric)),
         "pairs.csv": lambda p: pairs_csv.to_csv(p, index=False),
         "importance.csv": lambda p: a.importance.to_csv(p, index=False),
         "best_config.json": text(json.dumps(a.best, indent=2, allow_nan=False) + "\n"),
         "best_config.yaml": text(yaml.safe_dump(a.best, sort_keys=False, allow_unicode=True)),
         "topk.json": text(json.dumps(a.topk, indent=2, allow_nan=False) + "\n"),
-        "report.md": text(report.report_markdown(a)),
-        "report.html": text(report.report_html(a)),
+        "report.md": text(documents.report_markdown(a)),
+        "report.html": text(documents.report_html(a)),
     }
     a.paths = {name: atomic_write(out / name, w) for name, w in writers.items()}
     return a.paths
@@ -49,24 +49,7 @@ def write(a: Analysis, plots: bool = True) -> dict:
 
 def console_summary(a: Analysis) -> str:
     """What a sweep and ``tune_app.analyze`` print: best configuration, trends, importance."""
-    parts = [report.headline(a.best, a.metric)]
-    parts += [f"  {k}: {v}" for k, v in report.best_rows(a.best)]
-    # The completed-trials view is printed too when it differs (it does whenever early stopping cut trials).
-    by_view = {v: t.drop(columns="view").reset_index(drop=True) for v, t in a.trends.groupby("view", sort=False)}
-    same = a.view in by_view and "completed" in by_view and by_view[a.view].equals(by_view["completed"])
-    views = [a.view] if same else [a.view, "completed"]
-    parts += ["", report.trends_markdown(a.trends, a.metric, views=views).rstrip()]
-    if a.pairs:
-        parts += ["", report.pairs_markdown(a.pairs, a.metric, a.view).rstrip()]
-    if len(a.importance):
-        parts += ["", f"## Importance ({a.importance_trials} trials, {a.metric} at {a.view})", "",
-                  report.markdown_table(report.IMPORTANCE_HEAD, report.importance_rows(a.importance))]
-    if "est_epoch_s" in a.trials:
-        parts += ["", report.cost_line(a.trials)]
-    parts += ["", f"Summary: {a.sweep.path / 'summary'} ({len(a.trials)} trials); report: "
-                  f"{a.sweep.path / 'summary' / 'report.html'}"]
-    return "\n".join(parts)
-
+    return documents.sweep_console(a)
 
 
 def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | None) -> str | None:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tune_app.errors import OneLineParser, Renamed, UsageError, one_line
-from tune_app.report import retrain_console
+from tune_app.report.documents import retrain_console
 from tune_app.retrain import own
 from tune_app.retrain.files import model_payload, read_predict, refresh_report, write_files
 from tune_app.retrain.model import load_model

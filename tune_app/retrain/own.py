@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from tune_app.errors import UsageError
+from tune_app.report.documents import retrain_console
+from tune_app.retrain.results import mean_std
 from tune_app.rundir.layout import RETRAIN_DIR
 
 
@@ -41,15 +43,6 @@ def retrain_one(ref: str, code_paths: list[str], config: dict, data, cpus: float
     for i, h in enumerate(history, 1):
         h.setdefault("epoch", i)
     return {"seed": config.get("seed"), "history": history, "test": test, "seconds": seconds}
-
-
-def mean_std(values: list) -> dict:
-    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    mean = sum(finite) / len(finite)
-    std = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else None
-    return {"mean": mean, "std": std, "n": len(finite)}
 
 
 def run(plan) -> Path:
@@ -93,7 +86,7 @@ def run(plan) -> Path:
             ray.shutdown()
     summary = summarize(plan, metric, mode)
     out = write(plan.run_dir, summary)
-    print(console(summary))
+    print(retrain_console(summary))
     print(f"Retrain: {out / 'retrain.json'}")
     return out
 
@@ -133,20 +126,3 @@ def write(run_dir: Path, summary: dict) -> Path:
 
     return write_folder(Path(run_dir) / RETRAIN_DIR, lambda tmp: (tmp / "retrain.json").write_text(
         json.dumps(summary, indent=1, default=str) + "\n"))
-
-
-def console(summary: dict) -> str:
-    lines = [f"Retrain of {summary['sweep']} ({summary['trainable']}), {summary['metric']} ({summary['mode']}):"]
-    for c in summary["configs"]:
-        val = c["retrain_val"]
-        spread = f" ± {val['std']:.4g}" if val["std"] is not None else ""
-        tests = "; ".join(f"{k} {v['mean']:.4g}" + (f" ± {v['std']:.4g}" if v["std"] is not None else "")
-                          for k, v in c["test"].items())
-        shown = f"{val['mean']:.4g}{spread}" if val["mean"] is not None else "n/a"
-        lines.append(f"  #{c['rank']} {c['trial_name']}: {summary['metric']} {shown} over {len(c['seeds'])} seeds"
-                     + (f"; test: {tests}" if tests else "; no evaluate(state, data): no test metrics"))
-        if c["reproduction"]:
-            r = c["reproduction"]
-            lines.append(f"    seed {r['seed']} repeats the sweep's epoch {r['epoch']}: "
-                         f"{'identical' if r['identical'] else 'different'} ({r['sweep']} vs {r['retrain']})")
-    return "\n".join(lines)

@@ -10,13 +10,15 @@ import numpy as np
 
 from tune_app.retrain.model import MODEL_FILE
 from tune_app.retrain.plan import Candidate, Plan
+from tune_app.rundir.tables import number
 
 CONFUSED_PAIRS = 10  # most-confused (true, predicted) pairs listed
 
 
-def mean_std(values: list[float]) -> dict:
-    """Mean and sample standard deviation (n - 1; None for one value) over finite values."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+def mean_std(values: list) -> dict:
+    """Mean and sample standard deviation (n - 1; None for one value) over the finite numbers among ``values``
+    (None, NaN, text and booleans, which a user's evaluate may return, are left out)."""
+    finite = [x for v in values if (x := number(v)) is not None]  # number(): finite reals only
     if not finite:
         return {"mean": None, "std": None, "n": 0}
     return {"mean": statistics.fmean(finite), "std": statistics.stdev(finite) if len(finite) > 1 else None,

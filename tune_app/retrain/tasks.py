@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from tune_app.errors import UsageError
-from tune_app.report import fmt
+from tune_app.report.format import fmt
 from tune_app.retrain.plan import Plan
 
 

@@ -1,0 +1,200 @@
+"""A sweep's report as sections: the overview and cost, the best configuration, trend tables per view, pairwise
+tables, importances, the cost estimate against what was measured, the retrain and the plots. Built once from an
+``Analysis``; ``tune_app.report.render`` writes them as console text, report.md, trends.md and report.html."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from tune_app.report.blocks import Figure, Section, Table
+from tune_app.report.format import fmt, is_acc, rank
+from tune_app.report.retrain import retrain_section
+from tune_app.rundir.tables import missing, number
+
+TREND_HEAD = ("value", "completed", "stopped", "diverged", "failed", "n", "mean", "std", "95 % CI", "best",
+              "median rank")
+IMPORTANCE_HEAD = ("hyperparameter", "fANOVA", "PED-ANOVA")
+COST_HEAD = ("trial", "est. s/epoch", "measured s/epoch", "measured / est.", "est. peak MB", "measured peak MB")
+HELD = {frozenset({"gpu"}): "wall time x the GPUs each trial held",
+        frozenset({"cpu"}): "wall time x the CPUs each trial held; no GPUs",
+        frozenset({"gpu", "cpu"}): "wall time x the GPUs each trial held, or its CPUs where it held none"}
+NO_IMPORTANCE = "Not enough finished trials with varying hyperparameters to attribute importance."
+
+
+def _ci(row, metric) -> str:
+    if missing(row["ci95_low"]):
+        return "n/a"
+    return f"{fmt(row['ci95_low'], metric)} to {fmt(row['ci95_high'], metric)}"
+
+
+def trend_rows(group: pd.DataFrame, metric: str) -> list[list[str]]:
+    return [[str(r["value"]), str(r["completed"]), str(r["stopped"]), str(r["diverged"]), str(r["failed"]),
+             str(r["n"]), fmt(r["mean"], metric), fmt(r["std"], metric), _ci(r, metric), fmt(r["best"], metric),
+             rank(r["median_rank"])] for _, r in group.iterrows()]
+
+
+def view_caption(view: str, metric: str) -> str:
+    unit = " (%)" if is_acc(metric) else ""
+    if view.startswith("epoch"):
+        return (f"{metric}{unit} at {view}, every trial that reached it: equal training length, "
+                f"so early-stopped trials are compared fairly")
+    if view == "completed":
+        return f"{metric}{unit} at the last epoch, trials that ran their full length"
+    return (f"{metric}{unit} as last reported by every finished trial, whatever its length "
+            f"(biased by early stopping; shown for comparison)")
+
+
+def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = None) -> list[Section]:
+    """One section per view (the first shown, the others folded in HTML), one table per hyperparameter."""
+    sections = []
+    for view, by_view in trends.groupby("view", sort=False):
+        if views is not None and view not in views:
+            continue
+        tables = [Table(TREND_HEAD, trend_rows(group, metric), caption=str(p), title=f"{p} ({view})")
+                  for p, group in by_view.groupby("hyperparameter", sort=False)]
+        sections.append(Section(f"Trends: {view}", note=f"{view_caption(view, metric)}.", tables=tables,
+                                collapsed=bool(sections)))
+    return sections or [Section("Trends", paragraphs=["No trends: no searched hyperparameter values."])]
+
+
+def pair_matrix(pair: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]]:
+    """A pairwise table as a matrix: rows the first hyperparameter's values, columns the second's, cells
+    'mean (n)'."""
+    columns = list(dict.fromkeys(pair["b"].map(str)))
+    rows = []
+    for a, group in pair.groupby(pair["a"].map(str), sort=False):
+        cell = {str(r["b"]): f"{fmt(r['mean'], metric)} ({r['n']})" for _, r in group.iterrows()}
+        rows.append([a, *(cell.get(c, "") for c in columns)])
+    return columns, rows
+
+
+def pairs_section(pairs: dict, metric: str, view: str) -> Section:
+    tables = []
+    for (a, b), pair in pairs.items():
+        columns, rows = pair_matrix(pair, metric)
+        tables.append(Table([f"{a} \\ {b}", *columns], rows, caption=f"{a} x {b}: mean {metric} (trials), {view}",
+                            title=f"{a} x {b} ({view}; mean {metric}{' %' if is_acc(metric) else ''} (trials))"))
+    return Section("Pairwise tables", tables=tables)
+
+
+def importance_section(a, title: str = "Importance") -> Section:
+    """The importances; the table's caption says over what (unless the title does)."""
+    rows = [[r["hyperparameter"], f"{r['fanova']:.3f}", f"{r['ped_anova']:.3f}"] for _, r in a.importance.iterrows()]
+    caption = "" if title != "Importance" else f"over {a.importance_trials} trials, {a.metric} at {a.view}"
+    return Section(title, tables=[Table(IMPORTANCE_HEAD, rows, caption=caption)] if rows else [], empty=NO_IMPORTANCE)
+
+
+def headline(best: dict, metric: str) -> str:
+    if best.get("config") is None:
+        return f"No best trial: {best.get('reason', 'nothing selected')}"
+    return (f"Best trial {best['trial_name']} ({best['trial_id']}), selected by {best['selection_rule']}: "
+            f"{metric} {fmt(best['value'], metric)}{' %' if is_acc(metric) else ''}; "
+            f"last epoch {fmt(best['last_value'], metric)}, best epoch {fmt(best['best_epoch_value'], metric)} "
+            f"(epoch {best['best_epoch']}), at epoch {best['at_epoch']} {fmt(best['at_epoch_value'], metric)}")
+
+
+def best_section(best: dict, metric: str, title: str = "Best configuration") -> Section:
+    items = [] if best.get("config") is None else [(k, str(v)) for k, v in sorted(best["config"].items())]
+    return Section(title, paragraphs=[headline(best, metric)], items=items)
+
+
+def cost_rows(trials: pd.DataFrame) -> list[list[str]]:
+    """Estimated (before the sweep) against measured time per epoch and peak memory, per trial."""
+    rows = []
+    for _, r in trials.iterrows():
+        ratio = r["epoch_s"] / r["est_epoch_s"] if r["est_epoch_s"] > 0 else math.nan
+        rows.append([r["name"], f"{r['est_epoch_s']:.2f}", f"{r['epoch_s']:.2f}", f"{ratio:.2f}",
+                     f"{r['est_peak_mem_mb']:.0f}", f"{r['final_peak_mem_mb']:.0f}"])
+    return rows
+
+
+def cost_line(trials: pd.DataFrame) -> str:
+    ratio = (trials["epoch_s"] / trials["est_epoch_s"]).dropna()
+    mem = (trials["final_peak_mem_mb"] / trials["est_peak_mem_mb"]).dropna()
+    if ratio.empty:
+        return "Cost estimates: no trial matched the plan."
+    return (f"Cost estimates vs measured ({len(ratio)} trials): time per epoch measured/estimated median "
+            f"{ratio.median():.2f} (range {ratio.min():.2f} to {ratio.max():.2f}); peak memory median "
+            f"{mem.median():.2f}.")
+
+
+def ledger_line(trials: pd.DataFrame) -> str | None:
+    """The sweep's total cost from the trials' ledgers (rundir.tables.ledger): device-hours and CPU-hours; None
+    when no trial has either figure (a plain Ray Tune experiment)."""
+    if "device_s" not in trials or "cpu_s" not in trials:
+        return None
+    device, cpu = trials["device_s"].dropna(), trials["cpu_s"].dropna()
+    if device.empty and cpu.empty:
+        return None
+    of = lambda known: "" if len(known) == len(trials) else f"; {len(known)} of the {len(trials)} trials said"  # noqa: E731
+    held = HELD.get(frozenset(trials["device_kind"].dropna()), "wall time x the devices each trial held")
+    device_text = (f"{device.sum() / 3600:.3g} device-hours ({held}{of(device)})" if len(device)
+                   else "device-hours unknown (no trial says what it held)")
+    cpu_text = (f"{cpu.sum() / 3600:.3g} CPU-hours (process CPU time{of(cpu)})" if len(cpu)
+                else "CPU-hours unknown (no trial reported cpu_s)")
+    return f"Cost ledger over {len(trials)} trials: {device_text} and {cpu_text}."
+
+
+def budget_line(run_dir) -> str | None:
+    """What --budget-hours did (its budget.json in the run directory), or None without one."""
+    from tune_app.cost.budget import read_budget
+
+    budget = read_budget(run_dir)
+    if budget is None:
+        return None
+    hours = lambda key: f"{(number(budget.get(key)) or 0.0) / 3600:.3g}"  # noqa: E731
+    if budget.get("stopped_at"):
+        return (f"Stopped by --budget-hours {budget.get('hours'):g}: {hours('spent_s_at_stop')} device-hours were "
+                f"spent at {budget['stopped_at']}; no new trial started after that ({budget.get('trials_started')} "
+                f"started, {budget.get('running_at_stop')} running then finished, {budget.get('not_started')} "
+                f"queued never started); {hours('spent_s')} device-hours spent in all.")
+    return (f"--budget-hours {budget.get('hours'):g}: {hours('spent_s')} device-hours spent; the budget was not "
+            f"reached ({budget.get('trials_started')} trials started).")
+
+
+def cost_section(trials: pd.DataFrame) -> Section:
+    return Section("Cost: estimated before the sweep vs measured", paragraphs=[cost_line(trials)],
+                   tables=[Table(COST_HEAD, cost_rows(trials))])
+
+
+def plots_section(plots) -> Section:
+    config = {"displaylogo": False, "responsive": True}
+    return Section("Plots", figures=[Figure(p.title, p.png, link=f"plots/{p.png.name}",
+                                            html=p.figure.to_html(full_html=False, include_plotlyjs=False,
+                                                                  config=config)) for p in plots])
+
+
+def report_sections(a) -> tuple[str, list[str], list[Section]]:
+    """report.md's and report.html's (title, opening paragraphs, sections)."""
+    opening = [a.overview, *[line for line in (ledger_line(a.trials), budget_line(a.sweep.path)) if line]]
+    sections = [best_section(a.best, a.metric), *trend_sections(a.trends, a.metric)]
+    if a.pairs:
+        sections.append(pairs_section(a.pairs, a.metric, a.view))
+    sections.append(importance_section(a))
+    if "est_epoch_s" in a.trials:
+        sections.append(cost_section(a.trials))
+    if a.retrain is not None:
+        sections.append(retrain_section(a.retrain, a.sweep.path))
+    sections.append(plots_section(a.plots))
+    return f"Sweep report: {a.name}", opening, sections
+
+
+def console_sections(a) -> list[Section]:
+    """What a sweep and ``tune_app.analyze`` print: the best configuration, the trends at the equal-length epoch
+    (and over completed trials where that differs: whenever early stopping cut trials), pairs, importance."""
+    by_view = {v: t.drop(columns="view").reset_index(drop=True) for v, t in a.trends.groupby("view", sort=False)}
+    same = a.view in by_view and "completed" in by_view and by_view[a.view].equals(by_view["completed"])
+    sections = [best_section(a.best, a.metric, title=""),
+                *trend_sections(a.trends, a.metric, views=[a.view] if same else [a.view, "completed"])]
+    if a.pairs:
+        sections.append(pairs_section(a.pairs, a.metric, a.view))
+    if len(a.importance):
+        sections.append(importance_section(a, title=f"Importance ({a.importance_trials} trials, {a.metric} at "
+                                                    f"{a.view})"))
+    if "est_epoch_s" in a.trials:
+        sections.append(Section("", paragraphs=[cost_line(a.trials)]))
+    summary = a.sweep.path / "summary"
+    sections.append(Section("", paragraphs=[f"Summary: {summary} ({len(a.trials)} trials); report: "
+                                            f"{summary / 'report.html'}"]))
+    return sections
