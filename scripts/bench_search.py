@@ -28,8 +28,8 @@ Every sweep goes through tune_app's own command (``tune_app.search.main(argv)``)
 process, so Ray starts once; each writes into a temporary ``--storage-path`` and is read
 back from its ``summary/*.parquet``. Each sweep's console output goes to ``<storage>/logs/``.
 The command has no flags for ASHA's grace period and reduction factor (they come from the
-space's DEFAULTS), so for the length of each sweep this script sets them in the in-memory
-``search_spaces.digits.DEFAULTS``; the sweep's ``tune_app.json`` records what it ran with.
+space's SETTINGS), so for the length of each sweep this script sets them in the in-memory
+``search_spaces.digits.SETTINGS``; the sweep's ``tune_app.json`` records what it ran with.
 """
 from __future__ import annotations
 
@@ -75,12 +75,12 @@ def space_defaults(**settings):
     """ASHA's grace period and reduction factor for one sweep (the command takes no flag for them)."""
     import search_spaces.digits as digits
 
-    saved = digits.DEFAULTS
-    digits.DEFAULTS = {**saved, **settings}
+    saved = digits.SETTINGS
+    digits.SETTINGS = {**saved, **settings}
     try:
         yield
     finally:
-        digits.DEFAULTS = saved
+        digits.SETTINGS = saved
 
 
 def sweep(storage: Path, name: str, argv: list[str], defaults: dict) -> dict:

@@ -46,7 +46,7 @@ SPACE = {
     "ood_images": 1000,  # validation images corrupted per set
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "optuna",
     "scheduler": "asha",
     "num_samples": 40,

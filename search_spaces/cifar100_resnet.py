@@ -39,7 +39,7 @@ SPACE = {
     "color_jitter": 0.2,  # brightness/contrast/saturation in [0.8, 1.2]
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "grid",  # 2^5 = 32 trials, each once
     "scheduler": "fifo",  # early stopping is the trial's own
     "num_samples": 1,

@@ -34,7 +34,7 @@ SPACE = {
     "flip": True,
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "optuna",
     "scheduler": "asha",
     "num_samples": 111,

@@ -25,7 +25,7 @@ SPACE = {
     "crop_padding": 0,  # pixels; digits are centred, and flips would turn digits into others
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "optuna",
     "scheduler": "asha",
     "num_samples": 20,

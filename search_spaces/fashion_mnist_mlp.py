@@ -27,7 +27,7 @@ SPACE = {
     "loss": tune.choice(["cross_entropy", "mean_squared_error"]),  # study 3 compares the two
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "optuna",
     "scheduler": "asha",
     "num_samples": 60,

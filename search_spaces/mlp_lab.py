@@ -31,7 +31,7 @@ SPACE = {
     "loss": "cross_entropy",
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "random",
     "scheduler": "fifo",
     "num_samples": 24,

@@ -6,10 +6,10 @@ The same values as ``fashion_mnist_mlp``; study 3 allowed itself 3 configuration
 chosen from what Fashion-MNIST taught (``--num-samples 3``).
 """
 from search_spaces.fashion_mnist_mlp import CURVES_BY  # noqa: F401  (same comparison as on Fashion-MNIST)
-from search_spaces.fashion_mnist_mlp import DEFAULTS as FASHION_DEFAULTS
+from search_spaces.fashion_mnist_mlp import SETTINGS as FASHION_SETTINGS
 from search_spaces.fashion_mnist_mlp import SPACE as FASHION_SPACE
 
 TRAINABLE = "numpy_mlp"
 METRIC, MODE = "val_acc", "max"
 SPACE = {**FASHION_SPACE, "dataset": "mnist"}
-DEFAULTS = {**FASHION_DEFAULTS, "num_samples": 3}
+SETTINGS = {**FASHION_SETTINGS, "num_samples": 3}

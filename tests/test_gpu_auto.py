@@ -40,7 +40,7 @@ def test_fraction_is_the_measured_peak_plus_headroom_rounded_up_to_a_packing(pea
 def test_every_cost_relevant_combination_of_the_space_is_probed():
     space = load_space("digits")
     trainable = space.trainable
-    configs = gpu_share.cost_configs(trainable, space.space, seed=0)
+    configs = gpu_share.cost_configs(trainable, space.param_space, seed=0)
     assert sorted((c["batch_size"], c["batch_norm"]) for c in configs) == sorted(
         (b, n) for b in (32, 64, 128) for n in (True, False))
     keys = {estimate.cost_key(trainable, c) for c in configs}

@@ -35,7 +35,7 @@ SPACE = {
     "batch_size": 64,
     "epochs": 2,
 }
-DEFAULTS = {"searcher": "random", "scheduler": "fifo", "num_samples": 2, "cpus_per_trial": 1}
+SETTINGS = {"searcher": "random", "scheduler": "fifo", "num_samples": 2, "cpus_per_trial": 1}
 '''
 
 FIT_SPACE = '''
@@ -46,7 +46,7 @@ from sklearn.datasets import load_digits
 TRAINABLE = "own_fit:fit"
 METRIC, MODE = "acc", "max"
 SPACE = {"lr": tune.loguniform(0.05, 1.0), "epochs": 4}
-DEFAULTS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}
+SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}
 
 
 def load_data():
@@ -265,7 +265,7 @@ BAD_SPACES = {
 def model_space(**entries) -> str:
     space = {"dataset": "imagefolder:digits_png", "epochs": 1, "batch_size": 64, **entries}
     return (f"TRAINABLE = 'image_classifier'\nMETRIC, MODE = 'val_acc', 'max'\nSPACE = {space!r}\n"
-            f"DEFAULTS = {{'searcher': 'random', 'scheduler': 'fifo', 'num_samples': 1}}\n")
+            f"SETTINGS = {{'searcher': 'random', 'scheduler': 'fifo', 'num_samples': 1}}\n")
 
 
 BAD_MODELS = {
@@ -397,14 +397,14 @@ def test_two_projects_with_a_models_module_of_the_same_name_each_get_their_own(t
     finally:
         for name in ("space", "models"):
             sys.modules.pop(name, None)
-    assert first.space["model"] == "models:OnlyInA" and second.space["model"] == "models:OnlyInB"
+    assert first.param_space["model"] == "models:OnlyInA" and second.param_space["model"] == "models:OnlyInB"
     assert second.code == {"working_dir": str(tmp_path / "b"), "py_modules": []}
 
 
 def test_a_space_without_defaults_runs_with_tune_apps_own(in_project, tmp_path):
     from tune_app.settings import SweepSettings
 
-    defaults = 'DEFAULTS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}\n'
+    defaults = 'SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 0.5}\n'
     assert defaults in FIT_SPACE
     (in_project / "bare_space.py").write_text(FIT_SPACE.replace(defaults, ""))
     spec = search.spec_of(SweepSettings.from_kwargs("./bare_space.py", storage_path=str(tmp_path)))

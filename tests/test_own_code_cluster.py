@@ -38,7 +38,7 @@ SPACE = {
     "batch_size": 64,
     "epochs": 3,
 }
-DEFAULTS = {"searcher": "random", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 1}
+SETTINGS = {"searcher": "random", "scheduler": "fifo", "num_samples": 3, "cpus_per_trial": 1}
 """
 
 FIT_SPACE_PY = """
@@ -49,7 +49,7 @@ from sklearn.datasets import load_digits
 TRAINABLE = "shipped_fit:fit"
 METRIC, MODE = "acc", "max"
 SPACE = {"lr": tune.loguniform(1e-2, 1.0), "epochs": 3}
-DEFAULTS = {"searcher": "optuna", "scheduler": "asha", "num_samples": 4, "cpus_per_trial": 1}
+SETTINGS = {"searcher": "optuna", "scheduler": "asha", "num_samples": 4, "cpus_per_trial": 1}
 
 
 def load_data():

@@ -3,7 +3,7 @@
 ``python -m tune_app.search --num-samples 20 --set lr=0.001`` and
 ``tune_app.sweep(space, num_samples=20, set={"lr": 0.001})`` both become one ``SweepSettings``;
 ``tune_app.json`` keeps it (``"options"``) next to the settings the sweep resolved from it and the
-space's DEFAULTS (``"settings"``). ``None`` means "the space's DEFAULTS, else tune_app's default".
+space's SETTINGS (``"settings"``). ``None`` means "the space's SETTINGS, else tune_app's default".
 """
 from __future__ import annotations
 

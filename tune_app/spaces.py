@@ -3,6 +3,7 @@ against the keys its trainable knows, before Ray starts."""
 from __future__ import annotations
 
 import pkgutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -19,7 +20,8 @@ from tune_app.errors import UsageError
 from tune_app.trainable import LoadedTrainable
 from tune_app.trainable import load as load_trainable
 
-DEFAULT_KEYS = {
+# A space's SETTINGS: the sweep settings it suggests (the command line's flags win), by name and type.
+SETTING_KEYS = {
     "searcher": str, "scheduler": str, "num_samples": int, "max_epochs": int,
     "cpus_per_trial": float, "gpus_per_trial": float, "max_concurrent": int,
     "grace_period": int,  # epochs a trial runs before a scheduler may stop it
@@ -43,8 +45,8 @@ class Space:
     trainable: LoadedTrainable
     metric: str
     mode: str
-    space: dict
-    defaults: dict
+    param_space: dict  # key -> value or Ray Tune domain, after --set
+    settings: dict  # the space's SETTINGS
     overrides: dict = field(default_factory=dict)
     ref: str = ""
     code: dict = field(default_factory=dict)
@@ -52,7 +54,7 @@ class Space:
     @property
     def searched(self) -> list[str]:
         """The keys the sweep varies, in the space's order."""
-        return [k for k, v in self.space.items() if is_searched(v)]
+        return [k for k, v in self.param_space.items() if is_searched(v)]
 
     @property
     def load_data(self):
@@ -62,7 +64,7 @@ class Space:
     def constant(self, key: str):
         """A fixed entry, or the trainable's default where the space sets none."""
         params = self.trainable.PARAMS or {}
-        return self.space.get(key, params[key].default if key in params else None)
+        return self.param_space.get(key, params[key].default if key in params else None)
 
 
 def list_spaces() -> list[str]:
@@ -78,7 +80,7 @@ def is_searched(value) -> bool:
     return isinstance(value, Domain) or is_grid(value)
 
 
-REQUIRED = ("TRAINABLE", "METRIC", "MODE", "SPACE")  # DEFAULTS is optional
+REQUIRED = ("TRAINABLE", "METRIC", "MODE", "SPACE")  # SETTINGS is optional
 
 
 def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> Space:
@@ -97,7 +99,7 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:
         raise UsageError(f"{where} is not a space: it has no {', '.join(missing)} (a space module defines TRAINABLE, "
-                         f"METRIC, MODE, SPACE and optionally DEFAULTS; see docs/own-code.md)")
+                         f"METRIC, MODE, SPACE and optionally SETTINGS; see docs/own-code.md)")
     if not isinstance(module.SPACE, dict):
         raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains")
     trainable = load_trainable(module.TRAINABLE, where)
@@ -123,15 +125,26 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
         trainable.check_space({key: domain_values(value) for key, value in space.items()})
     except ValueError as e:  # checks across keys, e.g. weights file x model, a model of the user's
         raise UsageError(f"{where}: {e}") from None
-    defaults = dict(getattr(module, "DEFAULTS", {}) or {})
-    for key in defaults:
-        if key not in DEFAULT_KEYS:
-            raise UsageError(f"{where}: unknown DEFAULTS key {key!r}; known: {', '.join(DEFAULT_KEYS)}")
+    settings = dict(_settings_of(module, where) or {})
+    for key in settings:
+        if key not in SETTING_KEYS:
+            raise UsageError(f"{where}: unknown SETTINGS key {key!r}; known: {', '.join(SETTING_KEYS)}")
     refs = [trainable.ref, *(v for value in space.values() for v in domain_values(value)
                              if is_ref(v))]
     shipped = code if code is not None else usercode.code_to_ship(root, refs)
-    return Space(name, module, trainable, module.METRIC, module.MODE, space, defaults, dict(overrides or {}),
+    return Space(name, module, trainable, module.METRIC, module.MODE, space, settings, dict(overrides or {}),
                  recorded, shipped)
+
+
+def _settings_of(module, where: str):
+    """A space's SETTINGS; DEFAULTS, their name before this release, still works, with a note."""
+    if hasattr(module, "DEFAULTS"):
+        if hasattr(module, "SETTINGS"):
+            raise UsageError(f"{where}: both SETTINGS and DEFAULTS; keep SETTINGS (DEFAULTS is its old name)")
+        print(f"tune_app: note: {where}: DEFAULTS is now SETTINGS; the old name goes in a later release",
+              file=sys.stderr)
+        return module.DEFAULTS
+    return getattr(module, "SETTINGS", None)
 
 
 def known_key(key: str, params: dict) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tune_app.errors import UsageError, first_line
 
 
-def load_data(space, s: dict, workdir: str | None = None):
+def load_data(space, settings: dict, workdir: str | None = None):
     """The driver reads (or downloads) the dataset once; trials get it from the object store. A trainable of
     the user's gets what its space's ``load_data()`` returns (an ``OwnData``), or None without one.
     ``workdir``: where the sweep was started (relative dataset paths are relative to it)."""
@@ -14,7 +14,7 @@ def load_data(space, s: dict, workdir: str | None = None):
     from trainables.data import DataError, prepare
 
     try:
-        return prepare(space.constant("dataset"), s["data_dir"], val_fraction=space.constant("val_fraction"),
+        return prepare(space.constant("dataset"), settings["data_dir"], val_fraction=space.constant("val_fraction"),
                        split_seed=space.constant("split_seed"), image_size=space.constant("image_size") or 0,
                        base_dir=workdir)
     except DataError as e:
@@ -49,6 +49,6 @@ def check_models(space, dataset) -> None:
     from tune_app.spaces import domain_values
 
     try:
-        check({key: domain_values(value) for key, value in space.space.items()}, dataset.sweep_view())
+        check({key: domain_values(value) for key, value in space.param_space.items()}, dataset.sweep_view())
     except ValueError as e:
         raise UsageError(f"space {space.ref!r}: {e}") from None

@@ -27,7 +27,7 @@ def read_test_images(folder: Path, classes: list[str]):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-samples", type=int, help="trials (default: the space's DEFAULTS, 8)")
+    parser.add_argument("--num-samples", type=int, help="trials (default: the space's SETTINGS, 8)")
     parser.add_argument("--epochs", type=int, help="epochs per trial (default: the space's, 10)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds of the retrain (default 2)")
     parser.add_argument("--wandb-mode", choices=("online", "offline", "disabled"), default="disabled")

@@ -26,7 +26,7 @@ SPACE = {
     "crop_padding": 1,  # a random shift of up to a pixel; no flips (a flipped digit is another digit)
 }
 
-DEFAULTS = {
+SETTINGS = {
     "searcher": "optuna",
     "scheduler": "asha",
     "num_samples": 8,

@@ -55,8 +55,8 @@ class Analysis:
     def overview(self) -> str:
         c = status_counts(self.trials)
         spec = self.sweep.spec or {}
-        s = spec.get("settings", {})
-        how = (f"space {spec.get('space')}, {s.get('searcher')} + {s.get('scheduler')}; " if spec
+        settings = spec.get("settings", {})
+        how = (f"space {spec.get('space')}, {settings.get('searcher')} + {settings.get('scheduler')}; " if spec
                else "a Ray Tune experiment; ")
         return (f"{how}{c['total']} trials: {c['completed']} completed, {c['stopped']} stopped early, "
                 f"{_other_endings(c)}{c['diverged']} diverged, {c['error']} failed. Metric {self.metric} "
@@ -84,11 +84,10 @@ def _provenance(sweep: reader.Sweep) -> dict:
     from tune_app.integrations.provenance import provenance
 
     spec = sweep.spec or {}
-    s = spec.get("settings", {})
-    sweep_info = {k: v for k, v in {"space": spec.get("space"), "overrides": spec.get("overrides"),
-                                    "seed": s.get("seed"), "searcher": s.get("searcher"),
-                                    "scheduler": s.get("scheduler"), "num_samples": s.get("num_samples")}.items()
-                  if v is not None}
+    settings = spec.get("settings", {})
+    recorded = {"space": spec.get("space"), "overrides": spec.get("overrides"),
+                **{k: settings.get(k) for k in ("seed", "searcher", "scheduler", "num_samples")}}
+    sweep_info = {k: v for k, v in recorded.items() if v is not None}
     # What the sweep ran with (recorded when it started) beats what analyzes it now.
     return {**provenance(**sweep_info), **spec.get("provenance", {}), "analyzed_with": provenance()["git_commit"]}
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from tune_app.errors import UsageError, first_line
 
 
-def check_resources(cluster: dict, s: dict) -> None:
+def check_resources(cluster: dict, settings: dict) -> None:
     """A trial that asks for more than the whole cluster has would wait forever: refuse it."""
     for flag, key in (("--cpus-per-trial", "CPU"), ("--gpus-per-trial", "GPU")):
-        wanted = s[f"{key.lower()}s_per_trial"]
+        wanted = settings[f"{key.lower()}s_per_trial"]
         if wanted != "auto" and wanted > cluster.get(key, 0):
             raise UsageError(f"{flag} {wanted:g}: the Ray cluster has {cluster.get(key, 0):g} {key}s in all; "
                              f"ask for at most that, or join a bigger cluster with --address")
@@ -45,7 +45,7 @@ def check_reachable(address: str, given: str) -> None:
                          f"check the host and port") from None
 
 
-def join_ray(s: dict, code: dict | None = None) -> bool:
+def join_ray(settings: dict, code: dict | None = None) -> bool:
     """Start or join Ray; ``code`` (tune_app.usercode.code_to_ship) goes to every worker through the runtime_env.
     A Ray the caller started already cannot take one: workers on this machine import the code from its folders
     (see ray_adapter)."""
@@ -58,16 +58,16 @@ def join_ray(s: dict, code: dict | None = None) -> bool:
     if started:
         # With no address Ray would join whatever cluster last ran on this machine; tune_app starts its own
         # unless told otherwise (--address, or RAY_ADDRESS as cluster launchers set it).
-        address = s["address"] or os.environ.get("RAY_ADDRESS") or "local"
-        check_reachable(address, "--address" if s["address"] else "RAY_ADDRESS")
+        address = settings["address"] or os.environ.get("RAY_ADDRESS") or "local"
+        check_reachable(address, "--address" if settings["address"] else "RAY_ADDRESS")
         try:
             ray.init(address=address, log_to_driver=False, include_dashboard=False,
                      logging_level=logging.WARNING, configure_logging=True, runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            given = f"--address {address}" if s["address"] else f"RAY_ADDRESS={address}"
+            given = f"--address {address}" if settings["address"] else f"RAY_ADDRESS={address}"
             raise UsageError(f"{given}: cannot join that Ray cluster ({first_line(e)}); "
                              f"start one with 'ray start --head' or leave --address out") from None
-    check_resources(ray.cluster_resources(), s)
+    check_resources(ray.cluster_resources(), settings)
     if started:
         from tune_app.cluster.ray_private import version_warning
 

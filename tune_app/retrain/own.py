@@ -58,15 +58,15 @@ def run(plan) -> Path:
     metric, mode = plan.sweep.metric, plan.sweep.mode
     started = join_ray(plan.settings, spec.get("code"))
     try:
-        s = plan.settings
-        gpus = 0.0 if s["gpus_per_trial"] == "auto" else s["gpus_per_trial"]
-        task = ray.remote(num_cpus=s["cpus_per_trial"], num_gpus=gpus, max_calls=1)(retrain_one)
+        settings = plan.settings
+        gpus = 0.0 if settings["gpus_per_trial"] == "auto" else settings["gpus_per_trial"]
+        task = ray.remote(num_cpus=settings["cpus_per_trial"], num_gpus=gpus, max_calls=1)(retrain_one)
         data_ref = ray.put(data)
         runs = sum(len(c.seeds) for c in plan.candidates)
         print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
               f"{len(plan.candidates[0].seeds)} seeds = {runs} runs of {plan.trainable.name}", flush=True)
         pending = {task.remote(plan.trainable.ref, local_paths(spec.get("code")), {**c.config, "seed": seed},
-                               data_ref, s["cpus_per_trial"]): c for c in plan.candidates for seed in c.seeds}
+                               data_ref, settings["cpus_per_trial"]): c for c in plan.candidates for seed in c.seeds}
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             candidate = pending.pop(ref)

@@ -40,7 +40,7 @@ class Plan:
 def parse_seeds(args, own_seed: int) -> list[int]:
     if args.seed_list is not None:
         try:
-            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+            seeds = [int(settings) for settings in args.seed_list.split(",") if settings.strip()]
         except ValueError:
             raise UsageError(f"--seed-list {args.seed_list}: give whole numbers separated by commas, "
                              f"e.g. --seed-list 1,2,3") from None
@@ -90,12 +90,12 @@ def make_plan(args) -> Plan:
                                             "status")}
         candidates.append(Candidate(entry["rank"], entry["trial_id"], entry["trial_name"], search, config,
                                     parse_seeds(args, own_seed), own_seed, own_epochs))
-    s = dict(sweep.spec["settings"])
+    settings = dict(sweep.spec["settings"])
     for key in ("address", "cpus_per_trial", "gpus_per_trial", "wandb_mode", "wandb_project", "wandb_entity"):
         if getattr(args, key) is not None:
-            s[key] = getattr(args, key)
+            settings[key] = getattr(args, key)
     if args.data_dir is not None:
-        s["data_dir"] = str(Path(args.data_dir).resolve())
+        settings["data_dir"] = str(Path(args.data_dir).resolve())
     if not trainable.builtin:
         for flag in ("predict", "corruptions", "corruption_dir", "evaluate"):
             if getattr(args, flag) is not None:
@@ -104,7 +104,7 @@ def make_plan(args) -> Plan:
         if args.train_on != "train":
             raise UsageError(f"--train-on {args.train_on}: tune_app cannot merge the splits of your own "
                              f"load_data(); train on what it returns")
-    return Plan(sweep.path, sweep, trainable, s, candidates, args.epochs, args.train_on, top["selection_rule"],
+    return Plan(sweep.path, sweep, trainable, settings, candidates, args.epochs, args.train_on, top["selection_rule"],
                 ood_plan(args, sweep.metric, candidates[0].config) if trainable.builtin else None, args.predict)
 
 

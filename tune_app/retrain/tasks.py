@@ -35,7 +35,7 @@ def check_ood(plan: Plan, dataset) -> None:
 
     try:
         corruptions.load_cifar_c(plan.ood["source"], plan.ood["names"],
-                                 [s for s in plan.ood["severities"] if s > 0], len(dataset.y_test))
+                                 [settings for settings in plan.ood["severities"] if settings > 0], len(dataset.y_test))
     except (DataError, ValueError) as e:
         raise UsageError(f"--corruption-dir: {e}") from None
 
@@ -110,12 +110,12 @@ def run_all(plan: Plan, dataset) -> None:
 
     from tune_app.usercode import local_paths
 
-    s = plan.settings
-    gpus = s["gpus_per_trial"]
+    settings = plan.settings
+    gpus = settings["gpus_per_trial"]
     if gpus == "auto":  # the sweep packed trials by measured memory; a retrain run gets a GPU to itself
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     # A fresh worker per run (max_calls=1) frees its GPU memory; SPREAD puts seeds on different nodes.
-    task = ray.remote(num_cpus=s["cpus_per_trial"], num_gpus=gpus, max_calls=1,
+    task = ray.remote(num_cpus=settings["cpus_per_trial"], num_gpus=gpus, max_calls=1,
                       scheduling_strategy="SPREAD")(retrain_one)
     data_ref = ray.put(training_view(dataset, plan.train_on))
     test_x, test_y = ray.put(dataset.x_test), ray.put(dataset.y_test)
@@ -123,7 +123,7 @@ def run_all(plan: Plan, dataset) -> None:
     for c in plan.candidates:
         for seed in c.seeds:
             ref = task.remote(plan.trainable.module.__name__, {**c.config, "seed": seed}, data_ref, test_x, test_y,
-                              s["cpus_per_trial"], plan.ood, local_paths(plan.sweep.spec.get("code")))
+                              settings["cpus_per_trial"], plan.ood, local_paths(plan.sweep.spec.get("code")))
             pending[ref] = c
     total = len(pending)
     while pending:

@@ -13,8 +13,8 @@ def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
     A W&B failure is a warning: the files on disk are complete without it."""
     from tune_app.integrations.wandb_runs import resolve_mode
 
-    s = plan.settings
-    mode = resolve_mode(s.get("wandb_mode"))
+    settings = plan.settings
+    mode = resolve_mode(settings.get("wandb_mode"))
     if mode == "disabled":
         return
     try:
@@ -25,7 +25,7 @@ def log_wandb(plan: Plan, summary: dict, out: Path) -> None:
         for cfg in summary["configs"]:
             for seed_run in cfg["runs"]:
                 kept = cfg["rank"] == summary["model"]["rank"] and seed_run["seed"] == summary["model"]["seed"]
-                run = start_run(mode, project=s.get("wandb_project"), entity=s.get("wandb_entity"),
+                run = start_run(mode, project=settings.get("wandb_project"), entity=settings.get("wandb_entity"),
                                 group=plan.sweep.name, job_type="retrain", dir=str(plan.run_dir),
                                 name=f"{cfg['trial_name']}-retrain-seed{seed_run['seed']}",
                                 config={**cfg["config"], "seed": seed_run["seed"], "rank": cfg["rank"],

@@ -29,10 +29,10 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--plan", action="store_true",
                    help="print each configuration's parameters, estimated memory and time (measured by a short "
                         "probe) and the total, then exit without training")
-    p.add_argument("--searcher", choices=SEARCHERS.names(), help="default: the space's DEFAULTS, else optuna")
-    p.add_argument("--scheduler", choices=SCHEDULERS.names(), help="default: the space's DEFAULTS, else fifo")
+    p.add_argument("--searcher", choices=SEARCHERS.names(), help="default: the space's SETTINGS, else optuna")
+    p.add_argument("--scheduler", choices=SCHEDULERS.names(), help="default: the space's SETTINGS, else fifo")
     p.add_argument("--num-samples", type=int,
-                   help="trials to run (grid: repeats of the grid); default: the space's DEFAULTS, else 10")
+                   help="trials to run (grid: repeats of the grid); default: the space's SETTINGS, else 10")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=gpus_arg,

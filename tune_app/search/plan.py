@@ -1,4 +1,4 @@
-"""A sweep's spec, checked before Ray starts: settings from the command line, the space's DEFAULTS and the
+"""A sweep's spec, checked before Ray starts: settings from the command line, the space's SETTINGS and the
 fallbacks; the run directory; --resume's saved spec; --from-run's configurations. What tune_app.json keeps."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from tune_app.errors import UsageError
 from tune_app.rundir.layout import SPEC_FILE
 from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 from tune_app.settings import SweepSettings
-from tune_app.spaces import DEFAULT_KEYS, is_grid, list_spaces
+from tune_app.spaces import SETTING_KEYS, is_grid, list_spaces
 from tune_app.usercode import is_path
 
-SETTING_FLAGS = tuple(DEFAULT_KEYS)
-# What a space's DEFAULTS may leave out (max_epochs falls back to the space's largest epochs).
+SETTING_FLAGS = tuple(SETTING_KEYS)
+# What a space's SETTINGS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
                      "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0}
@@ -24,10 +24,10 @@ TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
 
-def check_settings(s: dict) -> None:
+def check_settings(settings: dict) -> None:
     for key, registry in (("searcher", SEARCHERS), ("scheduler", SCHEDULERS)):
-        if s.get(key) not in registry:
-            raise UsageError(f"{key} {s.get(key)!r}: choose one of {', '.join(registry.names())}")
+        if settings.get(key) not in registry:
+            raise UsageError(f"{key} {settings.get(key)!r}: choose one of {', '.join(registry.names())}")
     rules = {
         "num_samples": (1, "at least 1"), "max_epochs": (1, "at least 1"), "grace_period": (1, "at least 1"),
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
@@ -36,14 +36,14 @@ def check_settings(s: dict) -> None:
         "budget_hours": (0, "0 (no budget) or more"),
     }
     for key, (low, text) in rules.items():
-        value = s.get(key)
+        value = settings.get(key)
         if key == "gpus_per_trial" and value == "auto":
             continue
         if value is not None and not math.isfinite(value):
             raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be a finite number, {text}")
         if value is not None and value < low:
             raise UsageError(f"--{key.replace('_', '-')} {value:g}: must be {text}")
-    gpus = s["gpus_per_trial"]
+    gpus = settings["gpus_per_trial"]
     if gpus != "auto" and gpus > 1 and gpus != int(gpus):
         raise UsageError(f"--gpus-per-trial {gpus:g}: use a fraction up to 1 or a whole number of GPUs")
 
@@ -92,8 +92,8 @@ def check_against_space(space, args: SweepSettings) -> None:
     if "val_fraction" in params and space.metric.startswith("val_") and space.constant("val_fraction") == 0:
         raise UsageError(f"val_fraction=0 leaves no validation split, and the space ranks by {space.metric}: give "
                          f"val_fraction > 0 (the default is {params['val_fraction'].default:g})")
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else space.defaults.get("gpus_per_trial", 0)
-    if "device" in params and "cuda" in domain_values(space.space.get("device", "auto")) and gpus == 0:
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else space.settings.get("gpus_per_trial", 0)
+    if "device" in params and "cuda" in domain_values(space.param_space.get("device", "auto")) and gpus == 0:
         raise UsageError("device=cuda needs a GPU per trial: give --gpus-per-trial (a fraction such as 0.25, or "
                          "auto), or device=auto")
 
@@ -145,10 +145,10 @@ def plan_new(args: SweepSettings) -> dict:
         raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
     space = load_space(args.space, args.set)
     check_against_space(space, args)
-    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.defaults}
+    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.settings}
     if space.trainable.COST_KEYS is None:
         probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", args.gpus_per_trial == "auto"),
-                                        ("estimate_cost", space.defaults.get("estimate_cost"))) if on]
+                                        ("estimate_cost", space.settings.get("estimate_cost"))) if on]
         if probes:
             raise UsageError(f"{probes[0]} probes the built-in trainers' cost keys; trainable {space.trainable.name} "
                              f"has none: give --gpus-per-trial a number")
@@ -215,14 +215,14 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
         point = {}
         for key in space.searched:
             try:
-                point[key] = point_value(space.space[key], config[key])
+                point[key] = point_value(space.param_space[key], config[key])
             except ValueError as e:
                 takes, widened = e.args
                 raise UsageError(f"--from-run {from_run}: trial {trial['trial_name']} ({trial['trial_id']}) has "
                                  f"{key}={config[key]}, which space {space.name} cannot take ({takes}); widen it "
                                  f"with --set {key}=[{','.join(map(str, widened))}]") from None
         points.append(point)
-    check(settings, space.space, points)
+    check(settings, space.param_space, points)
     return {"from_run": str(sweep.path), "top_k": k, "from_trials": [t["trial_id"] for t in top["trials"]],
             "points": points}
 
@@ -231,7 +231,7 @@ def max_epochs_of(space) -> int:
     from tune_app.spaces import domain_values
 
     epochs = space.constant("epochs")
-    if epochs is None:  # a trainable of the user's without an epochs key: its DEFAULTS' max_epochs, else this
+    if epochs is None:  # a trainable of the user's without an epochs key: its SETTINGS' max_epochs, else this
         return USER_MAX_EPOCHS
     return int(max(domain_values(epochs)))
 

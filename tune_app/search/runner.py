@@ -17,34 +17,34 @@ from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.usercode import local_paths
 
 
-def plan_table(space, config: dict, s: dict, dataset, points=()) -> tuple[list[dict], str]:
+def plan_table(space, config: dict, settings: dict, dataset, points=()) -> tuple[list[dict], str]:
     """Estimated cost of every configuration (see tune_app.cost.estimate), and the table that shows it."""
     import ray
 
     from tune_app.cost import estimate
     from tune_app.search import algorithms
 
-    param_space = algorithms.grid_space(config) if s["searcher"] == "grid" else config
+    param_space = algorithms.grid_space(config) if settings["searcher"] == "grid" else config
     points = [{**config, **p} for p in points]  # --from-run's configurations come first
-    configs = points + estimate.configurations(param_space, s["num_samples"] - len(points), s["seed"])
+    configs = points + estimate.configurations(param_space, settings["num_samples"] - len(points), settings["seed"])
     trainable = space.trainable
     configs = [trainable_config(trainable, c) for c in configs]
     cluster = ray.cluster_resources()
-    concurrency = min(cluster.get("CPU", 1) / s["cpus_per_trial"],
-                      cluster.get("GPU", 0) / s["gpus_per_trial"] if s["gpus_per_trial"] else math.inf,
-                      s.get("max_concurrent") or math.inf)
+    concurrency = min(cluster.get("CPU", 1) / settings["cpus_per_trial"],
+                      cluster.get("GPU", 0) / settings["gpus_per_trial"] if settings["gpus_per_trial"] else math.inf,
+                      settings.get("max_concurrent") or math.inf)
     concurrency = max(1, math.floor(concurrency))
     print(f"tune_app: probing {len({estimate.cost_key(trainable, c) for c in configs})} distinct configurations "
           f"({estimate.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
           f"{len(configs)} trials...", flush=True)
     probes = estimate.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
-                            dataset.x_train.nbytes, s["cpus_per_trial"], s["gpus_per_trial"], concurrency,
+                            dataset.x_train.nbytes, settings["cpus_per_trial"], settings["gpus_per_trial"], concurrency,
                             local_paths(space.code))
     rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train))
     return rows, estimate.table(rows, concurrency)
 
 
-def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
+def auto_gpus(space, config: dict, settings: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
     """--gpus-per-trial auto: CPU trials on a cluster without GPUs; else every cost-relevant configuration is
     probed alone on a GPU (see gpu_share.gpu_plan) and each trial asks for its own configuration's fraction. The
     plan is kept in the run directory, so a resumed sweep asks for the same fractions without probing again.
@@ -55,27 +55,27 @@ def auto_gpus(space, config: dict, s: dict, dataset, run_dir: Path, resume: bool
     from tune_app.rundir.layout import GPU_PLAN_FILE
     from tune_app.search import algorithms
 
-    s = dict(s)
+    settings = dict(settings)
     if not ray.cluster_resources().get("GPU", 0):
         print("tune_app: --gpus-per-trial auto: the Ray cluster has no GPU; trials run on CPUs", flush=True)
-        s["gpus_per_trial"] = 0.0
-        return {"cpu": s["cpus_per_trial"], "gpu": 0}, s
+        settings["gpus_per_trial"] = 0.0
+        return {"cpu": settings["cpus_per_trial"], "gpu": 0}, settings
     saved = run_dir / GPU_PLAN_FILE
     if resume and saved.is_file():
         gpu_plan = json.loads(saved.read_text())
     else:
-        param_space = algorithms.grid_space(config) if s["searcher"] == "grid" else config
+        param_space = algorithms.grid_space(config) if settings["searcher"] == "grid" else config
         print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
-        gpu_plan = gpu_share.gpu_plan(space.trainable, param_space, s["seed"], ray.put(dataset.sweep_view()),
-                                 len(dataset.y_train), dataset.x_train.nbytes, s["cpus_per_trial"],
+        gpu_plan = gpu_share.gpu_plan(space.trainable, param_space, settings["seed"], ray.put(dataset.sweep_view()),
+                                 len(dataset.y_train), dataset.x_train.nbytes, settings["cpus_per_trial"],
                                  local_paths(space.code))
         if not plan_only:
             run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(gpu_plan, indent=1))
     print(gpu_share.gpu_table(gpu_plan), flush=True)
-    s["gpus_per_trial"] = max(r["fraction"] for r in gpu_plan["rows"])
-    s["gpus_shown"] = s["gpus_per_trial"]
-    return gpu_share.gpu_resources(space.trainable, gpu_plan, s["cpus_per_trial"]), s
+    settings["gpus_per_trial"] = max(r["fraction"] for r in gpu_plan["rows"])
+    settings["gpus_shown"] = settings["gpus_per_trial"]
+    return gpu_share.gpu_resources(space.trainable, gpu_plan, settings["cpus_per_trial"]), settings
 
 
 def trainable_config(trainable, config: dict) -> dict:
@@ -102,21 +102,21 @@ def run(spec: dict, resume: bool) -> int:
     from tune_app.search import algorithms
     from tune_app.spaces import load_space
 
-    s = spec["settings"]
+    settings = spec["settings"]
     space = load_space(spec["space"], spec["overrides"], code=spec.get("code"))
     params = space.trainable.PARAMS
-    config = dict(space.space)
+    config = dict(space.param_space)
     if params is None or "max_epochs" in params:
-        config["max_epochs"] = s["max_epochs"]
+        config["max_epochs"] = settings["max_epochs"]
     if params is None or "seed" in params:
-        config.setdefault("seed", s["seed"])
+        config.setdefault("seed", settings["seed"])
     points = spec.get("points", [])  # --from-run's configurations
-    algorithms.check(s, config, points)  # before any data is read or Ray started
-    dataset = load_data(space, s, spec.get("workdir"))
+    algorithms.check(settings, config, points)  # before any data is read or Ray started
+    dataset = load_data(space, settings, spec.get("workdir"))
     check_models(space, dataset)
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     try:
-        started = join_ray(s, spec.get("code"))
+        started = join_ray(settings, spec.get("code"))
         try:
             return run_on_ray(spec, resume, space, config, points, dataset)
         finally:
@@ -166,7 +166,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     from tune_app.cluster.adapter import ray_trainable
     from tune_app.cluster.console import WATCH
 
-    s = spec["settings"]
+    settings = spec["settings"]
     run_dir = Path(spec["run_dir"])
     run_uri = spec.get("run_uri")
     if not run_uri and not spec.get("plan_only"):
@@ -175,15 +175,15 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)  # a working copy left from an older run at that URI
-    resources = {"cpu": s["cpus_per_trial"], "gpu": s["gpus_per_trial"]}
-    if s["gpus_per_trial"] == "auto":
-        resources, s = auto_gpus(space, config, s, dataset, run_dir, resume, spec.get("plan_only"))
+    resources = {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]}
+    if settings["gpus_per_trial"] == "auto":
+        resources, settings = auto_gpus(space, config, settings, dataset, run_dir, resume, spec.get("plan_only"))
     if spec.get("plan_only"):
-        print(plan_table(space, config, s, dataset, points)[1])
+        print(plan_table(space, config, settings, dataset, points)[1])
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and s.get("estimate_cost"):
-        rows, text = plan_table(space, config, s, dataset, points)
+    if not resume and settings.get("estimate_cost"):
+        rows, text = plan_table(space, config, settings, dataset, points)
         print(text, flush=True)
         from tune_app.rundir.layout import PLAN_FILE
 
@@ -207,9 +207,10 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         if run_uri:
             storage.upload(run_dir, run_uri, (SPEC_FILE,))
     begins = f", beginning with the top {len(points)} configurations of {spec['from_run']}" if points else ""
-    print(f"tune_app: {'resuming' if resume else 'starting'} sweep {s['name']!r} of space {spec['space']!r}: "
-          f"{spec['expected_trials']} trials{begins}, {s['searcher']} + {s['scheduler']}, "
-          f"{s['cpus_per_trial']:g} CPU / {s.get('gpus_shown', s['gpus_per_trial']):g} GPU each, into "
+    print(f"tune_app: {'resuming' if resume else 'starting'} sweep {settings['name']!r} of space {spec['space']!r}: "
+          f"{spec['expected_trials']} trials{begins}, {settings['searcher']} + {settings['scheduler']}, "
+          f"{settings['cpus_per_trial']:g} CPU / {settings.get('gpus_shown', settings['gpus_per_trial']):g} GPU each, "
+          f"into "
           f"{run_uri or run_dir}", flush=True)
     try:
         results = tuner.fit()
@@ -229,7 +230,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     except UsageError as e:  # every trial failed: the trials table says why, and the sweep can be resumed
         print(f"tune_app: {e}", file=sys.stderr)
         found_best = False
-    check_wandb_runs(run_dir, s)
+    check_wandb_runs(run_dir, settings)
     if run_uri:
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)

@@ -35,17 +35,18 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     from tune_app.integrations.wandb_runs import wandb_callback
     from tune_app.search import algorithms
 
-    s = spec["settings"]
-    searched = {k: space.space[k] for k in space.searched}
-    search_alg, scheduler, param_space = algorithms.build(s, config, searched, run_dir, spec.get("points", []))
-    budget = sweep_budget(s, run_dir)
-    spec["expected_trials"] = expected_trials(param_space, s["num_samples"])
+    settings = spec["settings"]
+    searched = {k: space.param_space[k] for k in space.searched}
+    search_alg, scheduler, param_space = algorithms.build(settings, config, searched, run_dir, spec.get("points", []))
+    budget = sweep_budget(settings, run_dir)
+    spec["expected_trials"] = expected_trials(param_space, settings["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k not in ("run_dir", "run_uri")},
                                                 indent=2))
-    callback = wandb_callback(s["wandb_mode"], s["wandb_project"], s["wandb_entity"], s["name"], run_dir)
-    oom = OomRetry(s["cpus_per_trial"]) if s["gpus_per_trial"] == "auto" else None
-    callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(s.get("trial_timeout") or 0),
+    callback = wandb_callback(settings["wandb_mode"], settings["wandb_project"], settings["wandb_entity"],
+                              settings["name"], run_dir)
+    oom = OomRetry(settings["cpus_per_trial"]) if settings["gpus_per_trial"] == "auto" else None
+    callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(settings.get("trial_timeout") or 0),
                              algorithms.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
                  if c is not None]
     reporter = tune.CLIReporter(
@@ -58,25 +59,25 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=wrap_scheduler(scheduler, budget),
-            num_samples=s["num_samples"], max_concurrent_trials=s.get("max_concurrent"),
+            num_samples=settings["num_samples"], max_concurrent_trials=settings.get("max_concurrent"),
             # A finished trial's worker process trains the next one with the same resources: a new process
             # per trial (imports, torch's first optimizer) costs seconds, more than a small model's epochs.
-            reuse_actors=s.get("reuse_actors", True),
+            reuse_actors=settings.get("reuse_actors", True),
             trial_name_creator=functools.partial(trial_name, module),
             trial_dirname_creator=functools.partial(trial_dirname, module)),
         run_config=tune.RunConfig(
             name=run_dir.name, storage_path=spec["run_uri"].rsplit("/", 1)[0] if spec.get("run_uri")
             else str(run_dir.parent), callbacks=callbacks,
             progress_reporter=reporter, verbose=1,
-            checkpoint_config=checkpoint_config(s, space.metric, space.mode),
-            failure_config=tune.FailureConfig(max_failures=s.get("max_failures", 2))))
+            checkpoint_config=checkpoint_config(settings, space.metric, space.mode),
+            failure_config=tune.FailureConfig(max_failures=settings.get("max_failures", 2))))
 
 
-def check_wandb_runs(run_dir: Path, s: dict) -> None:
+def check_wandb_runs(run_dir: Path, settings: dict) -> None:
     """Every trial that reported must have a W&B run holding its history; say which ones W&B lost (their results
     are in the run directory all the same)."""
     trials_file = run_dir / "summary" / "trials.parquet"
-    if s.get("wandb_mode") == "disabled" or not (run_dir / "wandb").is_dir() or not trials_file.is_file():
+    if settings.get("wandb_mode") == "disabled" or not (run_dir / "wandb").is_dir() or not trials_file.is_file():
         return
     import pandas as pd
 
@@ -89,19 +90,19 @@ def check_wandb_runs(run_dir: Path, s: dict) -> None:
               f"their results are in {run_dir} and summary/", file=sys.stderr)
 
 
-def sweep_budget(s: dict, run_dir: Path):
+def sweep_budget(settings: dict, run_dir: Path):
     """--budget-hours: the callback that counts the sweep's device-hours (None without a budget). A trial holds
     its GPUs where the sweep asks for any, else its CPUs; each report says what Ray gave it (--gpus-per-trial
     auto), so the count here is only a fallback."""
     from tune_app.cost.budget import budget_callback
 
-    gpus = s["gpus_per_trial"]
+    gpus = settings["gpus_per_trial"]
     if gpus == "auto":
         import ray
 
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
-    kind, devices = ("gpu", gpus) if gpus else ("cpu", s["cpus_per_trial"])
-    return budget_callback(s.get("budget_hours"), devices, kind, run_dir)
+    kind, devices = ("gpu", gpus) if gpus else ("cpu", settings["cpus_per_trial"])
+    return budget_callback(settings.get("budget_hours"), devices, kind, run_dir)
 
 
 class TrialTimeout(Callback):
@@ -159,12 +160,12 @@ class OomRetry(Callback):
         print(f"tune_app: trial {trial} ran out of GPU memory on {held:g} GPU; retrying it on {more:g}", flush=True)
 
 
-def checkpoint_config(s: dict, metric: str, mode: str):
+def checkpoint_config(settings: dict, metric: str, mode: str):
     """The best ``keep_checkpoints`` checkpoints of a trial by the sweep's metric; Ray always keeps the latest as
     well, which resumes and retries start from. PBT copies the latest of other trials: it keeps at least 4."""
     from ray import tune
 
-    keep = s.get("keep_checkpoints", 2)
-    if s["scheduler"] == "pbt":
+    keep = settings.get("keep_checkpoints", 2)
+    if settings["scheduler"] == "pbt":
         return tune.CheckpointConfig(num_to_keep=max(keep, 4))
     return tune.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode)
