@@ -159,3 +159,11 @@ def test_markdown_escapes_pipes_and_folds_nothing():
     assert "## B\n\n_nothing here_" in md  # folded only in HTML
     page = render.html(sections, "Doc")
     assert "<details><summary><b>B</b></summary>" in page and "<h2>A</h2>" in page
+
+
+def test_the_console_lists_a_configuration_under_its_headline():
+    section = Section("", paragraphs=["Best trial t (a): val_acc 97.92 %"],
+                      items=[("activation", "tanh"), ("lr", "0.01")])
+    assert render.console([section]) == "Best trial t (a): val_acc 97.92 %\n  activation: tanh\n  lr: 0.01"
+    md = render.markdown([Section("Best configuration", paragraphs=["Best trial t"], items=[("lr", "0.01")])])
+    assert "Best trial t\n\n| key | value |\n| --- | --- |\n| lr | 0.01 |" in md

@@ -1,7 +1,6 @@
 """Errors a user can fix: printed as one line, exit code 2."""
 
 import argparse
-import os
 import sys
 
 
@@ -21,23 +20,6 @@ def file_error(error: OSError) -> UsageError:
     where = f"{error.filename}: " if error.filename else ""
     return UsageError(f"{where}{error.strerror or first_line(error)}; check that the path exists and is writable "
                       f"(nothing finished is lost: fix it and run the command again, or --resume the sweep)")
-
-
-def unwritable(folder) -> str | None:
-    """Why nothing can be written in ``folder`` ("Permission denied", "Read-only file system", "No space left on
-    device"), or None when a small file can be written there and removed."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=".tune_app.probe.")
-        try:
-            os.write(fd, b"\0" * 4096)
-        finally:
-            os.close(fd)
-            os.unlink(name)
-    except OSError as e:
-        return e.strerror or type(e).__name__
-    return None
 
 
 def one_line(action, *args) -> int:

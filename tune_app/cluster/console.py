@@ -5,6 +5,7 @@ is read as ``ray.tune`` is imported), so each command calls it before it imports
 ``tune_app.retrain`` and ``tune_app.analyze`` do so as their package is imported. setdefault leaves anything the
 user set alone.
 """
+import contextlib
 import logging
 import os
 
@@ -34,7 +35,7 @@ class RunDirWatch(logging.Filter):
     read-only or filled up) fails every trial's next checkpoint, each with a page of Ray's traceback. While a sweep
     runs this watch sits on Ray's log handler: an error Ray logs makes it look whether the run directory can
     still be written to, and once it cannot, Ray's records are dropped (the sweep ends, and tune_app says why in
-    one line). ``ray_adapter.StopWhenUnwritable`` ends the sweep at the first failed trial."""
+    one line). ``cluster.adapter.StopWhenUnwritable`` ends the sweep at the first failed trial."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,13 +50,22 @@ class RunDirWatch(logging.Filter):
             if self not in handler.filters:
                 handler.addFilter(self)
 
+    @contextlib.contextmanager
+    def watching(self, run_dir):
+        """Watch ``run_dir`` for the length of a ``with`` block (see start)."""
+        self.start(run_dir)
+        try:
+            yield self
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         """After Ray has shut down (it reports the failed trials' results nobody fetched as it ends)."""
         self.active, self.run_dir, self.problem = False, None, None
 
     def check(self) -> str | None:
         if self.problem is None and self.run_dir is not None:
-            from tune_app.errors import unwritable
+            from tune_app.rundir.lock import unwritable
 
             self.problem = unwritable(self.run_dir)
         return self.problem

@@ -48,7 +48,7 @@ def check_reachable(address: str, given: str) -> None:
 def join_ray(settings: dict, code: dict | None = None) -> bool:
     """Start or join Ray; ``code`` (tune_app.usercode.code_to_ship) goes to every worker through the runtime_env.
     A Ray the caller started already cannot take one: workers on this machine import the code from its folders
-    (see ray_adapter)."""
+    (see cluster.adapter)."""
     import ray
 
     from tune_app.usercode import runtime_env

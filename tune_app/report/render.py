@@ -26,6 +26,8 @@ def _markdown(section: Section, console: bool) -> list[str]:
     if section.note:
         out += [section.note, ""]
     if section.items:
+        if console and out:
+            out.pop()  # the configuration right under the line that names it
         out += ([f"  {k}: {v}" for k, v in section.items] if console
                 else [markdown_table(Table(("key", "value"), [list(i) for i in section.items], right_from=2))])
         out.append("")

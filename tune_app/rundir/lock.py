@@ -98,9 +98,24 @@ def check_idle(run_dir, command: str) -> None:
 
 def check_writable(run_dir, command: str, what: str) -> None:
     """``command`` (analyze, retrain) writes ``what`` into the run directory: one line when it cannot."""
-    from tune_app.errors import unwritable
-
     problem = unwritable(run_dir)
     if problem is not None:
         raise UsageError(f"{run_dir} is not writable ({problem}) and {command} writes {what} there; make it writable, "
                          f"or {command} a copy of it (cp -r {run_dir} SOMEWHERE)")
+
+
+def unwritable(folder) -> str | None:
+    """Why nothing can be written in ``folder`` ("Permission denied", "Read-only file system", "No space left on
+    device"), or None when a small file can be written there and removed."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".tune_app.probe.")
+        try:
+            os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None

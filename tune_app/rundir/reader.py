@@ -152,6 +152,15 @@ def ray_statuses(path: Path) -> dict[str, str]:
         return {}
 
 
+def trial_counts(path: Path, terminated: int = 0) -> tuple[int, int]:
+    """(finished, unfinished) trials in Ray's last experiment state of a run directory. Ctrl+C leaves a trial
+    RUNNING there, where Ray's ResultGrid calls it TERMINATED: the experiment state is what counts. Without one,
+    ``terminated`` (the ResultGrid's count) trials, all finished."""
+    statuses = ray_statuses(path) or {str(i): "TERMINATED" for i in range(terminated)}
+    unfinished = sum(status in UNFINISHED for status in statuses.values())
+    return len(statuses) - unfinished, unfinished
+
+
 def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]:
     """One record per trial folder: trial_id, name, config, history (``everything``: see _history), error (one
     line or None)."""

@@ -12,6 +12,7 @@ from tune_app.cluster import console
 from tune_app.cluster.session import check_shared_storage, join_ray
 from tune_app.errors import UsageError
 from tune_app.rundir.layout import SPEC_FILE
+from tune_app.rundir.reader import trial_counts
 from tune_app.search.tuner import check_wandb_runs, new_tuner
 from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.usercode import local_paths
@@ -117,14 +118,15 @@ def run(spec: dict, resume: bool) -> int:
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     try:
         started = join_ray(settings, spec.get("code"))
-        try:
-            return run_on_ray(spec, resume, space, config, points, dataset)
-        finally:
-            if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its code
-                import ray
+        # The watch lasts until Ray has shut down: Ray reports the failed trials' results nobody fetched as it ends.
+        with console.WATCH.watching(None if spec.get("run_uri") else Path(spec["run_dir"])):
+            try:
+                return run_on_ray(spec, resume, space, config, points, dataset)
+            finally:
+                if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its code
+                    import ray
 
-                ray.shutdown()
-            console.WATCH.stop()
+                    ray.shutdown()
     finally:
         if lock is not None:
             release(lock, resume)
@@ -196,7 +198,6 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         from tune_app.cluster.adapter import Upload
 
         uploads = (Upload(run_dir, run_uri),)
-    WATCH.start(None if run_uri else run_dir)  # run() stops it when Ray has shut down
     if resume:
         tuner = tune.Tuner.restore(run_uri or str(run_dir), trainable=trainable, resume_unfinished=True,
                                    resume_errored=bool(spec.get("retry_errored")))
@@ -235,14 +236,9 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
         storage.upload(run_dir, run_uri)
         print(f"tune_app: results in {run_uri}/summary (working copy {run_dir})", flush=True)
     from tune_app.cost.budget import read_budget
-    from tune_app.rundir.reader import UNFINISHED, ray_statuses
 
     budget = read_budget(run_dir) or {}
-    # Ctrl-C leaves a trial RUNNING in Ray's last experiment state, where the ResultGrid calls it TERMINATED: the
-    # experiment state is what counts.
-    statuses = ray_statuses(run_dir) or {str(i): "TERMINATED" for i in range(results.num_terminated)}
-    unfinished = sum(status in UNFINISHED for status in statuses.values())
-    finished = len(statuses) - unfinished
+    finished, unfinished = trial_counts(run_dir, results.num_terminated)
     if budget.get("stopped_at") and not unfinished:  # no trial made was left unfinished: the budget ended it
         print(f"tune_app: stopped by --budget-hours {budget['hours']:g}: {budget['trials_started']} of "
               f"{spec['expected_trials']} trials started, {budget['spent_s'] / 3600:.3g} device-hours spent",
@@ -255,12 +251,9 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
 
 
 def stopped_unwritable(spec: dict, run_dir: Path, problem: str) -> int:
-    """A run directory that stopped being writable ended the sweep (ray_adapter.StopWhenUnwritable): one line,
+    """A run directory that stopped being writable ended the sweep (cluster.adapter.StopWhenUnwritable): one line,
     and 130, as for any sweep that stopped before its end and can be resumed."""
-    from tune_app.rundir.reader import UNFINISHED, ray_statuses
-
-    statuses = ray_statuses(run_dir)
-    finished = sum(status not in UNFINISHED for status in statuses.values())
+    finished, _ = trial_counts(run_dir)
     spec["stopped_because"] = f"{run_dir} stopped being writable ({problem})"
     print(f"tune_app: error: {spec['stopped_because']}, so the sweep stopped with {finished} of "
           f"{spec['expected_trials']} trials finished; nothing finished is lost: make it writable again, then "
