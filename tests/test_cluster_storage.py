@@ -54,7 +54,7 @@ def split_cluster(tmp_path_factory):
     ray.shutdown()
     os.killpg(worker.pid, signal.SIGTERM)
     worker.wait(timeout=60)
-    session.shutdown()
+    cluster.shutdown()
 
 
 def test_a_directory_one_node_cannot_see_is_refused(split_cluster, capsys):
