@@ -29,10 +29,11 @@ def no_ray_left_running(request):
 def ray_local():
     """One local Ray per test module, sized for a 2-core machine, with one pretend GPU:
     Ray accepts it without hardware, so GPU requests and fractions are scheduled for real
-    while the trials themselves run on the CPU."""
+    while the trials themselves run on the CPU. address="local": always a Ray of its own, never another test
+    session's that happens to run on this machine."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

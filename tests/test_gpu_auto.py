@@ -64,7 +64,7 @@ def fake_gpus(tmp_path_factory):
     drill = tmp_path_factory.mktemp("drill") / "faults.json"
     drill.write_text("[]")
     os.environ.update({gpu_share.FAKE_GPU_ENV: str(FAKE_GPU_MB), FAULTS_ENV: str(drill)})  # workers inherit them
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield drill
     ray.shutdown()
     del os.environ[gpu_share.FAKE_GPU_ENV], os.environ[FAULTS_ENV]

@@ -79,7 +79,8 @@ def test_the_wandb_callback_base_reaches_rays_internals():
     assert callback.logging_futures() == {} and callback.logging_trials() == []
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False)  # the options pin the actor to this node: a Ray must run
+    # the options pin the actor to this node: a Ray must run
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
     try:
         options = callback.logging_actor_options()
         ray_node = ray.get_runtime_context().get_node_id()

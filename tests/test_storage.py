@@ -63,7 +63,7 @@ def s3(tmp_path_factory):
     drill = tmp_path_factory.mktemp("drill") / "faults.json"
     os.environ.update({**S3_ENV, "AWS_ENDPOINT_URL": endpoint, "TUNE_APP_CACHE": str(cache), FAULTS_ENV: str(drill)})
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield {"endpoint": endpoint, "cache": cache, "drill": drill}
     ray.shutdown()
     os.environ.clear()
