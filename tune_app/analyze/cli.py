@@ -11,12 +11,15 @@ from tune_app.errors import OneLineParser, Renamed, UsageError, one_line
 from tune_app.results import Sweep
 from tune_app.rundir.lock import check_idle, check_writable
 
-DESCRIPTION = "Analyze a sweep: python -m tune_app.analyze runs/<name>."
+DESCRIPTION = ("Analyze a sweep: python -m tune_app.analyze runs/<name>; compare two sweeps of one space: "
+               "python -m tune_app.analyze runs/<a> runs/<b>.")
+COMPARE_FLAGS = "--metric, --mode, --at-epoch, --select and --out"
 
 
 def build_parser(prog: str = "python -m tune_app.analyze") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=DESCRIPTION)
-    p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI")
+    p.add_argument("run_dir", nargs="+", metavar="RUN_DIR",
+                   help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI; two: compare them")
     p.add_argument("--metric", help="metric to analyze (default: the sweep's; val_acc for a plain Ray experiment)")
     p.add_argument("--mode", choices=("max", "min"), help="whether the metric is maximised or minimised")
     p.add_argument("--at-epoch", type=int, metavar="K",
@@ -35,6 +38,9 @@ def build_parser(prog: str = "python -m tune_app.analyze") -> argparse.ArgumentP
                         "disabled for a plain Ray experiment)")
     p.add_argument("--wandb-project", help="default: the sweep's project")
     p.add_argument("--wandb-entity")
+    p.add_argument("--out", metavar="DIR",
+                   help="with two run directories: the comparison's folder (default: <parent of the second>/"
+                        "compare-<first>-vs-<second>)")
     return p
 
 
@@ -59,7 +65,10 @@ def run(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="last",
 
 def main(argv: list[str] | None = None, prog: str = "python -m tune_app.analyze") -> int:
     args = build_parser(prog).parse_args(argv)
-    return one_line(_analyze, args)
+    if len(args.run_dir) == 1 and args.out is None:
+        args.run_dir = args.run_dir[0]
+        return one_line(_analyze, args)
+    return one_line(_compare, args)
 
 
 
@@ -74,6 +83,37 @@ def _analyze(args) -> int:
     if storage.is_uri(args.run_dir) and storage.check_scheme(args.run_dir, "analyze") != "file":
         storage.upload(path, args.run_dir, ("summary",))
         print(f"tune_app: summary written to {args.run_dir.rstrip('/')}/summary", flush=True)
+    return 0
+
+
+
+def _compare(args) -> int:
+    """Two run directories: tune_app.analyze.compare (its module says what it writes)."""
+    from tune_app.analyze import compare
+    from tune_app.cluster import storage
+
+    if len(args.run_dir) == 1:
+        raise UsageError(f"--out {args.out}: names the folder a comparison of two run directories is written to; "
+                         f"the analysis of one goes to its summary/")
+    if len(args.run_dir) > 2:
+        raise UsageError(f"{len(args.run_dir)} run directories ({', '.join(args.run_dir)}): give one to analyze, "
+                         f"or two to compare")
+    single = {"--pair": args.pair, "--curves-by": args.curves_by, "--top-configs": args.top_k != 5,
+              "--wandb-mode": args.wandb_mode, "--wandb-project": args.wandb_project,
+              "--wandb-entity": args.wandb_entity}
+    for flag, given in single.items():
+        if given:
+            raise UsageError(f"{flag} is for the analysis of one run directory; a comparison of two takes "
+                             f"{COMPARE_FLAGS}")
+    remote = [storage.is_uri(d) and storage.check_scheme(d, "analyze") != "file" for d in args.run_dir]
+    if args.run_dir[0].rstrip("/") == args.run_dir[1].rstrip("/"):
+        raise UsageError(f"{args.run_dir[0]} is given twice; compare two different run directories")
+    run_a, run_b = (storage.materialize(d, "analyze") for d in args.run_dir)  # an s3:// or gs:// run comes down
+    out = args.out
+    if out is None and remote[1]:  # no parent folder of the second to write beside: the current directory
+        out = Path.cwd() / compare.default_out(*args.run_dir).name
+    compare.call(run_a, run_b, metric=args.metric, mode=args.mode, at_epoch=args.at_epoch, select=args.select,
+                 out=out)
     return 0
 
 
