@@ -1,5 +1,5 @@
 """What every plot shares: sizes and colours, the ``Plot`` a report embeds, the helpers that select a metric's
-valid rows and label its axis (accuracies in percent), and the atomic write of a file."""
+valid rows and label its axis (accuracies in percent), and each trial's value under a selection rule."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from matplotlib.colors import ListedColormap
 from matplotlib.ticker import MaxNLocator
+
+from tune_app.rundir.tables import ELIGIBLE
 
 DPI = 110
 SIZE = (8, 5)  # inches
@@ -19,6 +22,13 @@ CURVE_PANELS = ("train_loss", "val_loss", "train_acc", "val_acc")
 HTML_CONFIG = {"displaylogo": False}
 FAINT, BEST_COLOUR = 0.25, "black"
 Figures = tuple[plt.Figure, go.Figure]
+# Blues without its white end, which would hide the weakest trial on a white page; best is dark, as in Optuna.
+CMAP = ListedColormap(plt.get_cmap("Blues")(np.linspace(0.35, 1.0, 256)), name="tune_app_blues")
+COLORSCALE = [[i / 8, matplotlib.colors.to_hex(CMAP(i / 8))] for i in range(9)]  # the same, for plotly
+
+# The trials-table column each selection rule ranks by: tune_app.analyze.selection.rule_column's names (plots sit
+# below analyze and cannot import it; tests/test_plots.py checks that the two agree).
+RULE_PREFIX = {"last": "final", "best-epoch": "best", "at-epoch": "at_epoch"}
 
 
 @dataclass
@@ -75,3 +85,27 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.grid(alpha=0.3)
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _rule_column(metric: str, select: str) -> str:
+    if select not in RULE_PREFIX:
+        raise ValueError(f"select must be one of {', '.join(RULE_PREFIX)}, not {select!r}")
+    return f"{RULE_PREFIX[select]}_{metric}"
+
+
+def _rule_words(select: str, at_epoch=None) -> str:
+    """Which of a trial's epochs the selection rule reads, for an axis label."""
+    if select == "at-epoch":
+        return f"each trial at epoch {at_epoch}" if at_epoch is not None else "each trial at the equal-length epoch"
+    return {"last": "each trial's last epoch", "best-epoch": "each trial's best epoch"}[select]
+
+
+def _selected(trials: pd.DataFrame, metric: str, select: str) -> dict[str, float]:
+    """trial_id -> the value the selection rule ranks the trial by, for the eligible trials that have one (as
+    tune_app.analyze.selection.ranked: a diverged or failed trial never counts, however good its numbers)."""
+    column = _rule_column(metric, select)
+    if not {column, "trial_id", "status"} <= set(trials.columns):
+        return {}
+    values = pd.to_numeric(trials[column], errors="coerce").astype(float)
+    keep = np.isfinite(values) & trials["status"].isin(ELIGIBLE)
+    return dict(zip(trials.loc[keep, "trial_id"].astype(str), values[keep]))

@@ -1,5 +1,5 @@
-"""The metric per epoch: every report as a point, the learning curves (best trial bold) and the curves grouped
-by one hyperparameter's values."""
+"""The metric per epoch: every trial's reports as one line, the learning curves (best trial bold) and the curves
+grouped by one hyperparameter's values."""
 from __future__ import annotations
 
 import matplotlib
@@ -25,8 +25,8 @@ from tune_app.plots.base import (
 
 
 def metric_vs_step_figures(history: pd.DataFrame, metric: str) -> Figures | None:
-    """Every reported epoch of every trial as a point, one colour per trial. A diverged epoch is left out:
-    its metric is the trainable's placeholder, not a measurement."""
+    """Every trial's reported epochs as one line with a point per epoch, one colour per trial. A diverged epoch is
+    left out: its metric is the trainable's placeholder, not a measurement."""
     data = _valid(history, metric)
     if data.empty:
         return None
@@ -35,9 +35,10 @@ def metric_vs_step_figures(history: pd.DataFrame, metric: str) -> Figures | None
     pfig = go.Figure()
     for trial_id, rows in data.groupby("trial_id", sort=True):
         y = rows[metric] * scale
-        ax.scatter(rows["epoch"], y, s=12, color=colours[trial_id], alpha=0.8)
-        pfig.add_trace(go.Scatter(x=rows["epoch"], y=y, mode="markers", name=rows["name"].iloc[0],
-                                  marker={"size": 6, "color": colours[trial_id]},
+        ax.plot(rows["epoch"], y, color=colours[trial_id], lw=1.2, marker="o", ms=3, alpha=0.8)
+        pfig.add_trace(go.Scatter(x=rows["epoch"], y=y, mode="lines+markers", name=rows["name"].iloc[0],
+                                  line={"color": colours[trial_id], "width": 1.5},
+                                  marker={"size": 5, "color": colours[trial_id]},
                                   hovertemplate=_hover("epoch", _label(metric))))
     _finish(ax, title, "epoch", _label(metric))
     pfig.update_layout(title=title, xaxis_title="epoch", yaxis_title=_label(metric), hovermode="closest")
