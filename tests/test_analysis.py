@@ -203,3 +203,49 @@ def test_importance_empty_when_nothing_varies():
     values = trend_tables.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
     study = trend_tables.build_study(trials, values, trend_tables.distributions(trials, ["noise"], {}), "max")
     assert trend_tables.importance(study).empty
+
+
+def schedule_records(spans: bool) -> list[dict]:
+    """Cosine-scheduled trials of two planned lengths whose lr is confounded with the length: the 10-epoch trials
+    (lr 0.1) finish annealing at epoch 10 (0.90, 0.91); the 20-epoch ones (lr 0.01) are halfway down their
+    schedule there (0.80, 0.82) and end better (0.95, 0.96)."""
+    def record(tid, epochs, lr, curve):
+        history = [{"epoch": e, "val_acc": v, "val_loss": 1 - v, "diverged": False} for e, v in enumerate(curve, 1)]
+        return {"trial_id": tid, "name": tid, "config": {"epochs": epochs, "lr": lr, "schedule": "cosine"},
+                "history": history, "error": None, "target_epochs": epochs, "schedule_spans_run": spans}
+
+    short = lambda end: [round(end - 0.02 * (10 - e), 4) for e in range(1, 11)]  # noqa: E731
+    long = lambda mid, end: [round(mid - 0.02 * (10 - e), 4) for e in range(1, 11)] + \
+        [round(mid + (end - mid) * e / 10, 4) for e in range(1, 11)]  # noqa: E731
+    return [record("s1", 10, 0.1, short(0.90)), record("s2", 10, 0.1, short(0.91)),
+            record("l1", 20, 0.01, long(0.80, 0.95)), record("l2", 20, 0.01, long(0.82, 0.96))]
+
+
+def test_the_epoch_view_compares_like_with_like_when_the_schedule_follows_the_planned_length():
+    records = schedule_records(spans=True)
+    history, trials = history_frame(records), trials_frame(records, "val_acc", "max", at_epoch=10)
+    # the old view (every trial at epoch 10) ranks the 10-epoch schedule first: it compares a finished cosine
+    # with one halfway down
+    old = trend_tables.metric_at(history, "val_acc", 10).groupby(lambda tid: tid[0]).mean()
+    assert old["s"] > old["l"]
+    table = trend_tables.trends(trials, history, ["epochs", "lr"], "val_acc", "max", at_epoch=10)
+    assert table.attrs["planned"] == 20  # two trials each: the longer planned length is kept
+    at10 = table[table["view"] == "epoch 10"].set_index(["hyperparameter", "value"])
+    assert list(at10.loc["epochs"].index) == [10, 20] and list(at10.loc["epochs"]["n"]) == [0, 2]
+    assert at10.loc[("epochs", 20), "mean"] == pytest.approx((0.80 + 0.82) / 2)
+    completed = table[table["view"] == "completed"].set_index(["hyperparameter", "value"])
+    assert completed.loc[("epochs", 20), "mean"] > completed.loc[("epochs", 10), "mean"]  # each at its own end
+    assert completed.loc[("epochs", 20), "median_rank"] < completed.loc[("epochs", 10), "median_rank"]
+    from tune_app.report.documents import trends_markdown
+
+    md = trends_markdown(table, "val_acc")
+    assert "trials planned for 20 epochs that reached it" in md and "in the completed view" in md
+
+
+def test_a_schedule_that_ignores_the_planned_length_keeps_every_trial_at_epoch_k():
+    records = schedule_records(spans=False)
+    history, trials = history_frame(records), trials_frame(records, "val_acc", "max", at_epoch=10)
+    table = trend_tables.trends(trials, history, ["epochs"], "val_acc", "max", at_epoch=10)
+    at10 = table[table["view"] == "epoch 10"].set_index("value")
+    assert table.attrs["planned"] is None and list(at10["n"]) == [2, 2]
+    assert at10.loc[10, "mean"] == pytest.approx(0.905) and at10.loc[20, "mean"] == pytest.approx(0.81)

@@ -196,6 +196,15 @@ def test_wandb_summary_run_offline(tmp_path, trials, capsys):
     assert table["columns"][:3] == ["hyperparameter", "value", "completed"]
     csv = pd.read_csv(path / "summary" / "trends.csv")
     assert len(table["data"]) == int((csv["view"] == f"epoch {k}").sum())
+    # the summary run names the best trial best_config.json names, and the trials within noise of it
+    best = json.loads((path / "summary" / "best_config.json").read_text())
+    summary = run["summary"]
+    assert (summary["best_trial_id"], summary["best_trial"]) == (best["trial_id"], best["trial_name"])
+    assert summary["within_noise"] == len(best["within_noise"]) >= 1
+    assert summary["tie_break"].startswith("lower val_loss")
+    (row,) = [h for h in run["history"] if "within_noise/_type" in h]
+    noise = json.loads((run_dir / "files" / row["within_noise/path"]).read_text())
+    assert [r[0] for r in noise["data"]] == [e["trial_id"] for e in best["within_noise"]]
 
 
 def test_plain_ray_tune_experiment(ray_local, tmp_path, capsys):

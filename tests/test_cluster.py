@@ -46,7 +46,7 @@ def test_search_joins_the_cluster_with_address(two_node_cluster, tmp_path):
     # the winner's seeds as Ray tasks on the same cluster, spread over its two nodes
     run = subprocess.run(
         [sys.executable, "-m", "tune_app.retrain", str(tmp_path / "on-cluster"), "--address",
-         two_node_cluster.address, "--seeds", "2", "--wandb-mode", "disabled"],
+         two_node_cluster.address, "--configs", "1", "--seeds", "2", "--wandb-mode", "disabled"],
         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     retrained = json.loads((tmp_path / "on-cluster" / "retrain" / "retrain.json").read_text())

@@ -69,8 +69,9 @@ def test_trials_frame_ledger_columns_and_types():
                 "history": [row(1, 10.0, cpu_s=9.0, peak_mem_mb=50.0, params=10, samples_seen=100)]},
                {"trial_id": "b", "config": {"lr": 0.2}, "history": [row(1, 4.0)]}]
     t = trials_frame(records, "val_acc", "max")
-    assert list(t.columns[:12]) == ["trial_id", "name", "status", "epochs", "target_epochs", "seconds", *LEDGER]
-    assert list(t.columns[12:13]) == ["config/lr"]
+    assert list(t.columns[:14]) == ["trial_id", "name", "status", "epochs", "target_epochs", "started",
+                                    "schedule_spans_run", "seconds", *LEDGER]
+    assert list(t.columns[14:15]) == ["config/lr"]
     assert t["device_s"].tolist()[0] == 20.0 and math.isnan(t["device_s"].tolist()[1])
     assert t["device_kind"].tolist()[0] == "cpu" and pd.isna(t["device_kind"].tolist()[1])
     assert t["params"].dtype == "Int64" and t["samples_seen"].dtype == "Int64" and t["cpu_s"].dtype == "float64"
@@ -148,10 +149,11 @@ def test_cost_frame_orders_trials_by_when_they_finished(ledger_run):
     assert frame["trial_id"].tolist() == ["0001beef", "0000beef", "0002beef"]  # by last report; 0003 never reported
     assert frame["finished"].tolist() == [1030.0, 1060.0, 1100.0]
     assert frame["cum_device_h"].tolist() == pytest.approx([60 / 3600, 90 / 3600, 110 / 3600], rel=1e-12)
-    assert frame["value"].tolist() == [0.8, 0.9, 0.65]  # each trial's best epoch; 0002's diverged 0.0 left out
-    assert frame["best"].tolist() == [0.8, 0.9, 0.9]
-    low = plots.cost_frame(t, h, "val_loss", "min")  # min mode: 0001's epoch 1 (0.2), then 0000's epoch 3 (0.1)
-    assert low["best"].tolist() == pytest.approx([0.2, 0.1, 0.1])
+    # each trial's value under the selection rule (last epoch): 0002 diverged, so it is never eligible
+    assert frame["value"].tolist()[:2] == [0.75, 0.9] and np.isnan(frame["value"].iloc[2])
+    assert frame["best"].tolist() == [0.75, 0.9, 0.9]
+    low = plots.cost_frame(t, h, "val_loss", "min")  # min mode: 0001's last epoch (0.25), then 0000's (0.1)
+    assert low["best"].tolist() == pytest.approx([0.25, 0.1, 0.1])
     untimed = plots.cost_frame(t, h.drop(columns="timestamp"), "val_acc", "max")  # no timestamps: by trial_id
     assert untimed["trial_id"].tolist() == ["0000beef", "0001beef", "0002beef"]
     assert untimed["best"].tolist() == [0.9, 0.9, 0.9]
@@ -174,7 +176,7 @@ def test_cost_plot_files_and_figure(ledger_run):
     try:
         line = next(trace for trace in pfig.data if trace.name == "best so far")
         assert list(line.x) == pytest.approx([60 / 3600, 90 / 3600, 110 / 3600])
-        assert list(line.y) == pytest.approx([80.0, 90.0, 90.0])  # accuracy in percent
+        assert list(line.y) == pytest.approx([75.0, 90.0, 90.0])  # accuracy in percent, each trial's last epoch
         assert line.line.shape == "hv"
         assert pfig.layout.xaxis.title.text == "cumulative GPU-hours (wall time x GPUs held)"
         assert pfig.layout.title.text == "Best val_acc so far vs cost"
@@ -193,7 +195,7 @@ def test_report_says_the_sweeps_cost_and_that_the_budget_stopped_it(ledger_run):
     assert f"\n{ledger_text}\n\n{budget_text}\n" in md
     assert "![Best val_acc so far vs cost](plots/cost.png)" in md
     page = (ledger_run / "summary" / "report.html").read_text()
-    assert f"<p>{ledger_text}</p><p>{budget_text}</p>" in page
+    assert f"<p>{ledger_text}</p>\n<p>{budget_text}</p>" in page
 
 
 def test_a_plain_ray_experiment_has_no_ledger_and_does_not_crash(tmp_path):

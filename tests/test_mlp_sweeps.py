@@ -122,7 +122,7 @@ def test_study_3_retrain_confusion_matrix_and_one_image_per_class(fashion_sweep,
     from tune_app import retrain
 
     run_dir, _ = fashion_sweep
-    assert retrain.main([str(run_dir), "--seeds", "1", "--wandb-mode", "disabled"]) == 0
+    assert retrain.main([str(run_dir), "--configs", "1", "--seeds", "1", "--wandb-mode", "disabled"]) == 0
     result = json.loads((run_dir / "retrain" / "retrain.json").read_text())
     assert result["trainable"] == "numpy_mlp" and result["dataset"]["test"] == 50
     confusion = pd.read_csv(run_dir / "retrain" / "confusion_matrix.csv", index_col=0)

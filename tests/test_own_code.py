@@ -174,7 +174,7 @@ def test_own_model_on_an_image_folder_sweeps_analyzes_retrains_and_loads(in_proj
     assert again.best_config["model"] == "mymodels:TinyNet" and again.best_config["model.hidden"] in (16, 48)
     assert len(again.trials) == 2 and len(again.history) == 4
 
-    result = tune_app.retrain(run_dir, seeds=1, wandb_mode="disabled")
+    result = tune_app.retrain(run_dir, top_k=1, seeds=1, wandb_mode="disabled")
     test_acc = result["configs"][0]["test_acc"]["mean"]
     assert 0.2 < test_acc <= 1 and result["configs"][0]["reproduction"]["identical"]
     model = tune_app.load_model(run_dir)
@@ -225,7 +225,7 @@ def test_own_trainable_with_load_data_resumes_after_a_crash_and_retrains(in_proj
     best = json.loads((run_dir / "summary" / "best_config.json").read_text())
     assert best["metric"] == "acc" and set(best["config"]) >= {"lr", "epochs", "seed"}
 
-    result = tune_app.retrain(run_dir, seed_list=[0, 5])  # the trial's own seed 0, and 5
+    result = tune_app.retrain(run_dir, top_k=1, seed_list=[0, 5])  # the trial's own seed 0, and 5
     config = result["configs"][0]
     assert config["seeds"] == [0, 5]
     assert config["reproduction"]["identical"] and config["test"]["test_acc"]["n"] == 2

@@ -38,7 +38,7 @@ def sweep(ray_local, tmp_path_factory):
 @pytest.fixture(scope="module")
 def retrained(sweep):
     """The best configuration retrained with 2 seeds, W&B offline."""
-    assert retrain.main([str(sweep), "--seeds", "2", "--wandb-mode", "offline"]) == 0
+    assert retrain.main([str(sweep), "--configs", "1", "--seeds", "2", "--wandb-mode", "offline"]) == 0
     return json.loads((sweep / "retrain" / "retrain.json").read_text())
 
 
@@ -173,7 +173,7 @@ def test_wandb_has_a_run_per_seed_and_the_model_artifact(sweep, retrained):
 
 def test_same_seed_same_numbers_and_the_schedule_scales_with_epochs(sweep, retrained, tmp_path):
     run_dir = copy_of(sweep, tmp_path)
-    args = [str(run_dir), "--seed-list", "11", "--epochs", "4", "--wandb-mode", "disabled"]
+    args = [str(run_dir), "--configs", "1", "--seed-list", "11", "--epochs", "4", "--wandb-mode", "disabled"]
     assert retrain.main(args) == 0
     first = summary_of(run_dir)["configs"][0]
     assert retrain.main(args) == 0
@@ -191,7 +191,7 @@ def test_same_seed_same_numbers_and_the_schedule_scales_with_epochs(sweep, retra
 
 def test_train_plus_val_folds_the_validation_split_in(sweep, retrained, tmp_path):
     run_dir = copy_of(sweep, tmp_path)
-    assert retrain.main([str(run_dir), "--train-on", "train+val", "--seed-list", "1", "--epochs", "2",
+    assert retrain.main([str(run_dir), "--configs", "1", "--train-on", "train+val", "--seed-list", "1", "--epochs", "2",
                          "--wandb-mode", "disabled"]) == 0
     r = summary_of(run_dir)
     assert (r["dataset"]["train"], r["dataset"]["val"], r["dataset"]["test"]) == (1438, 0, 359)
@@ -284,10 +284,25 @@ def test_the_tune_app_entry_point_runs_retrain(tmp_path):
 
 def test_a_retrain_logging_to_wandb_prints_tune_apps_lines_not_wandbs_banners(sweep, tmp_path):
     run_dir = copy_of(sweep, tmp_path)
-    done = subprocess.run([sys.executable, "-m", "tune_app.retrain", str(run_dir), "--seeds", "2", "--epochs", "1",
+    done = subprocess.run([sys.executable, "-m", "tune_app.retrain", str(run_dir), "--configs", "1", "--seeds", "2",
+                           "--epochs", "1",
                            "--wandb-mode", "offline"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = (done.stdout + done.stderr).splitlines()
     assert [line for line in lines if line.lower().startswith("wandb")] == []
     assert sum("wandb sync" in line for line in lines) == 1  # where the offline runs are: tune_app says it once
     assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) >= 2  # and W&B did log them
+
+
+def test_by_default_a_retrain_takes_the_trials_within_noise_of_the_best(sweep, retrained):
+    """Without --configs the retrain's candidates are the trials the validation set cannot tell apart from the
+    best (best_config.json's within_noise, ranked as the summary ranked them), at most 3."""
+    best = json.loads((sweep / "summary" / "best_config.json").read_text())
+    noise = [e["trial_id"] for e in best["within_noise"]]
+    assert noise[0] == best["trial_id"] and best["noise_rule"]["test"] == "fisher_exact"
+    assert best["noise_rule"]["examples"] == best["dataset"]["val"]
+    plan = retrain.make_plan(retrain.build_parser().parse_args([str(sweep)]))
+    assert [c.trial_id for c in plan.candidates] == noise[:3]
+    assert plan.chosen.startswith(f"the {len(noise)} within noise of the best (within ")
+    one = retrain.make_plan(retrain.build_parser().parse_args([str(sweep), "--configs", "1"]))
+    assert [c.trial_id for c in one.candidates] == [best["trial_id"]] and one.chosen == "--configs 1"

@@ -97,7 +97,7 @@ def write_cifar_c(folder, x_test, y_test, names=CORRUPTIONS):
 
 def test_ood_retrain_scores_each_corruption_and_writes_a_submission(ood_sweep, data_dir, tmp_path):
     x = heldout_npy(tmp_path / "heldout.npy")
-    assert retrain.main([str(ood_sweep), "--seeds", "1", "--predict", str(tmp_path / "heldout.npy"),
+    assert retrain.main([str(ood_sweep), "--configs", "1", "--seeds", "1", "--predict", str(tmp_path / "heldout.npy"),
                          "--wandb-mode", "disabled"]) == 0
     out = ood_sweep / "retrain"
     summary = json.loads((out / "retrain.json").read_text())
@@ -124,7 +124,8 @@ def test_retrain_reads_cifar_c_files_when_given_a_directory(ood_sweep, data_dir,
     run = tmp_path / "ood"
     import shutil
     shutil.copytree(ood_sweep, run)
-    assert retrain.main([str(run), "--seeds", "1", "--corruption-dir", str(folder), "--corruptions", "contrast",
+    assert retrain.main([str(run), "--configs", "1", "--seeds", "1",
+                         "--corruption-dir", str(folder), "--corruptions", "contrast",
                          "--severities", "2", "--wandb-mode", "disabled"]) == 0
     summary = json.loads((run / "retrain" / "retrain.json").read_text())
     model = retrain.load_model(run / "retrain" / "model.pt")

@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
-from tune_app.analyze.selection import best_config_payload, select_best, top_k_payload
+from tune_app.analyze.selection import TIE_RULE, best_config_payload, ranked, select_best, top_k_payload
 from tune_app.report import sweep as report_sections
 from tune_app.rundir.atomic import atomic_write
 from tune_app.rundir.tables import history_frame, trial_status, trials_frame
@@ -169,3 +170,75 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated kill"):
         atomic_write(target, lambda p: p.write_text("new"))
     assert seen and target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["best_config.json"]
+
+
+def test_one_tie_rule_lower_val_loss_then_started_first():
+    def rec(tid, acc, loss, order):
+        r = make_record(tid, [0.5, acc])
+        r["history"][-1]["val_loss"] = loss
+        r["order"] = order
+        return r
+
+    # "a" is alphabetically first but has the higher loss; "z" and "y" tie on loss too, and "z" started first
+    records = [rec("a", 0.9, 0.40, 1), rec("y", 0.9, 0.30, 3), rec("z", 0.9, 0.30, 2), rec("w", 0.8, 0.10, 4)]
+    t = trials_frame(records, "val_acc", "max")
+    assert dict(zip(t["trial_id"], t["started"])) == {"a": 1, "z": 2, "y": 3, "w": 4}
+    assert list(ranked(t, "val_acc", "max")["trial_id"]) == ["z", "y", "a", "w"]
+    payload = best_config_payload(select_best(t, "val_acc", "max"), t, "val_acc", "max", "last", {})
+    assert payload["trial_id"] == "z"
+    assert payload["tie_break"]["rule"] == TIE_RULE
+    assert [(e["trial_id"], e["val_loss"], e["started"]) for e in payload["tie_break"]["tied"]] == [
+        ("z", 0.30, 2), ("y", 0.30, 3), ("a", 0.40, 1)]
+    # without Ray's order (a plain Ray experiment): the first report's time, then the trial id
+    for r, stamp in zip(records, (30, 10, 20, 5)):
+        r["order"] = None
+        r["history"][0]["timestamp"] = stamp
+    t = trials_frame(records, "val_acc", "max")
+    assert dict(zip(t["trial_id"], t["started"])) == {"w": 1, "y": 2, "z": 3, "a": 4}
+    assert select_best(t, "val_acc", "max")["trial_id"] == "y"
+
+
+@pytest.mark.parametrize("n", [144, 1000])
+def test_within_noise_of_an_accuracy_is_fishers_exact_test_on_the_counts(n):
+    counts = [n - 3, n - 4, n - 6, n - 9, n - 14, n - 24, n - 40]
+    records = [make_record(f"t{i}", [0.1, k / n]) for i, k in enumerate(counts)]
+    t = trials_frame(records, "val_acc", "max")
+    payload = best_config_payload(select_best(t, "val_acc", "max"), t, "val_acc", "max", "last", {},
+                                  history=history_frame(records), examples=n)
+    k_best = counts[0]
+
+    def p_value(k):  # independently: is the best's count really greater than k's, out of n each?
+        return scipy_stats.fisher_exact([[k_best, n - k_best], [k, n - k]], alternative="greater").pvalue
+
+    expected = [f"t{i}" for i, k in enumerate(counts) if p_value(k) >= 0.05]
+    assert [e["trial_id"] for e in payload["within_noise"]] == expected
+    assert 1 < len(expected) < len(counts)  # the rule separates some and not others
+    assert [e["value"] for e in payload["within_noise"]] == [counts[i] / n for i in range(len(expected))]
+    lowest = min(k for k in range(k_best + 1) if p_value(k) >= 0.05)
+    rule = payload["noise_rule"]
+    assert rule["test"] == "fisher_exact" and rule["examples"] == n and rule["alpha"] == 0.05
+    assert rule["band"] == pytest.approx((k_best - lowest) / n)
+    assert rule["text"].startswith(f"within {100 * (k_best - lowest) / n:.2f} points on {n} validation examples")
+
+
+def test_within_noise_without_a_count_is_the_best_trials_spread_over_its_last_epochs():
+    def rec(tid, losses):
+        r = make_record(tid, [0.5] * len(losses))
+        for h, loss in zip(r["history"], losses):
+            h["val_loss"] = loss
+        r["config"]["epochs"] = r["target_epochs"] = len(losses)
+        return r
+
+    records = [rec("best", [0.9, 0.32, 0.30, 0.31]), rec("near", [0.9, 0.33]), rec("far", [0.9, 0.34])]
+    t = trials_frame(records, "val_loss", "min")
+    payload = best_config_payload(select_best(t, "val_loss", "min"), t, "val_loss", "min", "last", {},
+                                  history=history_frame(records))
+    spread = float(np.std([0.32, 0.30, 0.31], ddof=1))  # the best's last three epochs
+    assert payload["noise_rule"]["test"] == "spread" and payload["noise_rule"]["band"] == pytest.approx(2 * spread)
+    assert [e["trial_id"] for e in payload["within_noise"]] == ["best", "near"]  # 0.33 - 0.31 <= 0.02 < 0.03
+    # an accuracy without its number of examples falls back to the same rule; one epoch: exact ties only
+    t = trials_frame([make_record("x", [0.9]), make_record("y", [0.9]), make_record("z", [0.89])], "val_acc", "max")
+    payload = best_config_payload(select_best(t, "val_acc", "max"), t, "val_acc", "max", "last", {},
+                                  history=history_frame([make_record(i, [0.9]) for i in "xyz"]))
+    assert [e["trial_id"] for e in payload["within_noise"]] == ["x", "y"]
+    assert payload["noise_rule"]["text"].startswith("exact ties only")

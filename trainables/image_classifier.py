@@ -197,6 +197,11 @@ COST_KEYS = ("dataset", "model", "batch_norm", "batch_size", "autoaugment", "dev
 WEIGHT_KEYS = ("model",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
+def schedule_spans_run(config: dict) -> bool:
+    """Cosine and OneCycle fit the learning rate to the planned epochs; constant, step and plateau do not."""
+    return config.get("schedule", "none") in ("cosine", "onecycle")
+
+
 def run_name(config: dict) -> str:
     """``vgg6_gelu_nadam_bs64_lr0.001``: readable in W&B and Ray's tables. A user model goes by its attribute
     path and without the activation, which it does not take: ``Net_adam_bs64_lr0.001`` for ``mymodels:Net``

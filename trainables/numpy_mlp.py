@@ -383,6 +383,11 @@ COST_KEYS = ("dataset", "num_layers", "hidden_size", "batch_size")  # what --pla
 WEIGHT_KEYS = ("params",)  # the checkpoint entries that hold the trained weights (a model file keeps these)
 
 
+def schedule_spans_run(config: dict) -> bool:
+    """A constant learning rate: epoch K means the same whatever the planned length."""
+    return False
+
+
 def run_name(config: dict) -> str:
     """``hl_3_bs_16_ac_tanh_sz_128_o_nadam_lr_0.001``: study 3's prefix, then width(s), optimizer, lr."""
     c = {k: config.get(k, p.default) for k, p in PARAMS.items()}

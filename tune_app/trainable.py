@@ -10,6 +10,10 @@ whole contract; the module that defines ``fit`` may add:
     METRICS     the metric names it reports (METRIC must be one); without it any
     run_name    run_name(config) -> str: the trial's name in Ray's table and W&B
     evaluate    evaluate(state, data) -> {name: number}: test-set metrics for ``tune_app.retrain``
+    schedule_spans_run
+                schedule_spans_run(config) -> bool: whether the learning rate follows a schedule fitted to the
+                planned number of epochs (cosine to the end, OneCycle), so that a trial at epoch K of 20 is not
+                comparable with one that finished at K; without it tune_app assumes it does
 
 The built-in trainables (``image_classifier``, ``numpy_mlp``) are modules with more members
 (COST_KEYS for ``--plan``/``--gpus-per-trial auto``, predict/evaluate on images, model files).
@@ -64,6 +68,10 @@ class LoadedTrainable:
     def run_name(self, config: dict) -> str:
         own = getattr(self.module, "run_name", None)
         return own(config) if own is not None else self.ref.rsplit(":", 1)[-1].replace(".", "_")
+
+    def schedule_spans_run(self, config: dict) -> bool:
+        own = getattr(self.module, "schedule_spans_run", None)
+        return True if own is None else bool(own(config))
 
     def check_space(self, values: dict[str, list]) -> None:
         own = getattr(self.module, "check_space", None) if self.builtin else None

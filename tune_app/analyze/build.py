@@ -10,7 +10,15 @@ from pathlib import Path
 import pandas as pd
 
 from tune_app.analyze import trends as trend_tables
-from tune_app.analyze.selection import NO_ELIGIBLE, RULES, best_config_payload, select_best, top_k_payload
+from tune_app.analyze.selection import (
+    NO_ELIGIBLE,
+    RULES,
+    best_config_payload,
+    ranked,
+    select_best,
+    top_k_payload,
+    within_noise,
+)
 from tune_app.errors import UsageError
 from tune_app.rundir import reader
 from tune_app.rundir.layout import RETRAIN_DIR, SPEC_FILE
@@ -93,6 +101,18 @@ def _provenance(sweep: reader.Sweep) -> dict:
 
 
 
+def validation_examples(sweep: reader.Sweep, history: pd.DataFrame) -> int | None:
+    """How many examples the validation metric was measured on: what the sweep recorded of its dataset (a
+    built-in or image dataset), else what a trainable of the user's reported as ``val_examples``; None when
+    neither says."""
+    recorded = ((sweep.spec or {}).get("provenance") or {}).get("dataset", {}).get("val")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    if "val_examples" in history and history["val_examples"].notna().any():
+        return int(history["val_examples"].dropna().iloc[-1])
+    return None
+
+
 def load_trials(path, metric=None, mode=None, at_epoch=None):
     """(sweep, history, trials table, at_epoch) of a run directory; UsageError when it has no results."""
     sweep = reader.load(path, metric, mode)
@@ -140,20 +160,33 @@ def _other_endings(counts: dict) -> str:
 
 
 
-def top_configs(path, k: int, flag: str) -> tuple[reader.Sweep, dict]:
+NOISE_CAP = 3  # a retrain's default: the configurations within noise of the best, at most this many
+
+
+def top_configs(path, k: int | None, flag: str) -> tuple[reader.Sweep, dict]:
     """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
-    (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed).
-    Returns (sweep, topk payload). Raises UsageError (naming ``flag``, the command's) when there are fewer
-    than k eligible trials."""
-    if k < 1:
+    (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed); k None:
+    those within noise of the best (see analyze.selection.within_noise), at most NOISE_CAP. Returns (sweep, topk
+    payload; its ``chosen`` says how k was chosen). Raises UsageError (naming ``flag``, the command's) when there
+    are fewer than k eligible trials."""
+    if k is not None and k < 1:
         raise UsageError(f"{flag} {k}: must be at least 1")
     options = saved_options(path)
     rule, at_epoch = options.get("select", "last"), options.get("at_epoch")
-    sweep, _, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
+    sweep, history, trials, at_epoch = load_trials(path, at_epoch=at_epoch)
     if sweep.spec is None or sweep.space is None:
         raise UsageError(f"{sweep.path} is not a tune_app sweep of a space this version knows (no "
                          f"{SPEC_FILE} naming one), so its trainable is unknown")
+    chosen = f"{flag} {k}"
+    if k is None:
+        pool = ranked(trials, sweep.metric, sweep.mode, rule)
+        pool.attrs["at_epoch"] = at_epoch
+        noise, how = within_noise(pool, history, sweep.metric, sweep.mode, rule, validation_examples(sweep, history))
+        k = max(1, min(NOISE_CAP, len(noise)))
+        chosen = (f"the {len(noise)} within noise of the best ({how.get('text', '')})"
+                  + (f", the best {k} of them" if len(noise) > k else "") if noise else "the best")
     top = top_k_payload(trials, sweep.metric, sweep.mode, rule, k)
+    top["chosen"] = chosen
     if len(top["trials"]) < k:
         counts = status_counts(trials)
         raise UsageError(f"{flag} {k}: {sweep.path.name} has {len(top['trials'])} trials to rank by {rule} "
@@ -192,7 +225,8 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
                                  trend_tables.distributions(trials, sweep.params, sweep.ranges), mode)
     prov = _provenance(sweep)
     try:
-        best = best_config_payload(select_best(trials, metric, mode, select), trials, metric, mode, select, prov)
+        best = best_config_payload(select_best(trials, metric, mode, select), trials, metric, mode, select, prov,
+                                   history=history, examples=validation_examples(sweep, history))
     except ValueError:
         best = plain({"config": None, "reason": _no_best_reason(trials, select, at_epoch), "metric": metric,
                        "mode": mode, "selection_rule": select, "at_epoch": at_epoch,

@@ -25,7 +25,7 @@ def write(a: Analysis, plots: bool = True) -> dict:
         best_id = a.best.get("trial_id") if a.best.get("config") is not None else None
         a.plots = write_plots(out / "plots", a.trials, a.history, a.metric, a.sweep.mode,
                               study=a.study if len(a.study.trials) >= 2 else None, importance=a.importance,
-                              best_trial_id=best_id, curves_by=a.curves_by)
+                              best_trial_id=best_id, curves_by=a.curves_by, select=a.select)
     text = lambda s: lambda p: p.write_text(s, encoding="utf-8")  # noqa: E731
     pairs_csv = pd.concat([t.assign(first=x, second=y) for (x, y), t in a.pairs.items()], ignore_index=True) \
         if a.pairs else pd.DataFrame(columns=["first", "second", "a", "b", "n", "mean", "std"])
@@ -78,7 +78,14 @@ def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | 
             logged.update({f"plots/{p.name}": wandb.Image(str(p.png), caption=p.title) for p in a.plots})
             run.log(logged)
             if a.best.get("config") is not None:
-                run.summary.update({"best_trial": a.best["trial_name"], f"best_{a.metric}": a.best["value"]})
+                noise = a.best.get("within_noise") or []
+                run.summary.update({"best_trial": a.best["trial_name"], "best_trial_id": a.best["trial_id"],
+                                    f"best_{a.metric}": a.best["value"], "within_noise": len(noise),
+                                    "noise_rule": (a.best.get("noise_rule") or {}).get("text", ""),
+                                    "tie_break": a.best["tie_break"]["rule"]})
+                run.log({"within_noise": wandb.Table(columns=["trial_id", "trial_name", a.metric],
+                                                     data=[[e["trial_id"], e["trial_name"], e["value"]]
+                                                           for e in noise])})
         finally:
             run.finish()
         return run.id

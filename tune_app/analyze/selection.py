@@ -1,10 +1,23 @@
-"""Which trial is best: the selection rules (last epoch, best epoch, equal-length epoch), the ranking, and the
-payloads of best_config.json and topk.json."""
+"""Which trial is best: the selection rules (last epoch, best epoch, equal-length epoch), one tie rule, the set of
+trials the validation set cannot tell apart from the best, and the payloads of best_config.json and topk.json.
+
+The tie rule: among trials with exactly the same value, the lower validation loss at the same epoch wins, then the
+trial the sweep started first (Ray's order of making them), then the lower trial id.
+
+Within noise: for an accuracy measured on n validation examples, the best trial's and another trial's correct
+counts are compared as two binomial samples with Fisher's exact test (one-sided: is the best really better?);
+a trial the test cannot separate from the best at the 5 % level is within noise. The test treats the two as
+independent samples, which is conservative: both were measured on the same images. For any other metric, or an
+accuracy whose n is unknown, a trial is within noise when it is within two standard deviations of the best trial's
+metric over its last three epochs (up to the epoch the selection rule looks at).
+"""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
-from tune_app.rundir.tables import ELIGIBLE, check_mode, config_of, plain, status_counts
+from tune_app.rundir.tables import ELIGIBLE, check_mode, config_of, is_accuracy, plain, status_counts, tie_metric
 
 RULES = ("last", "best-epoch", "at-epoch")
 
@@ -28,14 +41,97 @@ def rule_column(metric: str, rule: str) -> str:
     return {"last": "final", "best-epoch": "best", "at-epoch": "at_epoch"}[rule] + f"_{metric}"
 
 
+TIE_RULE = "lower val_loss at the same epoch, then the trial started first, then the lower trial id"
+ALPHA = 0.05  # the within-noise test's level
+SPREAD_EPOCHS = 3  # the best trial's last epochs whose spread is the noise of a metric without a count
+
+
+def tie_column(metric: str, rule: str) -> str | None:
+    """The trials-table column that breaks an exact tie under ``rule``: the validation loss at the epoch the rule
+    looks at (None when the loss is the metric)."""
+    tie = tie_metric(metric)
+    return None if tie is None else {"last": "final", "best-epoch": "best_epoch", "at-epoch": "at_epoch"}[rule] + \
+        f"_{tie}"
+
+
 def ranked(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.DataFrame:
     """Eligible trials, best first. Diverged/errored trials are never eligible, however good their
     numbers; trials without a value for the rule's column (no epochs, or short of the equal-length
-    epoch) are left out too. Ties go to the longer-trained trial, then to the trial id."""
+    epoch) are left out too. Exact ties follow TIE_RULE."""
     _check(mode, rule)
-    column = rule_column(metric, rule)
+    column, tie = rule_column(metric, rule), tie_column(metric, rule)
     pool = trials[trials["status"].isin(ELIGIBLE) & trials[column].notna()]
-    return pool.sort_values([column, "epochs", "trial_id"], ascending=[mode == "min", False, True], kind="mergesort")
+    keys = [(column, mode == "min"), (tie, True), ("started", True), ("trial_id", True)]
+    keys = [(k, up) for k, up in keys if k is not None and k in pool]
+    return pool.sort_values([k for k, _ in keys], ascending=[up for _, up in keys], kind="mergesort",
+                            na_position="last")
+
+
+def tie_break(pool: pd.DataFrame, metric: str, rule: str) -> dict:
+    """The tie rule, and the trials tied with the best on the rule's value (the best first), as best_config.json
+    records it."""
+    column, tie = rule_column(metric, rule), tie_column(metric, rule)
+    tied = pool[pool[column] == pool[column].iloc[0]] if len(pool) else pool
+    return plain({"rule": TIE_RULE, "tied": [{"trial_id": r["trial_id"], "value": r[column],
+                                              "val_loss": r[tie] if tie else None, "started": r.get("started")}
+                                             for _, r in tied.iterrows()]})
+
+
+def _epochs_up_to(history: pd.DataFrame, trial_id: str, metric: str, epoch) -> pd.Series:
+    rows = history[(history["trial_id"] == trial_id)]
+    if metric not in rows or rows.empty:
+        return pd.Series(dtype="float64")
+    if epoch is not None and not pd.isna(epoch):
+        rows = rows[rows["epoch"] <= int(epoch)]
+    if "diverged" in rows:
+        rows = rows[~rows["diverged"].fillna(False).astype(bool)]
+    values = rows.sort_values("epoch")[metric].astype(float)
+    return values[np.isfinite(values)]
+
+
+def within_noise(pool: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str, rule: str,
+                 examples: int | None) -> tuple[list[dict], dict]:
+    """The trials (the best first) that the validation set cannot tell apart from the best, each with its value,
+    and the rule that decided (see the module's docstring). ``pool``: ranked trials; ``examples``: the number of
+    validation examples, when known."""
+    if pool.empty:
+        return [], {}
+    column = rule_column(metric, rule)
+    best = pool.iloc[0]
+    value = float(best[column])
+    if is_accuracy(metric) and mode == "max" and examples:
+        n = int(examples)
+        k_best = round(value * n)
+
+        def separated(k: int) -> bool:
+            return stats.fisher_exact([[k_best, n - k_best], [k, n - k]], alternative="greater").pvalue < ALPHA
+
+        low, high = 0, k_best  # the fewest correct answers the test cannot separate from the best's (a bisection)
+        while low < high:
+            mid = (low + high) // 2
+            low, high = (mid + 1, high) if separated(mid) else (low, mid)
+        band = (k_best - low) / n
+        inside = pool[[not separated(round(float(v) * n)) for v in pool[column]]]
+        how = {"test": "fisher_exact", "alpha": ALPHA, "examples": n, "band": band,
+               "text": f"within {fmt_band(band, metric)} on {n} validation examples (Fisher's exact test, "
+                       f"one-sided, {ALPHA:g})"}
+    else:
+        epoch = {"last": None, "best-epoch": best["best_epoch"], "at-epoch": pool.attrs.get("at_epoch")}[rule]
+        recent = _epochs_up_to(history, best["trial_id"], metric, epoch).tail(SPREAD_EPOCHS)
+        spread = float(recent.std(ddof=1)) if len(recent) > 1 else 0.0
+        band = 2 * spread
+        gap = (value - pool[column].astype(float)) if mode == "max" else (pool[column].astype(float) - value)
+        inside = pool[gap <= band + 1e-12]
+        how = {"test": "spread", "epochs": len(recent), "band": band,
+               "text": f"within {fmt_band(band, metric)}: two standard deviations of the best trial's last "
+                       f"{len(recent)} epochs" if len(recent) > 1 else
+                       "exact ties only: the best trial has too few epochs to measure its spread"}
+    entries = [{"trial_id": r["trial_id"], "trial_name": r["name"], "value": r[column]} for _, r in inside.iterrows()]
+    return plain(entries), plain(how)
+
+
+def fmt_band(band: float, metric: str) -> str:
+    return f"{100 * band:.2f} points" if is_accuracy(metric) else f"{band:.4g}"
 
 
 def select_best(trials: pd.DataFrame, metric: str, mode: str, rule: str = "last") -> pd.Series:
@@ -54,11 +150,18 @@ def _trial_numbers(row: pd.Series, metric: str, rule: str) -> dict:
 
 
 def best_config_payload(best: pd.Series, trials: pd.DataFrame, metric: str, mode: str, rule: str,
-                        provenance: dict) -> dict:
+                        provenance: dict, history: pd.DataFrame | None = None, examples: int | None = None) -> dict:
     """JSON-safe record of the winner, enough to retrain it and to know where it came from.
-    `value` is the number the selection rule ranked by; the others are there for comparison."""
+    `value` is the number the selection rule ranked by; the others are there for comparison. ``tie_break``: the
+    trials tied with it and the rule that chose; ``within_noise``: the trials the validation set cannot tell
+    apart from it (``history``, ``examples``: see within_noise)."""
+    pool = ranked(trials, metric, mode, rule)
+    pool.attrs["at_epoch"] = trials.attrs.get("at_epoch")
+    noise, how = within_noise(pool, history if history is not None else pd.DataFrame(columns=["trial_id", "epoch"]),
+                              metric, mode, rule, examples)
     payload = {"config": config_of(best, trials), **_trial_numbers(best, metric, rule), "metric": metric,
                "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
+               "tie_break": tie_break(pool, metric, rule), "within_noise": noise, "noise_rule": how,
                "trials": status_counts(trials), **provenance}
     return plain(payload)
 

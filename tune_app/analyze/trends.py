@@ -56,14 +56,38 @@ def default_at_epoch(history: pd.DataFrame, metric: str) -> int | None:
     return int(max(k for k in range(1, int(depth.max()) + 1) if (depth >= k).sum() >= need))
 
 
+def like_with_like(trials: pd.DataFrame, at: pd.Series) -> tuple[pd.Series, int | None]:
+    """The trials the epoch-K view may compare (``at``: their metric at epoch K) and the planned length it keeps.
+
+    A learning-rate schedule fitted to the planned length (cosine to the end, OneCycle: the trainable's
+    ``schedule_spans_run``) puts a trial planned for 20 epochs halfway down its schedule at epoch 10, while one
+    planned for 10 has finished annealing there: their epoch-10 numbers are not alike. When trials of such
+    schedules differ in planned length, the view keeps those of one planned length (the one with the most trials
+    at epoch K; the longer on a tie) and every trial whose schedule does not depend on its length. The completed
+    view compares each trial at its own end. Returns (values, the planned length kept, or None when all are
+    alike)."""
+    t = trials.set_index("trial_id").reindex(at.index)
+    if "schedule_spans_run" not in t or "target_epochs" not in t:
+        return at, None
+    spans = t["schedule_spans_run"].astype("boolean").fillna(True).astype(bool)
+    planned = t["target_epochs"]
+    if planned[spans].nunique(dropna=True) <= 1:
+        return at, None
+    counts = planned[spans].value_counts()
+    keep = int(max(counts.index, key=lambda length: (counts[length], length)))
+    return at[(~spans) | (planned == keep)], keep
+
+
 def view_values(trials: pd.DataFrame, history: pd.DataFrame, metric: str, at_epoch: int) -> dict[str, pd.Series]:
-    """Per view, the metric of each trial it averages (indexed by trial_id)."""
+    """Per view, the metric of each trial it averages (indexed by trial_id). The epoch view compares like with
+    like (see like_with_like); ``values["epoch"].attrs["planned"]`` says which planned length it kept."""
     t = trials.set_index("trial_id")
     final = t[f"final_{metric}"].astype(float)
     eligible = t.index[t["status"].isin(ELIGIBLE)]
-    at = metric_at(history, metric, at_epoch)
+    at, planned = like_with_like(trials, metric_at(history, metric, at_epoch)[lambda s: s.index.isin(eligible)])
+    at.attrs["planned"] = planned
     return {
-        "epoch": at[at.index.isin(eligible)],
+        "epoch": at,
         "completed": final[(t["status"] == "completed") & np.isfinite(final)],
         "raw": final[t["status"].isin(ELIGIBLE) & np.isfinite(final)],
     }
@@ -127,12 +151,15 @@ def trend_table(trials: pd.DataFrame, values: pd.Series, params: list[str], mode
 
 
 def trends(trials, history, params, metric, mode, at_epoch, bins=None) -> pd.DataFrame:
-    """All three views in one long table, its first column naming the view."""
+    """All three views in one long table, its first column naming the view. ``attrs["planned"]``: the planned
+    length the epoch view kept (see like_with_like), or None."""
     values = view_values(trials, history, metric, at_epoch)
     frames = [trend_table(trials, values[v], params, mode, bins, bounds_of(metric)).assign(view=view_label(v, at_epoch))
               for v in VIEWS]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return table[list(TREND_COLUMNS)]
+    table = table[list(TREND_COLUMNS)]
+    table.attrs["planned"] = values["epoch"].attrs.get("planned")
+    return table
 
 
 def pair_table(trials: pd.DataFrame, values: pd.Series, a: str, b: str, bins: dict | None = None) -> pd.DataFrame:

@@ -43,8 +43,8 @@ def records(path: Path) -> list[pb.Record]:
 
 def read_run(path: Path) -> dict:
     """{"name", "group", "project", "id", "job_type", "config": {...}, "history": [{metric: value}, ...],
-    "artifacts": [{"type", "name", "aliases", "files", "metadata"}]}"""
-    run = {"config": {}, "history": [], "artifacts": []}
+    "summary": {key: value}, "artifacts": [{"type", "name", "aliases", "files", "metadata"}]}"""
+    run = {"config": {}, "history": [], "summary": {}, "artifacts": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -54,6 +54,9 @@ def read_run(path: Path) -> dict:
         elif kind == "history":
             run["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
                                    for i in record.history.item})
+        elif kind == "summary":
+            run["summary"].update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                                   for i in record.summary.update})
         elif kind == "artifact":
             a = record.artifact
             run["artifacts"].append({"type": a.type, "name": a.name, "aliases": sorted(a.aliases),

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import math
 
+from tune_app.rundir.tables import is_accuracy as is_acc
 from tune_app.rundir.tables import missing
-
-
-def is_acc(metric: str) -> bool:
-    return metric.endswith("acc")
 
 
 def fmt(value, metric: str, unit: bool = False) -> str:

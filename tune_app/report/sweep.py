@@ -34,8 +34,13 @@ def trend_rows(group: pd.DataFrame, metric: str) -> list[list[str]]:
              rank(r["median_rank"])] for _, r in group.iterrows()]
 
 
-def view_caption(view: str, metric: str) -> str:
+def view_caption(view: str, metric: str, planned: int | None = None) -> str:
     unit = " (%)" if is_acc(metric) else ""
+    if view.startswith("epoch") and planned is not None:
+        return (f"{metric}{unit} at {view}, trials planned for {planned} epochs that reached it, and trials whose "
+                f"learning rate does not follow their planned length: a schedule fitted to the planned length "
+                f"(cosine, OneCycle) makes {view} of another length a different point of training, so those trials "
+                f"are compared at their own end, in the completed view")
     if view.startswith("epoch"):
         return (f"{metric}{unit} at {view}, every trial that reached it: equal training length, "
                 f"so early-stopped trials are compared fairly")
@@ -53,7 +58,8 @@ def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = 
             continue
         tables = [Table(TREND_HEAD, trend_rows(group, metric), caption=str(p), title=f"{p} ({view})")
                   for p, group in by_view.groupby("hyperparameter", sort=False)]
-        sections.append(Section(f"Trends: {view}", note=f"{view_caption(view, metric)}.", tables=tables,
+        caption = view_caption(view, metric, trends.attrs.get("planned"))
+        sections.append(Section(f"Trends: {view}", note=f"{caption}.", tables=tables,
                                 collapsed=bool(sections)))
     return sections or [Section("Trends", paragraphs=["No trends: no searched hyperparameter values."])]
 
@@ -94,9 +100,29 @@ def headline(best: dict, metric: str) -> str:
             f"(epoch {best['best_epoch']}), at epoch {best['at_epoch']} {fmt(best['at_epoch_value'], metric)}")
 
 
+def noise_line(best: dict, metric: str) -> str | None:
+    """How many trials the validation set cannot tell apart from the best, and by what rule."""
+    noise, how = best.get("within_noise"), best.get("noise_rule") or {}
+    if not noise:
+        return None
+    others = len(noise) - 1
+    tied = len((best.get("tie_break") or {}).get("tied") or []) - 1
+    ties = f"; {tied} exactly tied, decided by {best['tie_break']['rule']}" if tied > 0 else ""
+    who = "no other trial" if not others else f"{others} other trial{'s' if others > 1 else ''}"
+    return (f"Within noise of the best {fmt(best['value'], metric)}{' %' if is_acc(metric) else ''}: {who} "
+            f"({how.get('text', '')}){ties}.")
+
+
 def best_section(best: dict, metric: str, title: str = "Best configuration") -> Section:
     items = [] if best.get("config") is None else [(k, str(v)) for k, v in sorted(best["config"].items())]
-    return Section(title, paragraphs=[headline(best, metric)], items=items)
+    noise = noise_line(best, metric)
+    tables = []
+    if title and len(best.get("within_noise") or []) > 1:  # the report lists them; the console only counts them
+        tables.append(Table(("trial", "trial id", metric), [[e["trial_name"], e["trial_id"], fmt(e["value"], metric)]
+                                                            for e in best["within_noise"]],
+                            caption="within noise of the best", right_from=2))
+    return Section(title, paragraphs=[headline(best, metric)], items=items, tables=tables,
+                   bullets=[noise] if noise else [])
 
 
 def cost_rows(trials: pd.DataFrame) -> list[list[str]]:

@@ -22,8 +22,9 @@ from tune_app.rundir.layout import RETRAIN_DIR
 def build_parser(prog: str = "python -m tune_app.retrain") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a sweep's run directory, e.g. runs/<name>, or its s3:// / gs:// URI")
-    p.add_argument("--configs", "--top-k", dest="top_k", type=int, default=1, action=Renamed, metavar="K",
-                   help="retrain the K best configurations (default 1)")
+    p.add_argument("--configs", "--top-k", dest="top_k", type=int, default=None, action=Renamed, metavar="K",
+                   help="retrain the K best configurations (default: those within noise of the best, at most 3: "
+                        "where the test set has something to decide)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=3,
                        help="seeds per configuration: the trial's own seed and the next ones (default 3)")
@@ -104,7 +105,7 @@ def run_builtin(plan: Plan) -> Path:
         print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
               f"{len(plan.candidates[0].seeds)} seeds = {runs} runs on {plan.train_on} "
               f"({plan.settings['cpus_per_trial']:g} CPU / {shown(plan.settings['gpus_per_trial'])} GPU each), "
-              f"then the test set ({len(dataset.y_test)} images)", flush=True)
+              f"then the test set ({len(dataset.y_test)} images); configurations: {plan.chosen}", flush=True)
         run_all(plan, dataset)
     finally:
         if started:

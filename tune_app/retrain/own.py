@@ -64,7 +64,8 @@ def run(plan) -> Path:
         data_ref = ray.put(data)
         runs = sum(len(c.seeds) for c in plan.candidates)
         print(f"tune_app: retraining {len(plan.candidates)} configuration(s) of {plan.sweep.name} x "
-              f"{len(plan.candidates[0].seeds)} seeds = {runs} runs of {plan.trainable.name}", flush=True)
+              f"{len(plan.candidates[0].seeds)} seeds = {runs} runs of {plan.trainable.name}; configurations: "
+              f"{plan.chosen}", flush=True)
         pending = {task.remote(plan.trainable.ref, local_paths(spec.get("code")), {**c.config, "seed": seed},
                                data_ref, settings["cpus_per_trial"]): c for c in plan.candidates for seed in c.seeds}
         while pending:

@@ -35,12 +35,13 @@ class Plan:
     rule: str
     ood: dict | None = None  # {"names", "severities", "source", "seed"}: the corrupted test sets to score
     predict: str | None = None  # images for submission.csv
+    chosen: str = ""  # how the configurations were chosen: "--configs K", or those within noise of the best
 
 
 def parse_seeds(args, own_seed: int) -> list[int]:
     if args.seed_list is not None:
         try:
-            seeds = [int(settings) for settings in args.seed_list.split(",") if settings.strip()]
+            seeds = [int(part) for part in args.seed_list.split(",") if part.strip()]
         except ValueError:
             raise UsageError(f"--seed-list {args.seed_list}: give whole numbers separated by commas, "
                              f"e.g. --seed-list 1,2,3") from None
@@ -105,7 +106,8 @@ def make_plan(args) -> Plan:
             raise UsageError(f"--train-on {args.train_on}: tune_app cannot merge the splits of your own "
                              f"load_data(); train on what it returns")
     return Plan(sweep.path, sweep, trainable, settings, candidates, args.epochs, args.train_on, top["selection_rule"],
-                ood_plan(args, sweep.metric, candidates[0].config) if trainable.builtin else None, args.predict)
+                ood_plan(args, sweep.metric, candidates[0].config) if trainable.builtin else None, args.predict,
+                top["chosen"])
 
 
 def ood_plan(args, metric: str, config: dict) -> dict | None:

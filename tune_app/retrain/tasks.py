@@ -35,7 +35,7 @@ def check_ood(plan: Plan, dataset) -> None:
 
     try:
         corruptions.load_cifar_c(plan.ood["source"], plan.ood["names"],
-                                 [settings for settings in plan.ood["severities"] if settings > 0], len(dataset.y_test))
+                                 [severity for severity in plan.ood["severities"] if severity > 0], len(dataset.y_test))
     except (DataError, ValueError) as e:
         raise UsageError(f"--corruption-dir: {e}") from None
 

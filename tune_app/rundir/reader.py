@@ -23,7 +23,8 @@ from tune_app.rundir.layout import SPEC_FILE
 # samples so far, the CPUs and share of a GPU the trial held), the divergence and early-stopping flags, when it
 # was reported.
 KEEP = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "ood_acc", "lr", "epoch_time_s", "samples_per_s",
-        "peak_mem_mb", "params", "cpu_s", "samples_seen", "cpus", "gpus", "diverged", "early_stopped", "timestamp")
+        "peak_mem_mb", "params", "cpu_s", "samples_seen", "cpus", "gpus", "diverged", "early_stopped", "timestamp",
+        "val_examples")
 FLAGS = ("diverged", "early_stopped")
 # Ray's statuses of a trial an interruption left unfinished. Not PAUSED: HyperBand's last experiment state can
 # still say PAUSED for a trial it went on to stop.
@@ -166,6 +167,7 @@ def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]
     line or None)."""
     records = []
     statuses = ray_statuses(path)
+    order = {trial_id: i for i, trial_id in enumerate(statuses, start=1)}  # Ray's experiment state lists trials as made
     for folder in trial_folders(path):
         try:
             config = json.loads((folder / "params.json").read_text(encoding="utf-8"))
@@ -185,6 +187,7 @@ def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]
             "timeout": failed and (folder / TIMEOUT_FILE).is_file(),
             # Ray's state still has it running or queued: the sweep was interrupted before it finished
             "interrupted": not failed and statuses.get(trial_id) in UNFINISHED,
+            "order": order.get(trial_id),  # None in a plain Ray experiment without its experiment state
         })
     return records
 
@@ -245,6 +248,7 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
             epochs = cfg.get("epochs") or planned or len(r["history"])  # a user's trainable may have no epochs key
             r["target_epochs"] = min(epochs, cfg.get("max_epochs") or epochs)
             r["name"] = space.trainable.run_name(cfg)
+            r["schedule_spans_run"] = space.trainable.schedule_spans_run(cfg)
     else:
         params = _varying(records)
         ranges = {k: rng for k in params if (rng := _inferred_range([r["config"].get(k) for r in records]))}

@@ -114,6 +114,29 @@ def _config_column(values) -> tuple[pd.Series, bool]:
     return pd.Series([None if missing(v) else v for v in values], dtype=dtype), False
 
 
+def is_accuracy(metric: str) -> bool:
+    """A metric that is a share of examples right (val_acc, ood_acc, a user's acc): shown in percent, and counted
+    out of the validation examples for the within-noise test."""
+    return metric.endswith("acc")
+
+
+def tie_metric(metric: str) -> str | None:
+    """What breaks an exact tie in the selection metric: the validation loss at the same epoch (None when the loss
+    is the metric itself; the start order decides then)."""
+    return None if metric == "val_loss" else "val_loss"
+
+
+def start_order(records) -> dict[str, int]:
+    """Each trial's place in the order the sweep started them, 1 first: Ray's experiment state lists trials as it
+    made them (``order``); without it, by the time of the first report, then by trial id."""
+    def key(r):
+        history = r.get("history") or []
+        first = number(history[0].get("timestamp")) if history else None
+        return (r.get("order") is None, r.get("order") or 0, first is None, first or 0.0, str(r["trial_id"]))
+
+    return {str(r["trial_id"]): i for i, r in enumerate(sorted(records, key=key), start=1)}
+
+
 def _sorted_records(records):
     return sorted(records, key=lambda r: str(r["trial_id"]))
 
@@ -185,6 +208,9 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
     check_mode(mode)
     records = _sorted_records(records)
     finals = [m for m in METRICS if m != "epoch"] + ([] if metric in METRICS else [metric])
+    tie = tie_metric(metric)
+    tie_columns = [f"best_epoch_{tie}", f"at_epoch_{tie}"] if tie else []
+    started = start_order(records)
     rows = []
     for r in records:
         history = r.get("history") or []
@@ -192,20 +218,27 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
         best, at = _best_epoch(history, metric, mode)
         row = {"trial_id": str(r["trial_id"]), "name": r.get("name") or str(r["trial_id"]),
                "status": trial_status(r), "epochs": len(history), "target_epochs": r.get("target_epochs"),
+               "started": started[str(r["trial_id"])], "schedule_spans_run": r.get("schedule_spans_run"),
                "seconds": math.fsum(h["epoch_time_s"] for h in history if not missing(h.get("epoch_time_s"))),
                "error": r.get("error") or None, **ledger(r)}
         row.update({f"final_{m}": math.nan if missing(last.get(m)) else last[m] for m in finals})
         row.update({f"best_{metric}": best, "best_epoch": at,
                     f"at_epoch_{metric}": _value_at(history, metric, at_epoch)})
+        if tie:  # the tie rule's second key at the epoch each selection rule looks at (final_<tie> is above)
+            row.update({f"best_epoch_{tie}": _value_at(history, tie, at), f"at_epoch_{tie}": _value_at(history, tie,
+                                                                                                      at_epoch)})
         rows.append(row)
-    head = ["trial_id", "name", "status", "epochs", "target_epochs", "seconds", *LEDGER]
-    columns = [*head, *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", f"at_epoch_{metric}", "error"]
+    head = ["trial_id", "name", "status", "epochs", "target_epochs", "started", "schedule_spans_run", "seconds",
+            *LEDGER]
+    columns = [*head, *[f"final_{m}" for m in finals], f"best_{metric}", "best_epoch", f"at_epoch_{metric}",
+               *tie_columns, "error"]
     frame = pd.DataFrame(rows, columns=columns)
     frame = frame.astype({"epochs": "int64", "target_epochs": "Int64", "best_epoch": "Int64", "params": "Int64",
-                          "samples_seen": "Int64", "device_kind": "str",
+                          "samples_seen": "Int64", "device_kind": "str", "started": "int64",
+                          "schedule_spans_run": "boolean",
                           **{c: "float64" for c in ["seconds", "device_s", "cpu_s", "peak_mem_mb",
                                                    *[f"final_{m}" for m in finals], f"best_{metric}",
-                                                   f"at_epoch_{metric}"]}})
+                                                   f"at_epoch_{metric}", *tie_columns]}})
     keys = list(dict.fromkeys(k for r in records for k in (r.get("config") or {})))
     config, encoded = {}, []
     for key in keys:
