@@ -113,8 +113,8 @@ def within_noise(pool: pd.DataFrame, history: pd.DataFrame, metric: str, mode: s
         band = (k_best - low) / n
         inside = pool[[not separated(round(float(v) * n)) for v in pool[column]]]
         how = {"test": "fisher_exact", "alpha": ALPHA, "examples": n, "band": band,
-               "text": f"within {fmt_band(band, metric)} on {n} validation examples (Fisher's exact test, "
-                       f"one-sided, {ALPHA:g})"}
+               "text": f"within {fmt_band(band, metric)} on {n} validation examples, by Fisher's exact test at "
+                       f"{100 * ALPHA:g} %"}
     else:
         epoch = {"last": None, "best-epoch": best["best_epoch"], "at-epoch": pool.attrs.get("at_epoch")}[rule]
         recent = _epochs_up_to(history, best["trial_id"], metric, epoch).tail(SPREAD_EPOCHS)
