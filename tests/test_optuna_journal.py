@@ -44,7 +44,7 @@ def drill(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("drill") / "faults.json"
     os.environ[FAULTS_ENV] = str(path)
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield path
     ray.shutdown()
     del os.environ[FAULTS_ENV]

@@ -150,7 +150,7 @@ def test_resume_from_s3_finishes_every_trial_from_its_checkpoint(resumed, s3):
     told = optuna.load_study(study_name=study.study_name, storage=study_storage).trials
     assert [t.state.name for t in told] == ["FAIL"] * 3 + ["COMPLETE"] * 3  # the crashes, then the retried trials
     final = dict(zip(trials["trial_id"], trials["final_val_acc"]))
-    assert {t.user_attrs["ray_trial_id"]: t.value for t in told[3:]} == final
+    assert {t.user_attrs["trial_id"]: t.value for t in told[3:]} == final
     assert sorted(map(str, (t.params for t in told[3:]))) == sorted(map(str, (t.params for t in told[:3])))
     assert (mirror / "wandb").is_dir() and s3_files("runs/crashy/wandb")
 
