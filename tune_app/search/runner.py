@@ -111,6 +111,8 @@ def run(spec: dict, resume: bool) -> int:
         config["max_epochs"] = settings["max_epochs"]
     if params is None or "seed" in params:
         config.setdefault("seed", settings["seed"])
+    if params is not None and "epochs" in params:  # every trial's config says its planned length (Optuna's study
+        config.setdefault("epochs", params["epochs"].default)  # tells stopped from finished trials by it)
     points = spec.get("points", [])  # --from-run's configurations
     algorithms.check(settings, config, points)  # before any data is read or Ray started
     dataset = load_data(space, settings, spec.get("workdir"))
