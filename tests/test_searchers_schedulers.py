@@ -27,6 +27,15 @@ def sweep(tmp_path, *argv):
         (summary / "best_config.json").read_text())
 
 
+def report_spans(run_dir):
+    """Each trial's (start, last report) from its own reports, in start order."""
+    spans = []
+    for folder in run_dir.glob("digits_cnn_*"):
+        rows = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        spans.append((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"]))
+    return sorted(spans)
+
+
 def test_every_searcher_is_covered():
     assert sorted(SEARCHER_ARGS) == SEARCHERS.names()
 
@@ -59,16 +68,10 @@ def test_max_concurrent_holds_for_every_searcher(searcher, ray_local, tmp_path):
     """--max-concurrent 1 on 2 CPUs of 1-CPU trials: no two trials overlap (Ray applies max_concurrent_trials
     to Searchers only; random search's generator takes it itself). Overlap is read from the trials' own reports:
     a trial's first epoch began after the previous trial's last report."""
-    import json as _json
-
     code, trials, _ = sweep(tmp_path, "--searcher", searcher, "--scheduler", "fifo", "--max-concurrent", "1",
                             *SEARCHER_ARGS[searcher], "--set", "epochs=4", "--max-epochs", "4")
     assert code == 0 and len(trials) == 2
-    spans = []
-    for folder in (tmp_path / "s").glob("digits_cnn_*"):
-        rows = [_json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
-        spans.append((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"]))
-    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    (a_start, a_end), (b_start, b_end) = report_spans(tmp_path / "s")
     assert b_start >= a_end - 1  # timestamps are whole seconds
 
 
@@ -88,14 +91,8 @@ def test_default_concurrency_fills_the_cluster():
 def test_a_searcher_runs_as_many_trials_at_once_as_the_cpus_hold(searcher, ray_local, tmp_path):
     """Without --max-concurrent Ray lets a searcher keep one trial pending: on 2 CPUs of 1-CPU trials tune_app's
     default has both trials of a sweep train side by side (their report spans overlap)."""
-    import json as _json
-
     code, trials, _ = sweep(tmp_path, "--searcher", searcher, "--scheduler", "fifo", *SEARCHER_ARGS[searcher],
                             "--set", "epochs=4", "--max-epochs", "4")
     assert code == 0 and len(trials) == 2
-    spans = []
-    for folder in (tmp_path / "s").glob("digits_cnn_*"):
-        rows = [_json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
-        spans.append((rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"]))
-    (a_start, a_end), (b_start, b_end) = sorted(spans)
+    (a_start, a_end), (b_start, b_end) = report_spans(tmp_path / "s")
     assert b_start < a_end - 1  # the second began well before the first ended

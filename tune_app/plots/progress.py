@@ -65,6 +65,23 @@ def _ylabel(trials: pd.DataFrame, metric: str, select: str) -> str:
     return f"{_label(metric)}, {_rule_words(select, trials.attrs.get('at_epoch'))}"
 
 
+def _trials_and_running_best(frame, line, x: str, unit: str, ylabel: str, scale: float, colours: dict, mode: str):
+    """Each trial's value a point at ``x`` where it finished, and the running best as a step line: (matplotlib
+    figure, its axes, plotly figure)."""
+    fig, ax = _mpl()
+    pfig = go.Figure()
+    for _, row in frame.dropna(subset=["value"]).iterrows():
+        ax.scatter(row[x], row["value"] * scale, s=18, color=colours[row["trial_id"]], alpha=0.6)
+        pfig.add_trace(go.Scatter(x=[row[x]], y=[row["value"] * scale], mode="markers",
+                                  name=row["name"], marker={"size": 7, "color": colours[row["trial_id"]]},
+                                  opacity=0.7, showlegend=False, hovertemplate=_hover(unit, ylabel)))
+    ax.step(line[x], line["best"] * scale, where="post", color=BEST_COLOUR, lw=2, label="best so far")
+    pfig.add_trace(go.Scatter(x=line[x], y=line["best"] * scale, mode=mode, name="best so far",
+                              line={"shape": "hv", "color": BEST_COLOUR, "width": 2.5},
+                              **({"marker": {"size": 5, "color": BEST_COLOUR}} if "markers" in mode else {})))
+    return fig, ax, pfig
+
+
 def best_so_far_figures(trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str,
                         select: str = "last") -> Figures | None:
     """Running best against cumulative compute time, each eligible trial's value a point where it finished.
@@ -77,16 +94,7 @@ def best_so_far_figures(trials: pd.DataFrame, history: pd.DataFrame, metric: str
         return None
     title, scale, colours = f"Best {metric} so far vs compute time", _scale(metric), _colours(frame["trial_id"])
     ylabel = _ylabel(trials, metric, select)
-    fig, ax = _mpl()
-    pfig = go.Figure()
-    for _, row in frame.dropna(subset=["value"]).iterrows():
-        ax.scatter(row["compute_s"], row["value"] * scale, s=18, color=colours[row["trial_id"]], alpha=0.6)
-        pfig.add_trace(go.Scatter(x=[row["compute_s"]], y=[row["value"] * scale], mode="markers",
-                                  name=row["name"], marker={"size": 7, "color": colours[row["trial_id"]]},
-                                  opacity=0.7, showlegend=False, hovertemplate=_hover("seconds", ylabel)))
-    ax.step(line["compute_s"], line["best"] * scale, where="post", color=BEST_COLOUR, lw=2, label="best so far")
-    pfig.add_trace(go.Scatter(x=line["compute_s"], y=line["best"] * scale, mode="lines", name="best so far",
-                              line={"shape": "hv", "color": BEST_COLOUR, "width": 2.5}))
+    fig, ax, pfig = _trials_and_running_best(frame, line, "compute_s", "seconds", ylabel, scale, colours, "lines")
     _finish(ax, title, "cumulative training seconds", ylabel)
     ax.legend(loc="best")
     pfig.update_layout(title=title, xaxis_title="cumulative training seconds", yaxis_title=ylabel,
@@ -145,17 +153,8 @@ def cost_figures(trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode:
     xlabel = f"cumulative {DEVICE_HOURS[kinds.pop()] if len(kinds) == 1 else 'device-hours'}"
     title, scale, colours = f"Best {metric} so far vs cost", _scale(metric), _colours(frame["trial_id"])
     ylabel = _ylabel(trials, metric, select)
-    fig, ax = _mpl()
-    pfig = go.Figure()
-    for _, row in frame.dropna(subset=["value"]).iterrows():
-        ax.scatter(row["cum_device_h"], row["value"] * scale, s=18, color=colours[row["trial_id"]], alpha=0.6)
-        pfig.add_trace(go.Scatter(x=[row["cum_device_h"]], y=[row["value"] * scale], mode="markers",
-                                  name=row["name"], marker={"size": 7, "color": colours[row["trial_id"]]},
-                                  opacity=0.7, showlegend=False, hovertemplate=_hover("device-hours", ylabel)))
-    ax.step(line["cum_device_h"], line["best"] * scale, where="post", color=BEST_COLOUR, lw=2, label="best so far")
-    pfig.add_trace(go.Scatter(x=line["cum_device_h"], y=line["best"] * scale, mode="lines+markers",
-                              name="best so far", line={"shape": "hv", "color": BEST_COLOUR, "width": 2.5},
-                              marker={"size": 5, "color": BEST_COLOUR}))
+    fig, ax, pfig = _trials_and_running_best(frame, line, "cum_device_h", "device-hours", ylabel, scale, colours,
+                                             "lines+markers")
     _finish(ax, title, xlabel, ylabel)
     ax.legend(loc="best")
     pfig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, hovermode="closest")
