@@ -74,25 +74,3 @@ def test_max_concurrent_holds_for_every_searcher(searcher, ray_local, tmp_path):
     (a_start, a_end), (b_start, b_end) = report_spans(tmp_path / "s")
     assert b_start >= a_end - 1  # timestamps are whole seconds
 
-
-def test_default_concurrency_fills_the_cluster():
-    from tune_app.search.tuner import default_concurrency
-
-    cpu = {"cpus_per_trial": 1, "gpus_per_trial": 0}
-    assert default_concurrency(cpu, {"CPU": 2.0}) == 2
-    assert default_concurrency({**cpu, "cpus_per_trial": 0.5}, {"CPU": 2.0}) == 4
-    assert default_concurrency({**cpu, "cpus_per_trial": 3}, {"CPU": 2.0}) == 1  # never less than one
-    assert default_concurrency({"cpus_per_trial": 1, "gpus_per_trial": 0.25}, {"CPU": 16.0, "GPU": 1.0}) == 4
-    assert default_concurrency({"cpus_per_trial": 1, "gpus_per_trial": 1 / 3}, {"CPU": 16.0, "GPU": 1.0}) == 3
-    assert default_concurrency({"cpus_per_trial": 1, "gpus_per_trial": "auto"}, {"CPU": 2.0, "GPU": 1.0}) == 2
-
-
-@pytest.mark.parametrize("searcher", ["optuna", "hyperopt"])
-def test_a_searcher_runs_as_many_trials_at_once_as_the_cpus_hold(searcher, ray_local, tmp_path):
-    """Without --max-concurrent Ray lets a searcher keep one trial pending: on 2 CPUs of 1-CPU trials tune_app's
-    default has both trials of a sweep train side by side (their report spans overlap)."""
-    code, trials, _ = sweep(tmp_path, "--searcher", searcher, "--scheduler", "fifo", *SEARCHER_ARGS[searcher],
-                            "--set", "epochs=4", "--max-epochs", "4")
-    assert code == 0 and len(trials) == 2
-    (a_start, a_end), (b_start, b_end) = report_spans(tmp_path / "s")
-    assert b_start < a_end - 1  # the second began well before the first ended

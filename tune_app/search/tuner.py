@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,22 +24,6 @@ def trial_name(trainable: str, trial) -> str:
 
 def trial_dirname(trainable: str, trial) -> str:
     return f"{trial_name(trainable, trial)}_{trial.trial_id}"[:120]
-
-
-def default_concurrency(settings: dict, resources: dict | None = None) -> int:
-    """Trials at once when --max-concurrent is not given: as many as the cluster's CPUs hold, and its GPUs for
-    trials that hold a GPU or a share of one. Ray itself lets a searcher (Optuna, HyperOpt) keep only one trial
-    pending without it, so trials would run one at a time while cores idle. ``resources``: Ray's
-    cluster_resources() (read from the running Ray by default)."""
-    if resources is None:
-        import ray
-
-        resources = ray.cluster_resources()
-    fits = [resources.get("CPU", 1.0) / settings["cpus_per_trial"]] if settings["cpus_per_trial"] else []
-    gpus = settings["gpus_per_trial"]
-    if isinstance(gpus, (int, float)) and gpus > 0:
-        fits.append(resources.get("GPU", 0.0) / gpus)
-    return max(1, math.floor(min(fits) + 1e-9)) if fits else 1
 
 
 def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_callbacks=()):
@@ -76,8 +59,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=space.metric, mode=space.mode, search_alg=search_alg, scheduler=wrap_scheduler(scheduler, budget),
-            num_samples=settings["num_samples"],
-            max_concurrent_trials=settings.get("max_concurrent") or default_concurrency(settings),
+            num_samples=settings["num_samples"], max_concurrent_trials=settings.get("max_concurrent"),
             # A finished trial's worker process trains the next one with the same resources: a new process
             # per trial (imports, torch's first optimizer) costs seconds, more than a small model's epochs.
             reuse_actors=settings.get("reuse_actors", True),
