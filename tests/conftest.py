@@ -38,6 +38,22 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def faults_file(tmp_path_factory):
+    """One local Ray per test module for the fault drills (cluster.adapter's TUNE_APP_FAULTS): Ray's workers
+    inherit the driver's environment at ray.init, so the drill file is named before it."""
+    import ray
+
+    from tune_app.cluster.adapter import FAULTS_ENV
+
+    path = tmp_path_factory.mktemp("drill") / "faults.json"
+    os.environ[FAULTS_ENV] = str(path)
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield path
+    ray.shutdown()
+    del os.environ[FAULTS_ENV]
+
+
 @pytest.fixture(scope="session")
 def digits():
     from trainables.data import prepare

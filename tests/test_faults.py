@@ -2,7 +2,6 @@
 and ends as if nothing happened; one that keeps crashing ends as error with its traceback while the sweep goes
 on; --resume --retry-errored finishes it; --keep-checkpoints bounds the checkpoints and keeps the best."""
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,24 +11,11 @@ import torch
 from trainables import image_classifier as ic
 from trainables.reporting import LocalReporter
 from tune_app import search
-from tune_app.cluster.adapter import FAULTS_ENV, STATE_FILE
+from tune_app.cluster.adapter import STATE_FILE
 
 pytestmark = pytest.mark.e2e
 
 FIXED = {"optimizer": "adam", "lr": 0.003, "batch_size": 64, "epochs": 3, "batch_norm": "true"}
-
-
-@pytest.fixture(scope="module")
-def faults_file(tmp_path_factory):
-    """Ray's workers inherit the driver's environment at ray.init: the drill file is named before it."""
-    import ray
-
-    path = tmp_path_factory.mktemp("drill") / "faults.json"
-    os.environ[FAULTS_ENV] = str(path)
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield path
-    ray.shutdown()
-    del os.environ[FAULTS_ENV]
 
 
 def argv(runs, *extra, activations="[relu,tanh]"):

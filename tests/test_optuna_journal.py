@@ -3,13 +3,11 @@ tune_app's summary trial by trial (what optuna-dashboard shows): the user attrib
 row, a trial ASHA stopped is PRUNED, one that ran its epochs COMPLETE with its last epoch's value, and every
 epoch reported is an intermediate value; an errored trial that --retry-errored finishes joins as a new trial."""
 import json
-import os
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from tune_app.cluster.adapter import FAULTS_ENV
 from tune_app.search import main
 from tune_app.search.optuna_resume import finished_state
 
@@ -37,19 +35,6 @@ SETTINGS = {"searcher": "optuna", "scheduler": "asha", "num_samples": 6, "max_ep
 '''
 
 
-@pytest.fixture(scope="module")
-def drill(tmp_path_factory):
-    """One local Ray for the module; its workers inherit the fault drill file's name at ray.init."""
-    import ray
-
-    path = tmp_path_factory.mktemp("drill") / "faults.json"
-    os.environ[FAULTS_ENV] = str(path)
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
-    yield path
-    ray.shutdown()
-    del os.environ[FAULTS_ENV]
-
-
 def study_and_summary(run_dir, name):
     backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
     study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
@@ -58,7 +43,7 @@ def study_and_summary(run_dir, name):
 
 
 @pytest.fixture(scope="module")
-def asha_sweep(drill, tmp_path_factory):
+def asha_sweep(faults_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("asha")
     (root / "asha_space.py").write_text(ASHA_SPACE)
     code = main(["--space", str(root / "asha_space.py"), "--storage-path", str(root / "runs"), "--name", "asha",
@@ -110,10 +95,10 @@ def test_finished_state_compares_the_epochs_reported_with_the_planned_ones(resul
 
 
 @pytest.fixture(scope="module")
-def retried_sweep(drill, tmp_path_factory):
+def retried_sweep(faults_file, tmp_path_factory):
     """One trial that crashes at epoch 2 once and, with --max-failures 0, ends as error; --resume --retry-errored
     finishes it from its epoch-1 checkpoint."""
-    drill.write_text(json.dumps([{"epoch": 2, "times": 1}]))
+    faults_file.write_text(json.dumps([{"epoch": 2, "times": 1}]))
     runs = tmp_path_factory.mktemp("retry")
     argv = ["--space", "digits", "--searcher", "optuna", "--scheduler", "fifo", "--num-samples", "1",
             "--set", "activation=[relu,tanh]", "--set", "optimizer=adam", "--set", "lr=0.003",
