@@ -126,7 +126,11 @@ def test_a_second_sweep_into_a_running_ones_directory_is_refused(tmp_path):
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     run_dir = tmp_path / "runs" / "torn"
-    proc = start(tmp_path, "torn", "--max-concurrent", "1", "--set", "seed=3")
+    # the first trial stops reporting at epoch 4 (a fault drill, once), so however slow the machine or late the
+    # signal, Ctrl+C finds it part-way with three checkpoints
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([{"epoch": 4, "times": 1, "kind": "hang"}]))
+    proc = start(tmp_path, "torn", "--max-concurrent", "1", "--set", "seed=3", env={FAULTS_ENV: str(faults)})
     wait_for(lambda: any(n >= 3 for n in epochs_done(run_dir).values()), what="three epochs of a trial")
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=240)
