@@ -122,3 +122,44 @@ def test_a_retried_trial_joins_the_study_as_a_new_complete_trial_with_every_epoc
     assert sorted(failed.intermediate_values) == [1]  # it crashed at epoch 2
     assert sorted(again.intermediate_values) == [1, 2, 3]
     assert again.value == again.intermediate_values[3] == trials["final_val_acc"].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def repeats_sweep(faults_file, tmp_path_factory):
+    """The ASHA space with --repeats 2: every trial trains seeds 0 and 1; those at lr 3e-3 crash once at epoch 2
+    and are retried from their epoch-1 checkpoint, which holds both runs."""
+    faults_file.write_text(json.dumps([{"epoch": 2, "times": 1, "where": {"lr": 3e-3}}]))
+    root = tmp_path_factory.mktemp("repeats")
+    (root / "asha_space.py").write_text(ASHA_SPACE)
+    code = main(["--space", str(root / "asha_space.py"), "--storage-path", str(root / "runs"), "--name", "twice",
+                 "--seed", "0", "--num-samples", "4", "--repeats", "2", "--wandb-mode", "disabled"])
+    run_dir = root / "runs" / "twice"
+    history = pq.read_table(run_dir / "summary" / "history.parquet").to_pandas()
+    best = json.loads((run_dir / "summary" / "best_config.json").read_text())
+    crashed = {line.split(":")[1] for line in (faults_file.parent / (faults_file.name + ".log")).read_text().split()}
+    return code, *study_and_summary(run_dir, "twice"), history, best, crashed
+
+
+def test_repeats_give_one_row_per_run_and_the_searcher_and_scheduler_see_their_mean(repeats_sweep):
+    code, told, runs, history, best, crashed = repeats_sweep
+    assert code == 0 and len(told) == 4 and len(runs) == 8
+    for trial_id, rows in runs.groupby(level=0):
+        assert list(rows["repeat"]) == [0, 1] and list(rows["config/seed"]) == [0, 1], trial_id
+        assert rows["epochs"].nunique() == 1 and rows["status"].nunique() == 1
+    # every epoch Ray got (what ASHA ranked) is the mean of the two runs' epochs
+    assert history["val_acc"].to_numpy() == pytest.approx(
+        (history["runs/0/val_acc"] + history["runs/1/val_acc"]).to_numpy() / 2, abs=1e-15)
+    assert (history["runs/0/val_acc"] != history["runs/1/val_acc"]).any()  # two seeds, two runs
+    for t in told:  # and so is every value Optuna was told
+        rows = runs.loc[[t.user_attrs["trial_id"]]]
+        mine = history[history["trial_id"] == t.user_attrs["trial_id"]].set_index("epoch")
+        assert t.intermediate_values == pytest.approx(mine["val_acc"].to_dict(), abs=1e-15)
+        if t.state.name == "COMPLETE":
+            assert t.value == pytest.approx(rows["final_val_acc"].mean(), abs=1e-15)
+    assert set(runs.loc[list(crashed), "status"]) <= {"completed", "stopped"}
+    assert len(crashed) >= 1 and (runs.loc[list(crashed), "epochs"] >= 2).all()  # retried past the crash
+    # the best is the mean of its runs, and the set within noise comes from the runs' spread
+    mine = runs.loc[[best["trial_id"]]]
+    assert best["value"] == pytest.approx(mine["final_val_acc"].mean(), abs=1e-15)
+    assert [(r["seed"], r["value"]) for r in best["runs"]] == list(zip(mine["config/seed"], mine["final_val_acc"]))
+    assert best["noise_rule"]["test"] == "welch_t" and best["noise_rule"]["repeats"] == 2

@@ -46,6 +46,7 @@ BAD = [
     (["--space", "digits", "--set", "batch_size=0"], "batch_size=0: must be >= 1"),
     (["--space", "digits", "--set", "lr"], "--set 'lr': expected key=value"),
     (["--space", "digits", "--num-samples", "0"], "--num-samples 0: must be at least 1"),
+    (["--space", "digits", "--repeats", "0"], "--repeats 0: must be at least 1 (1 trains each configuration once)"),
     (["--space", "digits", "--gpus-per-trial", "1.5"], "--gpus-per-trial 1.5: use a fraction up to 1"),
     (["--space", "digits", "--searcher", "grid"], "--searcher grid needs a list of values for lr"),
     (["--space", "digits", "--scheduler", "pbt"], "--scheduler pbt explores by itself"),
@@ -185,3 +186,21 @@ def test_the_old_top_k_spelling_still_works_with_a_note(command, new, capsys):
     assert capsys.readouterr().err == note
     assert parser.parse_args([*given, new, "4"]).top_k == 4
     assert capsys.readouterr().err == ""
+
+
+def test_repeats_of_a_trainable_without_a_seed_are_refused(tmp_path, capsys):
+    """Its k runs would be one run k times: say so, before Ray starts."""
+    (tmp_path / "seedless.py").write_text(
+        "from trainables.params import Param\n"
+        "PARAMS = {'lr': Param(0.1, float, 'step size')}\n"
+        "def fit(config, data, reporter):\n"
+        "    reporter.report({'epoch': 1, 'acc': config['lr']}, {})\n")
+    (tmp_path / "space.py").write_text("TRAINABLE = 'seedless:fit'\nMETRIC, MODE = 'acc', 'max'\n"
+                                       "SPACE = {'lr': 0.1}\ndef load_data():\n    return None\n")
+    code = exit_code(["--space", str(tmp_path / "space.py"), "--repeats", "3", "--storage-path",
+                      str(tmp_path / "runs"), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--repeats 3: trainable seedless:fit has no 'seed' parameter, so its repeats would all be the same run" \
+        in err
+    assert not (tmp_path / "runs").exists()

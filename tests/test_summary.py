@@ -242,3 +242,83 @@ def test_within_noise_without_a_count_is_the_best_trials_spread_over_its_last_ep
                                   history=history_frame([make_record(i, [0.9]) for i in "xyz"]))
     assert [e["trial_id"] for e in payload["within_noise"]] == ["x", "y"]
     assert payload["noise_rule"]["text"].startswith("exact ties only")
+
+
+def repeated(tid, runs, *, lr=0.01, diverged_run=None):
+    """A --repeats trial: runs[i] is run i's val_acc per epoch; each epoch's report is their mean (as
+    tune_app.repeats reports it), runs/<i>/<name> the runs' own numbers (as reader flattens them)."""
+    record = make_record(tid, [float(np.mean(epoch)) for epoch in zip(*runs)], target=len(runs[0]), lr=lr)
+    for e, row in enumerate(record["history"]):
+        for i, accs in enumerate(runs):
+            row.update({f"runs/{i}/seed": 7 + i, f"runs/{i}/epoch": e + 1, f"runs/{i}/val_acc": accs[e],
+                        f"runs/{i}/val_loss": 1 - accs[e], f"runs/{i}/epoch_time_s": 1.0 + i,
+                        f"runs/{i}/diverged": i == diverged_run and e == len(accs) - 1})
+    return record
+
+
+def test_trials_parquet_under_repeats_has_one_row_per_run_with_its_seed_and_numbers():
+    from tune_app.rundir.tables import run_records, runs_frame
+
+    records = [repeated("b", [[0.5, 0.8], [0.6, 0.7], [0.4, 0.9]]), repeated("a", [[0.3, 0.4], [0.5, 0.6]])]
+    assert [(r["trial_id"], r["repeat"], r["config"]["seed"]) for r in run_records(records)] == \
+        [("b", 0, 7), ("b", 1, 8), ("b", 2, 9), ("a", 0, 7), ("a", 1, 8)]
+    runs = runs_frame(records, "val_acc", "max", at_epoch=1)
+    assert list(runs.columns[:3]) == ["trial_id", "repeat", "name"]
+    assert list(zip(runs["trial_id"], runs["repeat"], runs["config/seed"])) == \
+        [("a", 0, 7), ("a", 1, 8), ("b", 0, 7), ("b", 1, 8), ("b", 2, 9)]
+    assert list(runs["final_val_acc"]) == [0.4, 0.6, 0.8, 0.7, 0.9]
+    assert list(runs["at_epoch_val_acc"]) == [0.3, 0.5, 0.5, 0.6, 0.4]
+    assert list(runs["seconds"]) == [2.0, 4.0, 2.0, 4.0, 6.0]  # each run's own epoch times
+    assert list(runs["status"]) == ["completed"] * 5 and list(runs["started"]) == [1, 1, 2, 2, 2]
+    # the trial's own row is the mean its reports carried
+    t = trials_frame(records, "val_acc", "max")
+    assert t.set_index("trial_id").loc["b", "final_val_acc"] == pytest.approx(0.8)
+
+
+def test_within_noise_under_repeats_is_welchs_t_test_over_the_runs():
+    best = [0.90, 0.92, 0.91]
+    others = {"near": [0.90, 0.89, 0.915], "far": [0.85, 0.86, 0.84], "wide": [0.70, 0.95, 0.99],
+              "split": [0.50, 0.95, 0.96]}
+    records = [repeated("best", [[0.5, v] for v in best])] + \
+        [repeated(t, [[0.5, v] for v in values]) for t, values in others.items()]
+    t = trials_frame(records, "val_acc", "max")
+    payload = best_config_payload(select_best(t, "val_acc", "max"), t, "val_acc", "max", "last", {},
+                                  history=history_frame(records), examples=144)
+    assert payload["trial_id"] == "best" and payload["value"] == pytest.approx(np.mean(best))
+    assert payload["runs"] == [{"repeat": i, "seed": 7 + i, "value": v} for i, v in enumerate(best)]
+
+    def separated(values):  # independently, with scipy: is the best's mean really greater?
+        return scipy_stats.ttest_ind(best, values, equal_var=False, alternative="greater").pvalue < 0.05
+
+    ranked_ids = list(ranked(t, "val_acc", "max")["trial_id"])
+    expected = [i for i in ranked_ids if i == "best" or not separated(others[i])]
+    assert [e["trial_id"] for e in payload["within_noise"]] == expected
+    assert "near" in expected and "wide" in expected and "far" not in expected  # the rule separates some
+    rule = payload["noise_rule"]
+    sd = float(np.std(best, ddof=1))
+    assert rule["test"] == "welch_t" and rule["repeats"] == 3 and rule["seed_sd"] == pytest.approx(sd)
+    assert rule["band"] == pytest.approx(scipy_stats.t.ppf(0.95, 4) * sd * math.sqrt(2 / 3))
+    assert rule["text"].startswith(f"within {100 * rule['band']:.2f} points over 3 seeds each")
+    line = report_sections.headline(payload, "val_acc")
+    assert "(the mean of 3 runs: seed 7 90.00, seed 8 92.00, seed 9 91.00)" in line
+
+
+def test_trend_tables_under_repeats_show_the_seed_spread():
+    from tune_app.analyze.trends import trends
+
+    records = [repeated("a", [[0.5, 0.80], [0.5, 0.84]], lr=0.01), repeated("b", [[0.5, 0.70], [0.5, 0.76]], lr=0.01),
+               repeated("c", [[0.5, 0.60], [0.5, 0.61]], lr=0.1, diverged_run=None)]
+    t = trials_frame(records, "val_acc", "max", at_epoch=2)
+    table = trends(t, history_frame(records), ["lr"], "val_acc", "max", 2)
+    assert list(table.columns).index("seed_sd") == list(table.columns).index("std") + 1
+    epoch = table[table["view"] == "epoch 2"].set_index("value")
+    sd = lambda a, b: float(np.std([a, b], ddof=1))  # noqa: E731
+    assert epoch.loc[0.01, "seed_sd"] == pytest.approx((sd(0.80, 0.84) + sd(0.70, 0.76)) / 2)
+    assert epoch.loc[0.1, "seed_sd"] == pytest.approx(sd(0.60, 0.61))
+    assert epoch.loc[0.01, "mean"] == pytest.approx((0.82 + 0.73) / 2)
+    assert table[table["view"] == "raw"].set_index("value").loc[0.1, "seed_sd"] == pytest.approx(sd(0.60, 0.61))
+    shown = report_sections.trend_sections(table, "val_acc")[0]
+    assert "seed sd the mean of their standard deviations" in shown.note
+    head, rows = shown.tables[0].head, shown.tables[0].rows
+    assert head[head.index("std") + 1] == "seed sd"
+    assert [row[head.index("seed sd")] for row in rows] == [f"{100 * epoch.loc[v, 'seed_sd']:.2f}" for v in (0.01, 0.1)]

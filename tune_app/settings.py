@@ -32,6 +32,7 @@ class SweepSettings:
     trial_timeout: float | None = None  # seconds without a report before a trial is stopped; 0 = never
     budget_hours: float | None = None  # device-hours after which no new trial starts; 0 = no budget
     reuse_actors: bool | None = None  # a finished trial's worker process trains the next trial
+    repeats: int | None = None  # (default 1) runs per configuration with seeds seed..seed+k-1, reported as their mean
     retry_errored: bool = False  # with resume: run errored trials again
     address: str | None = None  # Ray cluster: auto, ray://host:10001; None = a local Ray
     storage_path: str = "./runs"  # where run directories go: a directory, s3://bucket/path or gs://bucket/path

@@ -32,6 +32,7 @@ SETTING_KEYS = {
     "trial_timeout": float,  # seconds without a report before a trial is stopped; 0 = never
     "budget_hours": float,  # device-hours after which no new trial starts (running ones finish); 0 = no budget
     "reuse_actors": bool,  # a finished trial's worker process trains the next trial (same resources)
+    "repeats": int,  # runs per configuration, seeds seed..seed+k-1; the searcher and schedulers see their mean
 }
 
 

@@ -22,7 +22,15 @@ from tune_app.analyze.selection import (
 from tune_app.errors import UsageError
 from tune_app.rundir import reader
 from tune_app.rundir.layout import RETRAIN_DIR, SPEC_FILE
-from tune_app.rundir.tables import ELIGIBLE, history_frame, plain, status_counts, trials_frame
+from tune_app.rundir.tables import (
+    ELIGIBLE,
+    history_frame,
+    plain,
+    repeats_of,
+    runs_frame,
+    status_counts,
+    trials_frame,
+)
 
 log = logging.getLogger("tune_app")
 
@@ -41,6 +49,7 @@ class Analysis:
     importance_trials: int
     best: dict
     topk: dict
+    runs: pd.DataFrame | None = None  # --repeats: one row per run (trials.parquet); trials has one per trial
     plots: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)
     study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
@@ -231,7 +240,9 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
         best = plain({"config": None, "reason": _no_best_reason(trials, select, at_epoch), "metric": metric,
                        "mode": mode, "selection_rule": select, "at_epoch": at_epoch,
                        "trials": status_counts(trials), **prov})
+    runs = runs_frame(sweep.records, metric, mode, at_epoch) if any(map(repeats_of, sweep.records)) else None
     result = Analysis(sweep=sweep, at_epoch=at_epoch, select=select, trials=trials, history=history, trends=trends,
+                      runs=runs,
                       pairs=pair_tables, importance=trend_tables.importance(study), importance_trials=len(study.trials),
                       best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
                       retrain=_retrain_summary(sweep.path), curves_by=curves_by)

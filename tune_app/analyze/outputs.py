@@ -30,7 +30,7 @@ def write(a: Analysis, plots: bool = True) -> dict:
     pairs_csv = pd.concat([t.assign(first=x, second=y) for (x, y), t in a.pairs.items()], ignore_index=True) \
         if a.pairs else pd.DataFrame(columns=["first", "second", "a", "b", "n", "mean", "std"])
     writers = {
-        "trials.parquet": lambda p: a.trials.to_parquet(p, index=False),
+        "trials.parquet": lambda p: (a.trials if a.runs is None else a.runs).to_parquet(p, index=False),
         "history.parquet": lambda p: a.history.to_parquet(p, index=False),
         "trends.csv": lambda p: a.trends.to_csv(p, index=False),
         "trends.md": text(documents.trends_markdown(a.trends, a.metric)),

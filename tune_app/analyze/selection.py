@@ -10,6 +10,11 @@ a trial the test cannot separate from the best at the 5 % level is within noise.
 independent samples, which is conservative: both were measured on the same images. For any other metric, or an
 accuracy whose n is unknown, a trial is within noise when it is within two standard deviations of the best trial's
 metric over its last three epochs (up to the epoch the selection rule looks at).
+
+With --repeats k, the runs measure the noise themselves, seeds and validation sample together: a trial is within
+noise when Welch's t-test (one-sided, 5 %) over its k runs' values and the best's, at the epoch the selection rule
+looks at, cannot tell it from the best (with no spread in either, only an exact tie is). A diverged run's value is
+left out of its trial's.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tune_app.rundir.layout import RUNS
 from tune_app.rundir.tables import ELIGIBLE, check_mode, config_of, is_accuracy, plain, status_counts, tie_metric
 
 RULES = ("last", "best-epoch", "at-epoch")
@@ -89,6 +95,36 @@ def _epochs_up_to(history: pd.DataFrame, trial_id: str, metric: str, epoch) -> p
     return values[np.isfinite(values)]
 
 
+def _rule_epoch(row: pd.Series, rule: str, at_epoch) -> int | None:
+    """The epoch whose value a selection rule ranks a trial by (None: its last)."""
+    epoch = {"last": None, "best-epoch": row.get("best_epoch"), "at-epoch": at_epoch}[rule]
+    return None if epoch is None or pd.isna(epoch) else int(epoch)
+
+
+def run_values(history: pd.DataFrame, trial_id: str, metric: str, epoch: int | None) -> np.ndarray:
+    """A trial's runs' values of ``metric`` at ``epoch`` (None: its last reported epoch), under --repeats (the
+    history's runs/<i>/<metric> columns); empty without repeats. A diverged run's value is left out."""
+    columns = [c for c in history.columns if c.startswith(f"{RUNS}/") and c.endswith(f"/{metric}")
+               and c.count("/") == 2]
+    rows = history[history["trial_id"] == trial_id] if columns else history.iloc[:0]
+    if rows.empty:
+        return np.array([])
+    row = rows.sort_values("epoch").iloc[-1] if epoch is None else rows[rows["epoch"] == epoch]
+    if isinstance(row, pd.DataFrame):
+        if row.empty:
+            return np.array([])
+        row = row.iloc[-1]
+    values = []
+    for c in columns:
+        flag = f"{c.rsplit('/', 1)[0]}/diverged"
+        if flag in row and not pd.isna(row[flag]) and bool(row[flag]):
+            continue
+        value = pd.to_numeric(row[c], errors="coerce")
+        if not pd.isna(value) and np.isfinite(value):
+            values.append(float(value))
+    return np.array(values)
+
+
 def within_noise(pool: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str, rule: str,
                  examples: int | None) -> tuple[list[dict], dict]:
     """The trials (the best first) that the validation set cannot tell apart from the best, each with its value,
@@ -99,7 +135,27 @@ def within_noise(pool: pd.DataFrame, history: pd.DataFrame, metric: str, mode: s
     column = rule_column(metric, rule)
     best = pool.iloc[0]
     value = float(best[column])
-    if is_accuracy(metric) and mode == "max" and examples:
+    epochs = {trial_id: _rule_epoch(row, rule, pool.attrs.get("at_epoch"))
+              for trial_id, row in pool.set_index("trial_id").iterrows()}
+    best_runs = run_values(history, best["trial_id"], metric, epochs[best["trial_id"]])
+    if len(best_runs) > 1:
+        k = len(best_runs)
+
+        def separated_runs(trial_id) -> bool:
+            other = run_values(history, trial_id, metric, epochs[trial_id])
+            gap = (best_runs.mean() - other.mean()) * (1 if mode == "max" else -1)
+            if len(other) < 2 or (best_runs.std() == 0 and other.std() == 0):
+                return gap > 1e-12  # no spread to test against: only an exact tie is within noise
+            return stats.ttest_ind(best_runs, other, equal_var=False,
+                                   alternative="greater" if mode == "max" else "less").pvalue < ALPHA
+
+        inside = pool[[not separated_runs(t) for t in pool["trial_id"]]]
+        sd = float(best_runs.std(ddof=1))
+        band = float(stats.t.ppf(1 - ALPHA, 2 * k - 2) * sd * np.sqrt(2 / k))  # the gap two runs' spread like the
+        how = {"test": "welch_t", "alpha": ALPHA, "repeats": k, "seed_sd": sd, "band": band,  # best's would separate
+               "text": f"within {fmt_band(band, metric)} over {k} seeds each (the best's runs vary by "
+                       f"{fmt_band(sd, metric)}), by Welch's t-test at {100 * ALPHA:g} %"}
+    elif is_accuracy(metric) and mode == "max" and examples:
         n = int(examples)
         k_best = round(value * n)
 
@@ -163,7 +219,28 @@ def best_config_payload(best: pd.Series, trials: pd.DataFrame, metric: str, mode
                "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
                "tie_break": tie_break(pool, metric, rule), "within_noise": noise, "noise_rule": how,
                "trials": status_counts(trials), **provenance}
+    if history is not None:
+        runs = runs_of(history, best["trial_id"], metric, _rule_epoch(best, rule, trials.attrs.get("at_epoch")))
+        if runs:  # --repeats: value is their mean; each run's seed and value (a retrain of one seed repeats it)
+            payload["runs"] = runs
     return plain(payload)
+
+
+def runs_of(history: pd.DataFrame, trial_id: str, metric: str, epoch: int | None) -> list[dict]:
+    """--repeats: each of a trial's runs at ``epoch`` (None: its last) as {"repeat", "seed", "value"}; empty
+    without repeats."""
+    rows = history[history["trial_id"] == trial_id].sort_values("epoch")
+    rows = rows if epoch is None else rows[rows["epoch"] == epoch]
+    if rows.empty:
+        return []
+    row = rows.iloc[-1]
+    found = sorted({int(c.split("/")[1]) for c in history.columns if c.startswith(f"{RUNS}/") and c.count("/") == 2})
+    out = []
+    for i in found:
+        value, seed = row.get(f"{RUNS}/{i}/{metric}"), row.get(f"{RUNS}/{i}/seed")
+        out.append({"repeat": i, "seed": None if seed is None or pd.isna(seed) else int(seed),
+                    "value": None if value is None or pd.isna(value) else float(value)})
+    return out
 
 
 def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: int) -> dict:

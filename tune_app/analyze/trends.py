@@ -9,7 +9,9 @@ Three views of each trial's metric feed the trend tables:
 - ``raw``: the last reported metric of every finished trial, whatever its length. This is what a
   table built by hand from W&B's run list shows; it is kept to show how early stopping skews it.
 
-Diverged and failed trials are counted in every table and averaged in none.
+Diverged and failed trials are counted in every table and averaged in none. With --repeats, each trial's
+number is the mean of its runs, and ``seed_sd`` says how much its runs differed (the mean over a value's trials of
+their runs' standard deviation): a difference between values smaller than that is seed noise.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from tune_app.rundir.layout import RUNS
 from tune_app.rundir.tables import ELIGIBLE, bin_label, plain, value_key
 
 VIEWS = ("epoch", "completed", "raw")
@@ -123,10 +126,25 @@ def _groups(trials: pd.DataFrame, param: str, bins: dict):
     return sorted(((plain(v), g) for v, g in present.groupby(column, sort=False)), key=lambda kv: value_key(kv[0]))
 
 
+def seed_spread(history: pd.DataFrame, values: pd.Series, metric: str, epoch: int | None) -> pd.Series:
+    """--repeats: each trial's standard deviation over its runs of ``metric`` at ``epoch`` (None: its last), for
+    the trials of ``values``; empty without repeats."""
+    from tune_app.analyze.selection import run_values
+
+    out = {}
+    for trial_id in values.index:
+        runs = run_values(history, trial_id, metric, epoch)
+        if len(runs) > 1:
+            out[trial_id] = float(np.std(runs, ddof=1))
+    return pd.Series(out, dtype="float64")
+
+
 def trend_table(trials: pd.DataFrame, values: pd.Series, params: list[str], mode: str,
-                bins: dict | None = None, bounds: tuple[float, float] | None = None) -> pd.DataFrame:
+                bins: dict | None = None, bounds: tuple[float, float] | None = None,
+                spread: pd.Series | None = None) -> pd.DataFrame:
     """For each hyperparameter value: how its trials ended, and mean/std/95 % CI/best/median rank of
-    `values` (one number per trial averaged; see view_values). Rank 1 is the best trial of the view."""
+    `values` (one number per trial averaged; see view_values). Rank 1 is the best trial of the view. ``spread``
+    (--repeats: see seed_spread) adds ``seed_sd``, the mean over the value's trials of their runs' spread."""
     bins = bins or {}
     ranks = values.rank(ascending=mode == "min", method="average")
     rows = []
@@ -147,17 +165,29 @@ def trend_table(trials: pd.DataFrame, values: pd.Series, params: list[str], mode
                          "std": v.std(ddof=1) if len(v) > 1 else math.nan, "ci95_low": low, "ci95_high": high,
                          "best": (v.max() if mode == "max" else v.min()) if len(v) else math.nan,
                          "median_rank": ranks[ranks.index.isin(ids)].median() if len(v) else math.nan})
-    return pd.DataFrame(rows, columns=list(TREND_COLUMNS[1:]))
+            if spread is not None:
+                within = spread[spread.index.isin(v.index)]
+                rows[-1]["seed_sd"] = within.mean() if len(within) else math.nan
+    columns = list(TREND_COLUMNS[1:])
+    if spread is not None:
+        columns.insert(columns.index("std") + 1, "seed_sd")
+    return pd.DataFrame(rows, columns=columns)
 
 
 def trends(trials, history, params, metric, mode, at_epoch, bins=None) -> pd.DataFrame:
     """All three views in one long table, its first column naming the view. ``attrs["planned"]``: the planned
     length the epoch view kept (see like_with_like), or None."""
     values = view_values(trials, history, metric, at_epoch)
-    frames = [trend_table(trials, values[v], params, mode, bins, bounds_of(metric)).assign(view=view_label(v, at_epoch))
+    repeats = any(c.startswith(f"{RUNS}/") for c in history.columns)
+    frames = [trend_table(trials, values[v], params, mode, bins, bounds_of(metric),
+                          seed_spread(history, values[v], metric, at_epoch if v == "epoch" else None)
+                          if repeats else None).assign(view=view_label(v, at_epoch))
               for v in VIEWS]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    table = table[list(TREND_COLUMNS)]
+    columns = list(TREND_COLUMNS)
+    if repeats:
+        columns.insert(columns.index("std") + 1, "seed_sd")
+    table = table[columns]
     table.attrs["planned"] = values["epoch"].attrs.get("planned")
     return table
 

@@ -120,11 +120,12 @@ class RayReporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def ray_trainable(ref: str, code_paths: list[str] = ()):
+def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1):
     """A Ray function trainable around the ``fit`` that ``ref`` ("module:function") names; ``data`` arrives
     through ``tune.with_parameters``. ``fit`` is imported in the worker, by name, so the user's code is found
     there: shipped by Ray's runtime_env, or, when tune_app did not start Ray, from ``code_paths`` where this
-    machine has them."""
+    machine has them. ``repeats`` > 1: each trial trains its configuration that many times and reports the mean
+    (tune_app.repeats)."""
     module_name, attr = ref.split(":")
 
     def trainable(config: dict, data) -> None:
@@ -132,7 +133,13 @@ def ray_trainable(ref: str, code_paths: list[str] = ()):
         from tune_app.usercode import use_paths
 
         use_paths(code_paths)
-        import_attr(ref, "trainable")(config, data, RayReporter(config))
+        fit = import_attr(ref, "trainable")
+        if repeats > 1:
+            from tune_app.repeats import fit_repeats
+
+            fit_repeats(fit, config, data, RayReporter(config), repeats)
+        else:
+            fit(config, data, RayReporter(config))
 
     trainable.__name__ = module_name.rsplit(".", 1)[-1] if attr == "fit" else attr.rsplit(".", 1)[-1]
     return trainable

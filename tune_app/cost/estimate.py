@@ -153,14 +153,16 @@ def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_byte
     return results
 
 
-def estimate(trainable, configs: list[dict], probes: dict, n_train: int) -> list[dict]:
+def estimate(trainable, configs: list[dict], probes: dict, n_train: int, repeats: int = 1) -> list[dict]:
+    """Each configuration's estimated peak memory, seconds per epoch and per trial; ``repeats`` (--repeats): a
+    trial trains that many runs, one after another each epoch, and holds their models at once."""
     rows = []
     for i, c in enumerate(configs, start=1):
         p = probes[cost_key(trainable, c)]
-        epoch_s = n_train / p["samples_per_s"] + p["eval_s"]
+        epoch_s = (n_train / p["samples_per_s"] + p["eval_s"]) * repeats
         epochs = min(int(c["epochs"]), int(c.get("max_epochs") or c["epochs"]))
         rows.append({"config": i, "name": trainable.run_name(c), "params": int(p["params"]), "epochs": epochs,
-                     "est_peak_mem_mb": p["peak_mem_mb"] + p["untouched_mb"], "est_epoch_s": epoch_s,
+                     "est_peak_mem_mb": p["peak_mem_mb"] * repeats + p["untouched_mb"], "est_epoch_s": epoch_s,
                      "est_trial_s": epoch_s * epochs, "cost_key": json.dumps(cost_key(trainable, c))})
     return rows
 

@@ -59,9 +59,11 @@ def cost_configs(trainable, param_space: dict, seed: int) -> list[dict]:
 
 
 def gpu_plan(trainable, param_space: dict, seed: int, data_ref, n_train: int, train_bytes: int,
-             cpus: float, code_paths=()) -> dict:
+             cpus: float, code_paths=(), repeats: int = 1) -> dict:
     """Each cost-relevant configuration probed alone on a whole GPU (peak device memory, as the trainable
     reports it, plus the part of the training set the probe did not hold), and the GPU fraction that follows.
+    ``repeats`` (--repeats): a trial holds that many models at once, so the probe's peak counts that many times
+    (the training set once).
     Returns {"gpu_mb", "rows": [{"cost_key", "name", "peak_mb", "fraction"}]}."""
     import ray
 
@@ -71,7 +73,7 @@ def gpu_plan(trainable, param_space: dict, seed: int, data_ref, n_train: int, tr
     rows = []
     for c in configs:
         p = probes[cost_key(trainable, c)]
-        peak = p["peak_mem_mb"] + p["untouched_mb"]
+        peak = p["peak_mem_mb"] * repeats + p["untouched_mb"]
         rows.append({"cost_key": json.dumps(cost_key(trainable, c)), "name": trainable.run_name(c),
                      "peak_mb": peak, "fraction": gpu_fraction(peak, gpu_mb)})
     return {"gpu_mb": gpu_mb, "headroom": HEADROOM, "context_mb": CONTEXT_MB, "rows": rows}

@@ -28,9 +28,19 @@ def _ci(row, metric) -> str:
     return f"{fmt(row['ci95_low'], metric)} to {fmt(row['ci95_high'], metric)}"
 
 
+def trend_head(trends: pd.DataFrame) -> tuple[str, ...]:
+    """TREND_HEAD, with ``seed sd`` after ``std`` for a sweep with --repeats."""
+    if "seed_sd" not in trends:
+        return TREND_HEAD
+    i = TREND_HEAD.index("std") + 1
+    return (*TREND_HEAD[:i], "seed sd", *TREND_HEAD[i:])
+
+
 def trend_rows(group: pd.DataFrame, metric: str) -> list[list[str]]:
+    seeds = "seed_sd" in group
     return [[str(r["value"]), str(r["completed"]), str(r["stopped"]), str(r["diverged"]), str(r["failed"]),
-             str(r["n"]), fmt(r["mean"], metric), fmt(r["std"], metric), _ci(r, metric), fmt(r["best"], metric),
+             str(r["n"]), fmt(r["mean"], metric), fmt(r["std"], metric),
+             *([fmt(r["seed_sd"], metric)] if seeds else []), _ci(r, metric), fmt(r["best"], metric),
              rank(r["median_rank"])] for _, r in group.iterrows()]
 
 
@@ -56,9 +66,12 @@ def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = 
     for view, by_view in trends.groupby("view", sort=False):
         if views is not None and view not in views:
             continue
-        tables = [Table(TREND_HEAD, trend_rows(group, metric), caption=str(p), title=f"{p} ({view})")
+        tables = [Table(trend_head(trends), trend_rows(group, metric), caption=str(p), title=f"{p} ({view})")
                   for p, group in by_view.groupby("hyperparameter", sort=False)]
         caption = view_caption(view, metric, trends.attrs.get("planned"))
+        if "seed_sd" in trends:
+            caption += ("; each trial's number is the mean of its runs (--repeats), and seed sd the mean of their "
+                        "standard deviations: a difference between values smaller than it is seed noise")
         sections.append(Section(f"Trends: {view}", note=f"{caption}.", tables=tables,
                                 collapsed=bool(sections)))
     return sections or [Section("Trends", paragraphs=["No trends: no searched hyperparameter values."])]
@@ -94,8 +107,11 @@ def importance_section(a, title: str = "Importance") -> Section:
 def headline(best: dict, metric: str) -> str:
     if best.get("config") is None:
         return f"No best trial: {best.get('reason', 'nothing selected')}"
+    runs = best.get("runs") or []
+    each = (f" (the mean of {len(runs)} runs: "
+            + ", ".join(f"seed {r['seed']} {fmt(r['value'], metric)}" for r in runs) + ")") if runs else ""
     return (f"Best trial {best['trial_name']} ({best['trial_id']}), selected by {best['selection_rule']}: "
-            f"{metric} {fmt(best['value'], metric)}{' %' if is_acc(metric) else ''}; "
+            f"{metric} {fmt(best['value'], metric)}{' %' if is_acc(metric) else ''}{each}; "
             f"last epoch {fmt(best['last_value'], metric)}, best epoch {fmt(best['best_epoch_value'], metric)} "
             f"(epoch {best['best_epoch']}), at epoch {best['at_epoch']} {fmt(best['at_epoch_value'], metric)}")
 

@@ -7,3 +7,4 @@ PLAN_FILE = "plan.json"  # --plan's cost estimate, one row per configuration
 GPU_PLAN_FILE = "gpu_plan.json"  # --gpus-per-trial auto's measured peaks and GPU shares
 BUDGET_FILE = "budget.json"  # --budget-hours: the device-seconds spent and whether the budget stopped the sweep
 JOURNAL_FILE = "optuna.journal"  # the Optuna searcher's study, resumable
+RUNS = "runs"  # --repeats: a report's key holding each run's numbers, {"0": {...}, ...}; runs/0/<name> flattened

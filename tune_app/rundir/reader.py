@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from tune_app.errors import UsageError
-from tune_app.rundir.layout import SPEC_FILE
+from tune_app.rundir.layout import RUNS, SPEC_FILE
 
 # What a trial's history keeps from each report: the metrics, the cost ledger's figures (CPU seconds, training
 # samples so far, the CPUs and share of a GPU the trial held), the divergence and early-stopping flags, when it
@@ -89,9 +89,14 @@ def _read_results(folder: Path) -> pd.DataFrame | None:
         rows = []
         for line in result.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a kill
+            runs = row.pop(RUNS, None)  # --repeats: each run's numbers, as progress.csv flattens them
+            if isinstance(runs, dict):
+                row.update({f"{RUNS}/{i}/{k}": v for i, numbers in runs.items() if isinstance(numbers, dict)
+                            for k, v in numbers.items()})
+            rows.append(row)
         frames.append(pd.DataFrame(rows))
     csv = folder / "progress.csv"
     if csv.is_file() and csv.stat().st_size:
@@ -120,12 +125,15 @@ def _history(frame: pd.DataFrame | None, metric: str, everything: bool = False) 
     if everything:
         keep += [c for c in frame.columns if c not in RAY_COLUMNS and "/" not in c
                  and pd.api.types.is_numeric_dtype(frame[c])]
+    # --repeats: each run's numbers (runs/<i>/<name>), for the same names, and its seed
+    keep += [c for c in frame.columns if c.startswith(f"{RUNS}/") and c.count("/") == 2
+             and (c.rsplit("/", 1)[1] in (*keep, "seed") or everything and pd.api.types.is_numeric_dtype(frame[c]))]
     rows = frame[list(dict.fromkeys(keep))].to_dict("records")
     for row in rows:
         row["epoch"] = int(row["epoch"])
-        for flag in FLAGS:
-            if flag in row:
-                row[flag] = bool(row[flag]) if not _nan(row[flag]) else False
+        for key in row:
+            if key in FLAGS or key.startswith(f"{RUNS}/") and key.rsplit("/", 1)[1] in FLAGS:
+                row[key] = bool(row[key]) if not _nan(row[key]) else False
     return rows
 
 

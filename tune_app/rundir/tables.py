@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tune_app.rundir.layout import RUNS
+
 METRICS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
            "epoch_time_s", "samples_per_s", "peak_mem_mb", "params")
 
@@ -250,6 +252,46 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -
                        frame.iloc[:, len(head):]], axis=1)
     frame.attrs[JSON_COLUMNS_ATTR] = encoded
     frame.attrs["at_epoch"] = at_epoch
+    return frame
+
+
+def repeats_of(record) -> int:
+    """How many runs (--repeats) each of the trial's reports holds: 0 for a trial without repeats."""
+    history = record.get("history") or []
+    return len({key.split("/")[1] for key in (history[0] if history else {}) if key.startswith(f"{RUNS}/")})
+
+
+def run_records(records) -> list[dict]:
+    """Each run as a record of its own, ``repeat`` its index: under --repeats a trial's k runs, each with the
+    trial's id, status and resources, the run's seed in its config and, per epoch, its own numbers with the
+    epoch's devices; a trial without repeats stays one record (repeat 0)."""
+    out = []
+    for record in records:
+        k = repeats_of(record)
+        if not k:
+            out.append({**record, "repeat": 0})
+            continue
+        for i in range(k):
+            prefix = f"{RUNS}/{i}/"
+            history = []
+            for row in record.get("history") or []:
+                own = {key[len(prefix):]: value for key, value in row.items() if key.startswith(prefix)}
+                if own:
+                    history.append({**{key: row[key] for key in ("epoch", "cpus", "gpus", "timestamp") if key in row},
+                                    **own})
+            seed = next((number(h.get("seed")) for h in history if number(h.get("seed")) is not None), None)
+            config = {**(record.get("config") or {}), **({"seed": int(seed)} if seed is not None else {})}
+            out.append({**record, "history": history, "config": config, "repeat": i})
+    return out
+
+
+def runs_frame(records, metric: str, mode: str, at_epoch: int | None = None) -> pd.DataFrame:
+    """trials.parquet of a sweep with --repeats: trials_frame's columns for every run, ``repeat`` after
+    ``trial_id`` (the configuration's trial, whose k runs share it), ``config/seed`` the run's seed."""
+    runs = run_records(records)
+    frame = trials_frame(runs, metric, mode, at_epoch)
+    frame["started"] = frame["trial_id"].map(start_order(records)).astype("int64")
+    frame.insert(1, "repeat", pd.array([r["repeat"] for r in _sorted_records(runs)], dtype="int64"))
     return frame
 
 

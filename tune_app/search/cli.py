@@ -34,6 +34,10 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--num-samples", type=int,
                    help="trials to run (grid: repeats of the grid); default: the space's SETTINGS, else 10")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
+    p.add_argument("--repeats", type=int, metavar="K",
+                   help="train each configuration K times, with seeds seed, seed+1, ..., in one trial that reports "
+                        "their mean to the searcher and the schedulers; trials.parquet gets one row per run "
+                        "(default 1)")
     p.add_argument("--cpus-per-trial", type=float)
     p.add_argument("--gpus-per-trial", type=gpus_arg,
                    help="fractions such as 0.25 pack trials per GPU; auto measures each configuration's peak GPU "

@@ -19,7 +19,7 @@ SETTING_FLAGS = tuple(SETTING_KEYS)
 # What a space's SETTINGS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
-                     "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0}
+                     "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0, "repeats": 1}
 TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
@@ -33,7 +33,7 @@ def check_settings(settings: dict) -> None:
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
         "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
         "max_failures": (0, "0 or more"), "keep_checkpoints": (1, "at least 1"), "trial_timeout": (0, "0 or more"),
-        "budget_hours": (0, "0 (no budget) or more"),
+        "budget_hours": (0, "0 (no budget) or more"), "repeats": (1, "at least 1 (1 trains each configuration once)"),
     }
     for key, (low, text) in rules.items():
         value = settings.get(key)
@@ -162,6 +162,11 @@ def plan_new(args: SweepSettings) -> dict:
     if args.from_run and args.num_samples is None:
         settings["num_samples"] = top_k  # the budget is the transferred configurations
     check_settings(settings)
+    params = space.trainable.PARAMS
+    if settings["repeats"] > 1 and params is not None and "seed" not in params:
+        raise UsageError(f"--repeats {settings['repeats']}: trainable {space.trainable.name} has no 'seed' "
+                         f"parameter, so its repeats would all be the same run; give it a seed in PARAMS that seeds "
+                         f"its model and data order, or leave --repeats at 1")
     transferred = transfer(args.from_run, top_k, space, settings) if args.from_run else {}
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     args = dataclasses.replace(args, name=name)

@@ -41,7 +41,7 @@ def plan_table(space, config: dict, settings: dict, dataset, points=()) -> tuple
     probes = estimate.probe_all(trainable, configs, ray.put(dataset.sweep_view()), len(dataset.y_train),
                             dataset.x_train.nbytes, settings["cpus_per_trial"], settings["gpus_per_trial"], concurrency,
                             local_paths(space.code))
-    rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train))
+    rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train), settings.get("repeats", 1))
     return rows, estimate.table(rows, concurrency)
 
 
@@ -69,7 +69,7 @@ def auto_gpus(space, config: dict, settings: dict, dataset, run_dir: Path, resum
         print("tune_app: --gpus-per-trial auto: probing each configuration's GPU memory...", flush=True)
         gpu_plan = gpu_share.gpu_plan(space.trainable, param_space, settings["seed"], ray.put(dataset.sweep_view()),
                                  len(dataset.y_train), dataset.x_train.nbytes, settings["cpus_per_trial"],
-                                 local_paths(space.code))
+                                 local_paths(space.code), settings.get("repeats", 1))
         if not plan_only:
             run_dir.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(gpu_plan, indent=1))
@@ -193,7 +193,8 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
 
         (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(tune.with_parameters(
-        ray_trainable(space.trainable.ref, local_paths(spec.get("code"))), data=dataset.sweep_view()), resources)
+        ray_trainable(space.trainable.ref, local_paths(spec.get("code")), settings.get("repeats", 1)),
+        data=dataset.sweep_view()), resources)
     uploads = ()
     if run_uri:
         from tune_app.cluster import storage
