@@ -97,8 +97,9 @@ def test_trainables_never_import_tune_app_or_ray():
 # The layers, lowest first: a module imports only from its own layer or a lower one.
 LAYERS = (
     ("shared", ("tune_app.errors", "tune_app.command", "tune_app.settings", "tune_app.trainable", "tune_app.usercode",
-                "tune_app.spaces", "tune_app.sweep_data", "tune_app.imageset", "tune_app.rundir", "tune_app.cluster",
-                "tune_app.integrations", "tune_app.cost", "tune_app.results", "tune_app.repeats")),
+                "tune_app.spaces", "tune_app.wandb_sweep", "tune_app.sweep_data", "tune_app.imageset",
+                "tune_app.rundir", "tune_app.cluster", "tune_app.integrations", "tune_app.cost", "tune_app.results",
+                "tune_app.repeats")),
     ("views", ("tune_app.plots", "tune_app.report")),
     ("commands", ("tune_app.analyze", "tune_app.retrain", "tune_app.search", "tune_app.train")),
     ("api", ("tune_app", "tune_app.api", "tune_app.__main__")),

@@ -27,8 +27,11 @@ LARGE_FILE_MB = 10  # files this large are data or weights, not code: never ship
 PACKAGE_LIMIT_MB = 500  # Ray refuses a package near its gRPC limit (512 MiB); refuse before it
 
 
+SWEEP_SUFFIXES = (".yaml", ".yml")  # a W&B sweep file (tune_app.wandb_sweep)
+
+
 def is_path(ref: str) -> bool:
-    return ref.endswith(".py") or "/" in ref or os.sep in ref
+    return ref.endswith((".py", *SWEEP_SUFFIXES)) or "/" in ref or os.sep in ref
 
 
 def _installed_roots() -> list[Path]:
@@ -97,7 +100,9 @@ def forget_modules(folder: Path) -> None:
 def import_space(ref, builtins: list[str]) -> tuple[ModuleType, str, Path | None]:
     """(module, what tune_app.json records as the space, the folder holding the user's code or None).
 
-    ``ref`` is a built-in name, a ``.py`` path, a dotted module name or a module object."""
+    ``ref`` is a built-in name, a ``.py`` path, a W&B sweep ``.yaml``/``.yml`` path, a dotted module name or a module
+    object. A sweep file becomes a module (tune_app.wandb_sweep.read_sweep), recorded by its absolute path; its folder
+    is the code's folder, as a ``.py`` space's is, so ``trainable: my_fit:fit`` next to it imports."""
     if isinstance(ref, ModuleType):
         return _from_module(ref)
     if not isinstance(ref, str) or not ref:
@@ -107,10 +112,18 @@ def import_space(ref, builtins: list[str]) -> tuple[ModuleType, str, Path | None
     if is_path(ref):
         file = Path(ref).expanduser().resolve()
         if not file.is_file():
-            raise UsageError(f"--space {ref}: no such file ({file}); give a .py space file, a built-in "
-                             f"({', '.join(builtins)}) or a module name")
+            raise UsageError(f"--space {ref}: no such file ({file}); give a .py space file, a W&B sweep .yaml file, "
+                             f"a built-in ({', '.join(builtins)}) or a module name")
+        if file.suffix in SWEEP_SUFFIXES:
+            from tune_app.wandb_sweep import read_sweep
+
+            module = read_sweep(Path(ref).expanduser())
+            add_path(file.parent)
+            forget_modules(file.parent)
+            return module, str(file), file.parent
         if file.suffix != ".py" or not file.stem.isidentifier():
-            raise UsageError(f"--space {ref}: a space file is a Python module named like my_space.py")
+            raise UsageError(f"--space {ref}: a space file is a Python module named like my_space.py, or a W&B "
+                             f"sweep file named like sweep.yaml")
         add_path(file.parent)
         forget_modules(file.parent)
         try:
