@@ -42,6 +42,9 @@ def sweep(space=None, **settings) -> Sweep:
     from tune_app import search
 
     options = SweepSettings.from_kwargs(space, **settings)
+    if options.export_wandb_sweep:
+        raise UsageError("export_wandb_sweep writes a file and runs no sweep; call tune_app.search.export."
+                         "export_wandb_sweep(tune_app.SweepSettings(space, export_wandb_sweep=PATH, ...))")
     if options.resume is True and not options.name:
         raise UsageError("resume=True needs name=NAME (or pass the run directory: resume='runs/NAME')")
     spec = search.spec_of(options)

@@ -46,6 +46,7 @@ class SweepSettings:
     wandb_entity: str | None = None
     wandb_mode: str | None = None  # online, offline, disabled; default: online with an API key, else offline
     plan: bool = False  # print the estimated cost of each configuration, train nothing
+    export_wandb_sweep: str | None = None  # write the space as this W&B sweep YAML file, train nothing
 
     @classmethod
     def from_kwargs(cls, space=None, **kwargs) -> SweepSettings:

@@ -24,11 +24,15 @@ def gpus_arg(text: str):
 
 def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description="Run a hyperparameter search: python -m tune_app.search --space digits")
-    p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces)")
+    p.add_argument("--space", help="search space module in search_spaces/ (see --list-spaces), a .py file, or a W&B "
+                                   "sweep .yaml file")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
     p.add_argument("--plan", action="store_true",
                    help="print each configuration's parameters, estimated memory and time (measured by a short "
                         "probe) and the total, then exit without training")
+    p.add_argument("--export-wandb-sweep", metavar="FILE",
+                   help="write the space (after --set), with its searcher, scheduler and number of trials, as a W&B "
+                        "sweep YAML file and exit without training; --space FILE runs it again")
     p.add_argument("--searcher", choices=SEARCHERS.names(), help="default: the space's SETTINGS, else optuna")
     p.add_argument("--scheduler", choices=SCHEDULERS.names(), help="default: the space's SETTINGS, else fifo")
     p.add_argument("--num-samples", type=int,
@@ -107,4 +111,10 @@ def _search(args) -> int:
             print(f"{name:20s} {doc[0] if doc else ''}")
         return 0
     settings = settings_of(args)
+    if settings.export_wandb_sweep:
+        from tune_app.search.export import export_wandb_sweep
+
+        path = export_wandb_sweep(settings)
+        print(f"tune_app: wrote the W&B sweep {path}; run it with python -m tune_app.search --space {path}")
+        return 0
     return run(spec_of(settings), resume=bool(settings.resume))
