@@ -336,6 +336,17 @@ def test_ranges_export_as_their_distributions_and_read_back(tmp_path):
                                                                           "num_samples": 6})
 
 
+def test_hyperopt_and_hyperband_export_as_bayes_and_hyperband_with_a_note(tmp_path, capsys):
+    out = tmp_path / "h.yaml"
+    assert search.main(["--space", "digits", "--searcher", "hyperopt", "--scheduler", "hyperband", "--num-samples",
+                        "6", "--export-wandb-sweep", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "the file reads back as --searcher optuna" in err and "the file reads back as --scheduler asha" in err
+    config = yaml.safe_load(out.read_text())
+    assert (config["method"], config["run_cap"], config["early_terminate"]) == \
+        ("bayes", 6, {"type": "hyperband", "min_iter": 3, "eta": 3})
+
+
 def test_a_grid_exports_without_a_run_cap(tmp_path):
     out = tmp_path / "grid.yaml"
     assert search.main(["--space", "digits", "--searcher", "grid", "--scheduler", "fifo", "--set", "lr=[0.01,0.1]",

@@ -28,6 +28,9 @@ def export_wandb_sweep(options: SweepSettings) -> Path:
         settings["num_samples"] = 1  # the grid itself defines the trials
     check_settings(settings)
     config = to_sweep(space, settings)
+    if settings["searcher"] == "hyperopt":
+        print("tune_app: note: W&B has one model-based method, bayes; the file reads back as --searcher optuna",
+              file=sys.stderr)
     if settings["scheduler"] == "hyperband":
         print("tune_app: note: W&B's hyperband stops runs as they reach each band, as ASHA does; the file reads back "
               "as --scheduler asha", file=sys.stderr)
