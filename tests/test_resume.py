@@ -52,7 +52,7 @@ def newest_state(run_dir: Path, pattern: str):
 
 
 @pytest.mark.parametrize("how, searcher, scheduler", [("ctrl_c", "optuna", "fifo"), ("sigkill", "optuna", "fifo"),
-                                                      ("ctrl_c", "hyperopt", "asha")])
+                                                      ("ctrl_c", "hyperopt", "asha"), ("ctrl_c", "gp", "fifo")])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how, searcher, scheduler):
     run_dir = tmp_path / "runs" / "resumable"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -117,8 +117,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         assert set(first_rung) == set(trials["trial_id"])
         assert {t.rsplit("_", 1)[1] for t in done_before} < set(first_rung)
         return
-    # Optuna's study came back with the sweep: one completed study trial per sweep trial. A hard kill can land
-    # after the study began a trial Ray had not yet recorded; that one is marked failed on resume.
+    # Optuna's study (TPE's, or the GP sampler's) came back with the sweep: one completed study trial per sweep
+    # trial. A hard kill can land after the study began a trial Ray had not yet recorded; that one is marked failed
+    # on resume.
     import optuna
 
     study = optuna.load_study(study_name="resumable", storage=optuna.storages.JournalStorage(

@@ -204,3 +204,53 @@ def test_repeats_of_a_trainable_without_a_seed_are_refused(tmp_path, capsys):
     assert "--repeats 3: trainable seedless:fit has no 'seed' parameter, so its repeats would all be the same run" \
         in err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("scheduler", ["hyperband", "bohb"])
+def test_resume_of_trials_hyperband_left_paused_is_refused_with_what_to_do(existing_sweep, scheduler, capsys):
+    """Ray Tune saves no HyperBand brackets: a resumed sweep would wait forever on the trials they paused."""
+    spec = json.loads((existing_sweep / "tune_app.json").read_text())
+    spec["settings"].update(searcher="bohb" if scheduler == "bohb" else "random", scheduler=scheduler)
+    (existing_sweep / "tune_app.json").write_text(json.dumps(spec))
+    trials = [[json.dumps({"trial_id": tid, "status": status})] for tid, status in
+              (("a1", "TERMINATED"), ("b2", "PAUSED"), ("c3", "PAUSED"))]
+    (existing_sweep / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trials}))
+    before = snapshot(existing_sweep.parent)
+    code = main(["--resume", str(existing_sweep)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"--resume: 2 trials of this sweep wait paused in HyperBand's brackets (--scheduler {scheduler})" in err
+    assert err.rstrip().endswith(f"--from-run {existing_sweep}")
+    assert snapshot(existing_sweep.parent) == before
+    # the same sweep under ASHA, which tune_app checkpoints, resumes past this check
+    spec["settings"].update(searcher="optuna", scheduler="asha")
+    (existing_sweep / "tune_app.json").write_text(json.dumps(spec))
+    from tune_app.search.plan import plan_resume
+    from tune_app.settings import SweepSettings
+
+    assert plan_resume(SweepSettings(resume=str(existing_sweep)))["settings"]["scheduler"] == "asha"
+
+
+def test_bohb_is_a_searcher_and_a_scheduler_together(tmp_path, capsys):
+    code = main(["--space", "digits", "--searcher", "bohb", "--scheduler", "asha", "--storage-path",
+                 str(tmp_path), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "give --searcher bohb with --scheduler bohb" in err
+    code = main(["--space", "digits", "--searcher", "random", "--scheduler", "pb2", "--set", "lr=0.01",
+                 "--storage-path", str(tmp_path), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--scheduler pb2 tunes the ranges of lr, weight_decay, momentum as it trains" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_searcher_whose_package_is_missing_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "GPy" else find_spec(name, *a))
+    code = main(["--space", "digits", "--searcher", "random", "--scheduler", "pb2", "--storage-path", str(tmp_path),
+                 "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--scheduler pb2 needs the GPy package: pip install 'tune_app[search]' (or pip install GPy)" in err

@@ -75,24 +75,71 @@ def random(space, settings, run_dir, points=()):
                                  max_concurrent=settings.get("max_concurrent") or 0), space
 
 
-@SEARCHERS.register("optuna")
-def optuna(space, settings, run_dir, points=()):
+def optuna_search(sampler, space, settings, run_dir, points=()):
+    """Ray's Optuna searcher around ``sampler``, its study in the run directory (resumable; optuna-dashboard opens
+    it); ``points`` are enqueued in the study: its first trials, and the sampler learns from them."""
     import optuna as _optuna
 
     from tune_app.search.optuna_resume import ResumableOptunaSearch
 
-    _optuna.logging.set_verbosity(_optuna.logging.WARNING)
     storage = None
     if run_dir is not None:
-        # A file-backed study in the run directory: optuna-dashboard can open it.
         from optuna.storages.journal import JournalFileBackend
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
-    sampler = _optuna.samplers.TPESampler(seed=settings["seed"])
-
-    # The points are enqueued in the study: its first trials, and TPE learns from them.
     return ResumableOptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
                                  study_name=settings["name"]), choice_space(space)
+
+
+def _quiet_optuna():
+    import optuna as _optuna
+
+    _optuna.logging.set_verbosity(_optuna.logging.WARNING)
+    return _optuna
+
+
+@SEARCHERS.register("optuna")
+def optuna(space, settings, run_dir, points=()):
+    """Optuna's TPE."""
+    sampler = _quiet_optuna().samplers.TPESampler(seed=settings["seed"])
+    return optuna_search(sampler, space, settings, run_dir, points)
+
+
+@SEARCHERS.register("gp")
+def gp(space, settings, run_dir, points=()):
+    """Optuna's Gaussian-process Bayesian optimisation (GPSampler): for budgets of tens of trials; the first
+    min(10, half the trials) are random."""
+    startup = max(1, min(10, settings["num_samples"] // 2))
+    sampler = _quiet_optuna().samplers.GPSampler(seed=settings["seed"], n_startup_trials=startup)
+    return optuna_search(sampler, space, settings, run_dir, points)
+
+
+@SEARCHERS.register("cmaes")
+def cmaes(space, settings, run_dir, points=()):
+    """Optuna's CMA-ES over the numeric keys; a categorical key is drawn by TPE beside it (CMA-ES has no
+    categories). Needs the ``cmaes`` package (tune_app's ``search`` extra)."""
+    optuna = _quiet_optuna()
+    sampler = optuna.samplers.CmaEsSampler(seed=settings["seed"], warn_independent_sampling=False,
+                                           independent_sampler=optuna.samplers.TPESampler(seed=settings["seed"]))
+    return optuna_search(sampler, space, settings, run_dir, points)
+
+
+@SEARCHERS.register("bohb")
+def bohb(space, settings, run_dir, points=()):
+    """Ray's BOHB (TuneBOHB: a model over ConfigSpace), run with its own HyperBand (``--scheduler bohb``). Needs
+    ConfigSpace and hpbandster (tune_app's ``search`` extra)."""
+    from tune_app.search.bohb import PlainBOHB
+
+    return PlainBOHB(points_to_evaluate=list(points) or None, seed=settings["seed"]), choice_space(space)
+
+
+def require(module: str, package: str, flag: str) -> None:
+    """UsageError in one line when an optional package a searcher or scheduler needs is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{flag} needs the {package} package: pip install 'tune_app[search]' (or pip install "
+                         f"{package})")
 
 
 @SEARCHERS.register("hyperopt")
@@ -169,11 +216,57 @@ def pbt(settings, searched):
         hyperparam_mutations=mutations, quantile_fraction=0.25)
 
 
+@SCHEDULERS.register("bohb")
+def bohb_hyperband(settings, searched):
+    """HyperBand as BOHB runs it (HyperBandForBOHB); only with --searcher bohb."""
+    from ray.tune.schedulers import HyperBandForBOHB
+
+    return HyperBandForBOHB(time_attr="epoch", max_t=settings["max_epochs"],
+                            reduction_factor=settings["reduction_factor"])
+
+
+@SCHEDULERS.register("pb2")
+def pb2(settings, searched):
+    """Ray's PB2: PBT whose explore step is a GP bandit over the continuous keys among PBT_MUTABLE, within their
+    searched ranges. Needs GPy (tune_app's ``search`` extra)."""
+    from ray.tune.schedulers.pb2 import PB2
+
+    return PB2(time_attr="epoch", perturbation_interval=settings["grace_period"],
+               hyperparam_bounds=pb2_bounds(searched), quantile_fraction=0.25)
+
+
+def pb2_bounds(space: dict) -> dict:
+    """PB2's ranges: the continuous keys among PBT_MUTABLE the space searches. Raises UsageError when none."""
+    bounds = {k: [v.lower, v.upper] for k, v in space.items() if k in PBT_MUTABLE and isinstance(v, Float)}
+    if not bounds:
+        raise UsageError(f"--scheduler pb2 tunes the ranges of {', '.join(PBT_MUTABLE)} as it trains, and the space "
+                         f"searches none of them as a range; give one a range in the space, e.g. \"lr\": "
+                         f"tune.loguniform(1e-4, 1e-1)")
+    return bounds
+
+
+# Optional packages (tune_app's "search" extra) a searcher or scheduler needs: (module, package)
+NEEDS = {"cmaes": [("cmaes", "cmaes")], "bohb": [("ConfigSpace", "ConfigSpace"), ("hpbandster", "hpbandster")],
+         "pb2": [("GPy", "GPy")]}
+
+
+EXPLORING = ("pbt", "pb2")  # schedulers that choose configurations themselves
+
+
 def check(settings: dict, space: dict, points=()) -> None:
     """What ``build`` would refuse, without building anything (no files, no Ray)."""
-    if settings["scheduler"] == "pbt" and settings["searcher"] not in ("random", "grid"):
-        raise UsageError("--scheduler pbt explores by itself and takes no model-based searcher; "
-                         "use --searcher random (or grid)")
+    scheduler, searcher = settings["scheduler"], settings["searcher"]
+    if scheduler in EXPLORING and searcher not in ("random", "grid"):
+        raise UsageError(f"--scheduler {scheduler} explores by itself and takes no model-based searcher; "
+                         f"use --searcher random (or grid)")
+    if (scheduler == "bohb") != (searcher == "bohb"):
+        raise UsageError("BOHB is a searcher and a HyperBand that run together: give --searcher bohb with "
+                         "--scheduler bohb (--searcher bohb alone picks it)")
+    for flag, name in (("--searcher", searcher), ("--scheduler", scheduler)):
+        for module, package in NEEDS.get(name, ()):
+            require(module, package, f"{flag} {name}")
+    if scheduler == "pb2":
+        pb2_bounds(space)
     if settings["searcher"] == "grid":
         if points:
             raise UsageError("--searcher grid runs every combination of its lists and takes no configurations "

@@ -21,6 +21,7 @@ FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 1
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
                      "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0, "repeats": 1}
 TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
+PAUSING = ("hyperband", "bohb")  # schedulers that pause trials in brackets Ray Tune does not checkpoint
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
 
@@ -127,6 +128,14 @@ def plan_resume(args: SweepSettings) -> dict:
     if changed:
         raise UsageError(f"--resume continues the sweep as it was started; these differ: {', '.join(changed)} "
                          f"(start a new sweep with another --name to change them)")
+    from tune_app.rundir.reader import ray_statuses
+
+    paused = sorted(t for t, status in ray_statuses(run_dir).items() if status == "PAUSED")
+    if spec["settings"].get("scheduler") in PAUSING and paused:
+        raise UsageError(f"--resume: {len(paused)} trials of this sweep wait paused in HyperBand's brackets "
+                         f"(--scheduler {spec['settings']['scheduler']}), which Ray Tune does not save, so they would "
+                         f"never run again; start a new sweep that begins with this one's best configurations: "
+                         f"--from-run {run_uri or run_dir}")
     spec["run_dir"], spec["run_uri"] = str(run_dir), run_uri
     return spec
 
@@ -156,6 +165,8 @@ def plan_new(args: SweepSettings) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             settings[key] = value
+    if settings["searcher"] == "bohb" and args.scheduler is None:
+        settings["scheduler"] = "bohb"  # BOHB's model needs its own HyperBand
     if args.searcher == "grid" and args.num_samples is None:
         settings["num_samples"] = 1  # the grid itself defines the trials
     top_k = TRANSFER_TOP_K if args.top_k is None else args.top_k
