@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tune_app.errors import UsageError
-from tune_app.search.plan import FALLBACK_SETTINGS, SETTING_FLAGS, check_settings, max_epochs_of
+from tune_app.search.plan import check_settings, resolve_settings
 from tune_app.settings import SweepSettings
 from tune_app.spaces import list_spaces, load_space
 from tune_app.wandb_sweep import to_sweep, write_sweep
@@ -21,11 +21,7 @@ def export_wandb_sweep(options: SweepSettings) -> Path:
     if not options.space:
         raise UsageError(f"--export-wandb-sweep needs --space; known spaces: {', '.join(list_spaces())}")
     space = load_space(options.space, options.set)
-    # the settings a sweep would run with (as plan_new resolves them): flags, then SETTINGS, then tune_app's own
-    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.settings}
-    settings.update({k: getattr(options, k) for k in SETTING_FLAGS if getattr(options, k, None) is not None})
-    if options.searcher == "grid" and options.num_samples is None:
-        settings["num_samples"] = 1  # the grid itself defines the trials
+    settings = resolve_settings(space, options)  # what a sweep would run with
     check_settings(settings)
     config = to_sweep(space, settings)
     if settings["searcher"] == "hyperopt":

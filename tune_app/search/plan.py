@@ -140,6 +140,17 @@ def plan_resume(args: SweepSettings) -> dict:
     return spec
 
 
+def resolve_settings(space, args: SweepSettings) -> dict:
+    """The settings a new sweep runs with: the flags, then the space's SETTINGS, then tune_app's fallbacks."""
+    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.settings}
+    settings.update({k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None})
+    if settings["searcher"] == "bohb" and args.scheduler is None:
+        settings["scheduler"] = "bohb"  # BOHB's model needs its own HyperBand
+    if args.searcher == "grid" and args.num_samples is None:
+        settings["num_samples"] = 1  # the grid itself defines the trials
+    return settings
+
+
 def plan_new(args: SweepSettings) -> dict:
     from tune_app.spaces import load_space
 
@@ -154,21 +165,13 @@ def plan_new(args: SweepSettings) -> dict:
         raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
     space = load_space(args.space, args.set)
     check_against_space(space, args)
-    settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.settings}
+    settings = resolve_settings(space, args)
     if space.trainable.COST_KEYS is None:
         probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", args.gpus_per_trial == "auto"),
                                         ("estimate_cost", space.settings.get("estimate_cost"))) if on]
         if probes:
             raise UsageError(f"{probes[0]} probes the built-in trainers' cost keys; trainable {space.trainable.name} "
                              f"has none: give --gpus-per-trial a number")
-    for key in SETTING_FLAGS:
-        value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if settings["searcher"] == "bohb" and args.scheduler is None:
-        settings["scheduler"] = "bohb"  # BOHB's model needs its own HyperBand
-    if args.searcher == "grid" and args.num_samples is None:
-        settings["num_samples"] = 1  # the grid itself defines the trials
     top_k = TRANSFER_TOP_K if args.top_k is None else args.top_k
     if args.from_run and args.num_samples is None:
         settings["num_samples"] = top_k  # the budget is the transferred configurations
