@@ -51,11 +51,15 @@ class Space:
     overrides: dict = field(default_factory=dict)
     ref: str = ""
     code: dict = field(default_factory=dict)
+    define_by_run: object = None  # SPACE as a function of an Optuna trial (a conditional space), or None
+    drawn: list = field(default_factory=list)  # the keys define_by_run draws (trial.suggest_*), seen in samples
+    conditional: list = field(default_factory=list)  # those of them some draws leave out (momentum for SGD only)
+    drawn_domains: dict = field(default_factory=dict)  # their ranges as Ray domains (what the analysis bins by)
 
     @property
     def searched(self) -> list[str]:
-        """The keys the sweep varies, in the space's order."""
-        return [k for k, v in self.param_space.items() if is_searched(v)]
+        """The keys the sweep varies, in the space's order (a define-by-run space's drawn keys first)."""
+        return [*self.drawn, *(k for k, v in self.param_space.items() if is_searched(v))]
 
     @property
     def load_data(self):
@@ -101,8 +105,10 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     if missing:
         raise UsageError(f"{where} is not a space: it has no {', '.join(missing)} (a space module defines TRAINABLE, "
                          f"METRIC, MODE, SPACE and optionally SETTINGS; see docs/own-code.md)")
-    if not isinstance(module.SPACE, dict):
-        raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains")
+    define_by_run = module.SPACE if callable(module.SPACE) else None
+    if define_by_run is None and not isinstance(module.SPACE, dict):
+        raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains, or a function of an "
+                         f"Optuna trial that draws values with trial.suggest_* and returns a dict of the rest")
     trainable = load_trainable(module.TRAINABLE, where)
     metrics = None if trainable.METRICS is None else (*trainable.METRICS, *trainable.OPTIONAL_METRICS)
     if not isinstance(module.METRIC, str) or (metrics is not None and module.METRIC not in metrics) \
@@ -113,8 +119,20 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
         raise UsageError(f"{where}: load_data() is for a trainable of your own; {trainable.name} reads 'dataset' "
                          f"(a built-in name, imagefolder:PATH or npz:PATH)")
     params = trainable.PARAMS
-    space = dict(module.SPACE)
+    space = {} if define_by_run else dict(module.SPACE)
+    drawn, conditional, sampled, domains = sample_define_by_run(define_by_run, recorded, params, module) \
+        if define_by_run else ([], [], {}, {})
+    # what the function returns the same in every draw is a constant of the sweep, visible before any trial (the
+    # driver prepares the dataset once from it); a data key that varies cannot be prepared once
+    space.update({key: seen[0] for key, seen in sampled.items() if key not in drawn and len(seen) == 1})
+    for key, seen in sampled.items():
+        if params is not None and key in params and params[key].data and (key in drawn or len(seen) > 1):
+            raise UsageError(f"space {recorded!r}: SPACE(trial) gives {key} more than one value; {key} is prepared "
+                             f"once for the whole sweep: return a single value")
     for key, value in (overrides or {}).items():
+        if define_by_run and (key in drawn or isinstance(value, list)):
+            raise UsageError(f"--set {key}={value}: SPACE is a function that draws its own values; give --set a "
+                             f"single value for a key it does not draw, or change the function")
         if params is not None and not known_key(key, params):
             raise UsageError(f"unknown --set key {key!r}; known keys: {', '.join(sorted(params))}")
         if isinstance(value, list) and not value:
@@ -123,7 +141,7 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     if params is not None:
         validate(recorded, space, params)
     try:
-        trainable.check_space({key: domain_values(value) for key, value in space.items()})
+        trainable.check_space({**sampled, **{key: domain_values(value) for key, value in space.items()}})
     except ValueError as e:  # checks across keys, e.g. weights file x model, a model of the user's
         raise UsageError(f"{where}: {e}") from None
     settings = dict(_settings_of(module, where) or {})
@@ -134,7 +152,73 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
                              if is_ref(v))]
     shipped = code if code is not None else usercode.code_to_ship(root, refs)
     return Space(name, module, trainable, module.METRIC, module.MODE, space, settings, dict(overrides or {}),
-                 recorded, shipped)
+                 recorded, shipped, define_by_run, drawn, conditional, domains)
+
+
+DEFINE_BY_RUN_SAMPLES = 300  # draws of a define-by-run SPACE checked before Ray starts
+
+
+def sample_define_by_run(fn, recorded: str, params: dict | None,
+                         module) -> tuple[list[str], list[str], dict[str, list], dict]:
+    """A define-by-run SPACE, drawn DEFINE_BY_RUN_SAMPLES times by a throw-away Optuna study (random sampler,
+    seed 0) before Ray starts: every key and value it gives is checked against the trainable's PARAMS, so a typo
+    fails in a second, not in a trial. Returns (the keys it draws, in the order first seen; those of them some
+    draws leave out; every value each key took; each drawn key's range as a Ray domain, widened over the draws).
+    Raises UsageError naming the function's line when it raises, and the bad key or value."""
+    import optuna
+
+    where = f"space {recorded!r}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values: dict[str, list] = {}
+    file = usercode.file_of(module)
+    for _ in range(DEFINE_BY_RUN_SAMPLES):
+        trial = study.ask()
+        try:
+            rest = fn(trial)
+        except Exception as e:  # noqa: BLE001 - the user's function: its own error, in one line
+            line = usercode.line_of(e, file) if file else "in SPACE"
+            raise UsageError(f"{where}: SPACE(trial) raised {type(e).__name__} ({line}): {e}") from None
+        if rest is not None and not isinstance(rest, dict):
+            raise UsageError(f"{where}: SPACE(trial) returned a {type(rest).__name__}; return a dict of the keys it "
+                             f"does not draw (or None)")
+        for key, value in {**trial.params, **(rest or {})}.items():
+            if is_searched(value) or isinstance(value, Domain):
+                raise UsageError(f"{where}: SPACE(trial) returned a tune domain for {key!r}; draw it with "
+                                 f"trial.suggest_* instead")
+            seen = values.setdefault(key, [])
+            if value not in seen:
+                seen.append(value)
+        study.tell(trial, 0.0)
+    drawn = list(dict.fromkeys(k for t in study.trials for k in t.params))
+    conditional = [k for k in drawn if any(k not in t.params for t in study.trials)]
+    if params is not None:
+        for key, seen in values.items():
+            for value in seen:
+                validate(recorded, {key: value}, params)
+    return drawn, conditional, values, _as_domains(study.trials)
+
+
+def _as_domains(trials) -> dict:
+    """Each key's Optuna distribution over the draws (numeric ranges widened to cover them all) as a Ray domain."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    widest: dict = {}
+    for t in trials:
+        for key, d in t.distributions.items():
+            known = widest.get(key)
+            if isinstance(d, (FloatDistribution, IntDistribution)) and isinstance(known, type(d)):
+                d = type(d)(min(known.low, d.low), max(known.high, d.high), log=d.log)
+            widest[key] = d if known is None or isinstance(d, type(known)) else known
+    domains = {}
+    for key, d in widest.items():
+        if isinstance(d, FloatDistribution):
+            domains[key] = (tune.loguniform if d.log else tune.uniform)(d.low, d.high)
+        elif isinstance(d, IntDistribution):
+            domains[key] = (tune.lograndint if d.log else tune.randint)(d.low, d.high + 1)
+        elif isinstance(d, CategoricalDistribution):
+            domains[key] = tune.choice(list(d.choices))
+    return domains
 
 
 def _settings_of(module, where: str):

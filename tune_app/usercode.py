@@ -51,7 +51,7 @@ def _under(path: Path, roots) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
-def _line_of(error: BaseException, file: Path) -> str:
+def line_of(error: BaseException, file: Path) -> str:
     """'line N' of ``file`` where ``error`` was raised (a SyntaxError says its own line)."""
     if isinstance(error, SyntaxError) and error.lineno:
         return f"line {error.lineno}"
@@ -73,7 +73,7 @@ def _fresh_import(name: str, file: Path | None = None) -> ModuleType:
 
 
 def _raised(error: Exception, what: str, file: Path | None) -> UsageError:
-    where = f" ({file.name} {_line_of(error, file)})" if file is not None else ""
+    where = f" ({file.name} {line_of(error, file)})" if file is not None else ""
     return UsageError(f"{what} raised {type(error).__name__}{where}: {(str(error).strip().splitlines() or [''])[0]}")
 
 
@@ -143,12 +143,12 @@ def import_space(ref, builtins: list[str]) -> tuple[ModuleType, str, Path | None
         raise _raised(e, f"--space {ref}", None) from None
     except Exception as e:  # noqa: BLE001
         spec = importlib.util.find_spec(ref.split(".")[0]) if ref.split(".")[0] in sys.modules else None
-        raise _raised(e, f"--space {ref}", _file_of(sys.modules.get(ref)) or (Path(spec.origin) if spec else None)) \
+        raise _raised(e, f"--space {ref}", file_of(sys.modules.get(ref)) or (Path(spec.origin) if spec else None)) \
             from None
     return _from_module(module)
 
 
-def _file_of(module) -> Path | None:
+def file_of(module) -> Path | None:
     file = getattr(module, "__file__", None)
     return Path(file).resolve() if file else None
 
@@ -157,7 +157,7 @@ def _from_module(module: ModuleType) -> tuple[ModuleType, str, Path | None]:
     name = module.__name__
     if name.startswith("search_spaces."):
         return module, name.split(".", 1)[1], None
-    file = _file_of(module)
+    file = file_of(module)
     if name == "__main__" or file is None:
         raise UsageError(f"space module {name} has no file Ray's workers could import; put the space in a .py file "
                          f"and pass its path or module name")

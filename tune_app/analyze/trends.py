@@ -240,6 +240,10 @@ def build_study(trials: pd.DataFrame, values: pd.Series, dists: dict, mode: str)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     t = trials.set_index("trial_id")
+    # a conditional key (drawn by some trials only: momentum for SGD) has no value to attribute in the others, so
+    # importance is over the keys every trial of the view has
+    present = t.reindex(values.index)
+    dists = {p: d for p, d in dists.items() if f"config/{p}" in present and present[f"config/{p}"].notna().all()}
     frozen = []
     for tid, value in values.items():
         row = t.loc[tid]

@@ -248,7 +248,7 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
                          f"{', '.join(shown)}")
     if space is not None:
         params = list(spec.get("searched") or space.searched)
-        bins, ranges = _space_ranges(space.param_space)
+        bins, ranges = _space_ranges({**space.param_space, **space.drawn_domains})
         defaults = {k: p.default for k, p in (space.trainable.PARAMS or {}).items()}
         planned = (spec.get("settings") or {}).get("max_epochs")
         for r in records:

@@ -75,9 +75,11 @@ def random(space, settings, run_dir, points=()):
                                  max_concurrent=settings.get("max_concurrent") or 0), space
 
 
-def optuna_search(sampler, space, settings, run_dir, points=()):
+def optuna_search(sampler, space, settings, run_dir, points=(), define_by_run=None):
     """Ray's Optuna searcher around ``sampler``, its study in the run directory (resumable; optuna-dashboard opens
-    it); ``points`` are enqueued in the study: its first trials, and the sampler learns from them."""
+    it); ``points`` are enqueued in the study: its first trials, and the sampler learns from them.
+    ``define_by_run``: (function, metric, mode) of a space whose SPACE is a function of an Optuna trial; the
+    searcher calls it for each trial, and ``space`` holds only constants."""
     import optuna as _optuna
 
     from tune_app.search.optuna_resume import ResumableOptunaSearch
@@ -87,6 +89,10 @@ def optuna_search(sampler, space, settings, run_dir, points=()):
         from optuna.storages.journal import JournalFileBackend
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
+    if define_by_run is not None:
+        function, metric, mode = define_by_run
+        return ResumableOptunaSearch(space=function, metric=metric, mode=mode, points_to_evaluate=list(points),
+                                     sampler=sampler, storage=storage, study_name=settings["name"]), space
     return ResumableOptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
                                  study_name=settings["name"]), choice_space(space)
 
@@ -99,29 +105,29 @@ def _quiet_optuna():
 
 
 @SEARCHERS.register("optuna")
-def optuna(space, settings, run_dir, points=()):
+def optuna(space, settings, run_dir, points=(), define_by_run=None):
     """Optuna's TPE."""
     sampler = _quiet_optuna().samplers.TPESampler(seed=settings["seed"])
-    return optuna_search(sampler, space, settings, run_dir, points)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
 
 
 @SEARCHERS.register("gp")
-def gp(space, settings, run_dir, points=()):
+def gp(space, settings, run_dir, points=(), define_by_run=None):
     """Optuna's Gaussian-process Bayesian optimisation (GPSampler): for budgets of tens of trials; the first
     min(10, half the trials) are random."""
     startup = max(1, min(10, settings["num_samples"] // 2))
     sampler = _quiet_optuna().samplers.GPSampler(seed=settings["seed"], n_startup_trials=startup)
-    return optuna_search(sampler, space, settings, run_dir, points)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
 
 
 @SEARCHERS.register("cmaes")
-def cmaes(space, settings, run_dir, points=()):
+def cmaes(space, settings, run_dir, points=(), define_by_run=None):
     """Optuna's CMA-ES over the numeric keys; a categorical key is drawn by TPE beside it (CMA-ES has no
     categories). Needs the ``cmaes`` package (tune_app's ``search`` extra)."""
     optuna = _quiet_optuna()
     sampler = optuna.samplers.CmaEsSampler(seed=settings["seed"], warn_independent_sampling=False,
                                            independent_sampler=optuna.samplers.TPESampler(seed=settings["seed"]))
-    return optuna_search(sampler, space, settings, run_dir, points)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
 
 
 @SEARCHERS.register("bohb")
@@ -274,9 +280,18 @@ def check(settings: dict, space: dict, points=()) -> None:
         grid_space(space)
 
 
-def build(settings: dict, space: dict, searched: dict, run_dir, points=()):
-    """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``; `points` are evaluated first."""
+# The searchers that can run a define-by-run space (SPACE as a function of an Optuna trial)
+DEFINE_BY_RUN = ("optuna", "gp", "cmaes")
+
+
+def build(settings: dict, space: dict, searched: dict, run_dir, points=(), define_by_run=None):
+    """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``; `points` are evaluated first.
+    ``define_by_run``: (function, metric, mode) of a conditional space (see optuna_search)."""
     check(settings, space, points)
-    search_alg, param_space = SEARCHERS.get(settings["searcher"])(space, settings, run_dir, points)
+    factory = SEARCHERS.get(settings["searcher"])
+    if define_by_run is not None:
+        search_alg, param_space = factory(space, settings, run_dir, points, define_by_run=define_by_run)
+    else:
+        search_alg, param_space = factory(space, settings, run_dir, points)
     scheduler = SCHEDULERS.get(settings["scheduler"])(settings, searched)
     return search_alg, scheduler, param_space

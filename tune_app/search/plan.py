@@ -140,6 +140,24 @@ def plan_resume(args: SweepSettings) -> dict:
     return spec
 
 
+def check_define_by_run(space, settings: dict, args: SweepSettings) -> None:
+    """A define-by-run SPACE runs only under an Optuna searcher, and has no domains to probe for costs."""
+    from tune_app.search.algorithms import DEFINE_BY_RUN
+
+    if space.define_by_run is None:
+        return
+    if settings["searcher"] not in DEFINE_BY_RUN:
+        raise UsageError(f"--searcher {settings['searcher']}: SPACE in {space.ref} is a function of an Optuna trial, "
+                         f"which only Optuna's samplers run; use --searcher {', '.join(DEFINE_BY_RUN[:-1])} or "
+                         f"{DEFINE_BY_RUN[-1]}")
+    probes = [flag for flag, on in (("--plan", args.plan), ("--gpus-per-trial auto", settings["gpus_per_trial"] ==
+                                                             "auto"), ("estimate_cost", settings.get("estimate_cost")))
+              if on]
+    if probes:
+        raise UsageError(f"{probes[0]} probes the configurations a space's domains allow, and SPACE in {space.ref} is "
+                         f"a function with none; give --gpus-per-trial a number")
+
+
 def resolve_settings(space, args: SweepSettings) -> dict:
     """The settings a new sweep runs with: the flags, then the space's SETTINGS, then tune_app's fallbacks."""
     settings = {**FALLBACK_SETTINGS, "max_epochs": max_epochs_of(space), **space.settings}
@@ -176,6 +194,7 @@ def plan_new(args: SweepSettings) -> dict:
     if args.from_run and args.num_samples is None:
         settings["num_samples"] = top_k  # the budget is the transferred configurations
     check_settings(settings)
+    check_define_by_run(space, settings, args)
     params = space.trainable.PARAMS
     if settings["repeats"] > 1 and params is not None and "seed" not in params:
         raise UsageError(f"--repeats {settings['repeats']}: trainable {space.trainable.name} has no 'seed' "
@@ -223,6 +242,10 @@ def transfer(from_run: str, k: int, space, settings: dict) -> dict:
     except UsageError as e:
         raise UsageError(str(e) if str(e).startswith("--") else f"--from-run {from_run}: {e}") from None
     source = sweep.space
+    if space.define_by_run is not None:
+        raise UsageError(f"--from-run: SPACE in {space.ref} is a function that draws its own values, which the "
+                         f"transferred configurations cannot be checked against; use a dict SPACE to begin with "
+                         f"another sweep's best")
     if source.trainable.ref != space.trainable.ref:
         raise UsageError(f"--from-run {from_run}: that sweep's space {source.name} trains {source.trainable.name}, "
                          f"space {space.name} trains {space.trainable.name}; configurations transfer only "

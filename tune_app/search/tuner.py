@@ -36,8 +36,10 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     from tune_app.search import algorithms
 
     settings = spec["settings"]
-    searched = {k: space.param_space[k] for k in space.searched}
-    search_alg, scheduler, param_space = algorithms.build(settings, config, searched, run_dir, spec.get("points", []))
+    searched = {k: space.param_space[k] for k in space.searched if k in space.param_space}
+    define_by_run = (space.define_by_run, space.metric, space.mode) if space.define_by_run else None
+    search_alg, scheduler, param_space = algorithms.build(settings, config, searched, run_dir, spec.get("points", []),
+                                                          define_by_run)
     budget = sweep_budget(settings, run_dir)
     spec["expected_trials"] = expected_trials(param_space, settings["num_samples"])
     spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
@@ -50,7 +52,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
                              algorithms.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
                  if c is not None]
     reporter = tune.CLIReporter(
-        parameter_columns=space.searched,
+        parameter_columns=[k for k in space.searched if k not in space.conditional],  # Ray's table needs them all
         metric_columns={"epoch": "epoch", "train_loss": "train_loss", space.metric: space.metric,
                         "epoch_time_s": "s/epoch"},
         sort_by_metric=True, max_report_frequency=15, max_progress_rows=12)
