@@ -62,7 +62,7 @@ BAD = [
      "SPACE(trial) returned a list; return a dict of the keys it does not draw (or None)"),
     (CONDITIONAL, ["--searcher", "random"],
      "--searcher random: SPACE in {file} is a function of an Optuna trial, which only Optuna's samplers run; use "
-     "--searcher optuna, gp or cmaes"),
+     "--searcher optuna, gp, cmaes or nsga2"),
     (CONDITIONAL, ["--searcher", "grid"], "--searcher grid: SPACE in {file} is a function of an Optuna trial"),
     (CONDITIONAL, ["--searcher", "hyperopt"], "--searcher hyperopt: SPACE in {file} is a function"),
     (CONDITIONAL, ["--set", "lr=0.01"], "--set lr=0.01: SPACE is a function that draws its own values"),

@@ -20,6 +20,7 @@ SEARCHER_ARGS = {
     "gp": ["--num-samples", "2", "--set", "epochs=2"],
     "cmaes": ["--num-samples", "2", "--set", "epochs=2"],
     "bohb": ["--num-samples", "2", "--set", "epochs=2"],
+    "nsga2": ["--num-samples", "2", "--set", "epochs=2", "--metric", "val_acc,params", "--mode", "max,min"],
 }
 
 

@@ -55,6 +55,11 @@ class Space:
     drawn: list = field(default_factory=list)  # the keys define_by_run draws (trial.suggest_*), seen in samples
     conditional: list = field(default_factory=list)  # those of them some draws leave out (momentum for SGD only)
     drawn_domains: dict = field(default_factory=dict)  # their ranges as Ray domains (what the analysis bins by)
+    objectives: list = field(default_factory=list)  # [(metric, mode), ...]: more than one for a multi-objective sweep
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            self.objectives = [(self.metric, self.mode)]
 
     @property
     def searched(self) -> list[str]:
@@ -110,11 +115,7 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
         raise UsageError(f"{where}: SPACE must be a dict of keys to values or tune domains, or a function of an "
                          f"Optuna trial that draws values with trial.suggest_* and returns a dict of the rest")
     trainable = load_trainable(module.TRAINABLE, where)
-    metrics = None if trainable.METRICS is None else (*trainable.METRICS, *trainable.OPTIONAL_METRICS)
-    if not isinstance(module.METRIC, str) or (metrics is not None and module.METRIC not in metrics) \
-            or module.MODE not in ("max", "min"):
-        raise UsageError(f"{where}: METRIC must be {'one of ' + ', '.join(metrics) if metrics else 'a metric name'} "
-                         f"and MODE max or min, not {module.METRIC!r}/{module.MODE!r}")
+    objectives = parse_objectives(module.METRIC, module.MODE, trainable, where)
     if getattr(module, "load_data", None) is not None and trainable.builtin:
         raise UsageError(f"{where}: load_data() is for a trainable of your own; {trainable.name} reads 'dataset' "
                          f"(a built-in name, imagefolder:PATH or npz:PATH)")
@@ -151,8 +152,48 @@ def load_space(ref, overrides: dict | None = None, code: dict | None = None) -> 
     refs = [trainable.ref, *(v for value in space.values() for v in domain_values(value)
                              if is_ref(v))]
     shipped = code if code is not None else usercode.code_to_ship(root, refs)
-    return Space(name, module, trainable, module.METRIC, module.MODE, space, settings, dict(overrides or {}),
-                 recorded, shipped, define_by_run, drawn, conditional, domains)
+    return Space(name, module, trainable, *objectives[0], space, settings, dict(overrides or {}),
+                 recorded, shipped, define_by_run, drawn, conditional, domains, objectives)
+
+
+LEDGER_OBJECTIVES = ("device_s",)  # objectives from the cost ledger (every trial reports its running total)
+
+
+def parse_objectives(metric, mode, trainable, where: str) -> list[tuple[str, str]]:
+    """A space's METRIC and MODE (or --metric/--mode): one name and max/min, or lists of the same length for a
+    multi-objective sweep; each a metric the trainable reports, or the ledger's device_s. Raises UsageError."""
+    known = None if trainable.METRICS is None else (*trainable.METRICS, *trainable.OPTIONAL_METRICS)
+    metrics = [metric] if isinstance(metric, str) else list(metric) if isinstance(metric, (list, tuple)) else None
+    modes = [mode] if isinstance(mode, str) else list(mode) if isinstance(mode, (list, tuple)) else None
+    names = f"one of {', '.join((*known, *LEDGER_OBJECTIVES))}" if known else "a metric name"
+    if not metrics or not modes or not all(isinstance(m, str) and m for m in metrics):
+        raise UsageError(f"{where}: METRIC must be {names} (or a list of them) and MODE max or min, not "
+                         f"{metric!r}/{mode!r}")
+    if len(metrics) != len(modes):
+        raise UsageError(f"{where}: {len(metrics)} metrics ({', '.join(metrics)}) and {len(modes)} modes "
+                         f"({', '.join(map(str, modes))}); give one mode, max or min, per metric")
+    for m, d in zip(metrics, modes):
+        if known is not None and m not in known and m not in LEDGER_OBJECTIVES:
+            raise UsageError(f"{where}: metric {m!r} is not one the trainable reports; use {names}")
+        if d not in ("max", "min"):
+            raise UsageError(f"{where}: mode {d!r} for {m}: use max or min")
+    if len(set(metrics)) != len(metrics):
+        raise UsageError(f"{where}: a metric given twice in {', '.join(metrics)}")
+    return list(zip(metrics, modes))
+
+
+def with_objectives(space: Space, metric, mode, where: str = "--metric/--mode") -> Space:
+    """``space`` ranked by other objectives (--metric val_acc,params --mode max,min, or what tune_app.json
+    recorded); either may be None to keep the space's. Raises UsageError."""
+    if metric is None and mode is None:
+        return space
+    split = lambda v: [s.strip() for s in v.split(",")] if isinstance(v, str) else v  # noqa: E731
+    metrics = split(metric) if metric is not None else [m for m, _ in space.objectives]
+    modes = split(mode) if mode is not None else [d for _, d in space.objectives]
+    objectives = parse_objectives(metrics, modes, space.trainable, where)
+    from dataclasses import replace
+
+    return replace(space, metric=objectives[0][0], mode=objectives[0][1], objectives=objectives)
 
 
 DEFINE_BY_RUN_SAMPLES = 300  # draws of a define-by-run SPACE checked before Ray starts

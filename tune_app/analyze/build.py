@@ -14,6 +14,10 @@ from tune_app.analyze.selection import (
     NO_ELIGIBLE,
     RULES,
     best_config_payload,
+    pareto_front,
+    pareto_payload,
+    pareto_table,
+    pick_from_front,
     ranked,
     select_best,
     top_k_payload,
@@ -50,6 +54,7 @@ class Analysis:
     best: dict
     topk: dict
     runs: pd.DataFrame | None = None  # --repeats: one row per run (trials.parquet); trials has one per trial
+    pareto: pd.DataFrame | None = None  # several objectives: the Pareto front (pareto.csv)
     plots: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)
     study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
@@ -135,7 +140,9 @@ def load_trials(path, metric=None, mode=None, at_epoch=None):
         raise UsageError(f"--at-epoch {at_epoch}: no trial reached that epoch (the deepest any trial reached "
                          f"is {deepest})")
     at_epoch = at_epoch or trend_tables.default_at_epoch(history, sweep.metric) or 1
-    return sweep, history, trials_frame(sweep.records, sweep.metric, sweep.mode, at_epoch=at_epoch), at_epoch
+    also = [m for m, _ in sweep.objectives[1:]]
+    return sweep, history, trials_frame(sweep.records, sweep.metric, sweep.mode, at_epoch=at_epoch, also=also), \
+        at_epoch
 
 
 
@@ -233,16 +240,24 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     study = trend_tables.build_study(trials, values["epoch"],
                                  trend_tables.distributions(trials, sweep.params, sweep.ranges), mode)
     prov = _provenance(sweep)
+    front = None
     try:
-        best = best_config_payload(select_best(trials, metric, mode, select), trials, metric, mode, select, prov,
-                                   history=history, examples=validation_examples(sweep, history))
+        chosen = select_best(trials, metric, mode, select)
+        if len(sweep.objectives) > 1:  # several objectives: the front, and the one configuration PICK_RULE takes
+            front = pareto_front(trials, sweep.objectives)
+            chosen = pick_from_front(front, history, sweep.objectives, validation_examples(sweep, history))
+        best = best_config_payload(chosen, trials, metric, mode, select, prov, history=history,
+                                   examples=validation_examples(sweep, history))
+        if front is not None:
+            best.update(pareto_payload(front, sweep.objectives, chosen["trial_id"]))
+            front = pareto_table(front, sweep.objectives, chosen["trial_id"])
     except ValueError:
         best = plain({"config": None, "reason": _no_best_reason(trials, select, at_epoch), "metric": metric,
                        "mode": mode, "selection_rule": select, "at_epoch": at_epoch,
                        "trials": status_counts(trials), **prov})
     runs = runs_frame(sweep.records, metric, mode, at_epoch) if any(map(repeats_of, sweep.records)) else None
     result = Analysis(sweep=sweep, at_epoch=at_epoch, select=select, trials=trials, history=history, trends=trends,
-                      runs=runs,
+                      runs=runs, pareto=front,
                       pairs=pair_tables, importance=trend_tables.importance(study), importance_trials=len(study.trials),
                       best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
                       retrain=_retrain_summary(sweep.path), curves_by=curves_by)

@@ -42,6 +42,8 @@ def write(a: Analysis, plots: bool = True) -> dict:
         "report.md": text(documents.report_markdown(a)),
         "report.html": text(documents.report_html(a)),
     }
+    if a.pareto is not None:
+        writers["pareto.csv"] = lambda p: a.pareto.to_csv(p, index=False)
     a.paths = {name: atomic_write(out / name, w) for name, w in writers.items()}
     return a.paths
 

@@ -250,3 +250,67 @@ def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: in
                for i, (_, row) in enumerate(pool.iterrows(), start=1)]
     return plain({"metric": metric, "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),
                    "k": k, "trials": entries})
+
+
+# ---------------------------------------------------------------- several objectives
+
+PICK_RULE = ("among the Pareto front, the trials within noise of its best on the first objective (the within-noise "
+             "rule), then the best on the second objective, then the third, ...; then the tie rule")
+
+
+def objective_column(metric: str) -> str:
+    """The trials-table column an objective is read from: the last epoch's value, or the ledger's device_s."""
+    return "device_s" if metric == "device_s" else f"final_{metric}"
+
+
+def pareto_front(trials: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.DataFrame:
+    """The eligible trials no other eligible trial dominates (at least as good on every objective, better on one),
+    each objective at the trial's last epoch (device_s: its whole cost). Trials missing an objective are left
+    out."""
+    columns = [objective_column(m) for m, _ in objectives]
+    pool = trials[trials["status"].isin(ELIGIBLE)]
+    if any(c not in pool for c in columns):
+        return pool.iloc[:0]
+    values = pool[columns].astype(float)
+    pool, values = pool[np.isfinite(values).all(axis=1)], values[np.isfinite(values).all(axis=1)]
+    signs = np.array([-1.0 if mode == "max" else 1.0 for _, mode in objectives])
+    cost = values.to_numpy() * signs  # every objective as one to minimise
+    keep = [not any((cost[j] <= cost[i]).all() and (cost[j] < cost[i]).any() for j in range(len(cost)) if j != i)
+            for i in range(len(cost))]
+    return pool[keep]
+
+
+def pick_from_front(front: pd.DataFrame, history: pd.DataFrame, objectives: list[tuple[str, str]],
+                    examples: int | None) -> pd.Series:
+    """The one configuration PICK_RULE takes from the front."""
+    (metric, mode), rest = objectives[0], objectives[1:]
+    if objective_column(metric) == f"final_{metric}":
+        pool = ranked(front, metric, mode, "last")
+        noise, _ = within_noise(pool, history, metric, mode, "last", examples)
+        candidates = pool[pool["trial_id"].isin([e["trial_id"] for e in noise])] if noise else pool.head(1)
+    else:
+        column = objective_column(metric)
+        candidates = front[front[column] == (front[column].max() if mode == "max" else front[column].min())]
+    keys = [(objective_column(m), d == "min") for m, d in rest]
+    keys += [(objective_column(metric), mode == "min"), ("started", True), ("trial_id", True)]
+    keys = [(k, up) for k, up in keys if k in candidates]
+    return candidates.sort_values([k for k, _ in keys], ascending=[up for _, up in keys], kind="mergesort").iloc[0]
+
+
+def pareto_payload(front: pd.DataFrame, objectives: list[tuple[str, str]], picked: str) -> dict:
+    """best_config.json's record of the front: the objectives, each front trial's values, the pick and its rule."""
+    return plain({"objectives": [{"metric": m, "mode": d} for m, d in objectives], "pick_rule": PICK_RULE,
+                  "picked": picked,
+                  "pareto": [{"trial_id": r["trial_id"], "trial_name": r["name"],
+                              "values": {m: r[objective_column(m)] for m, _ in objectives}}
+                             for _, r in front.iterrows()]})
+
+
+def pareto_table(front: pd.DataFrame, objectives: list[tuple[str, str]], picked: str) -> pd.DataFrame:
+    """pareto.csv: one row per front trial: trial_id, name, each objective's value (named by the metric), and
+    whether it is the one picked; ordered by the first objective, best first."""
+    table = pd.DataFrame({"trial_id": front["trial_id"], "name": front["name"],
+                          **{m: front[objective_column(m)].astype(float) for m, _ in objectives}})
+    table["picked"] = table["trial_id"] == picked
+    metric, mode = objectives[0]
+    return table.sort_values(metric, ascending=mode == "min", kind="mergesort").reset_index(drop=True)

@@ -23,6 +23,7 @@ from tune_app.rundir.layout import GPU_PLAN_FILE, JOURNAL_FILE, PLAN_FILE, SPEC_
 
 STATE_FILE = "state.pt"
 EPOCH_FILE = "epoch.txt"  # the epoch a checkpoint was taken after
+DEVICE_FILE = "device_s.txt"  # the trial's device-seconds up to that checkpoint
 RESTORE_NOTE = "restore_note"  # a report's note that the latest checkpoint was unreadable
 FAULTS_ENV = "TUNE_APP_FAULTS"
 
@@ -64,6 +65,7 @@ class RayReporter:
         self.reports = 0
         self.first_epoch = None  # the epochs a restored trial had reported before (for trainables without "epoch")
         self.note = None  # said with the first report after a restore from an older checkpoint
+        self.device_s = 0.0  # device-seconds so far (as the cost ledger counts them), reported as device_s
 
     def restore(self) -> dict | None:
         """The state of the trial's latest checkpoint; when that file does not load (cut short by a crash, a full
@@ -93,9 +95,10 @@ class RayReporter:
 
     def _load(self, folder: Path) -> dict:
         state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-        epoch_file = folder / EPOCH_FILE
+        epoch_file, device_file = folder / EPOCH_FILE, folder / DEVICE_FILE
         self.first_epoch = int(epoch_file.read_text()) if epoch_file.is_file() else \
             (state.get("epoch") if isinstance(state, dict) else None)
+        self.device_s = float(device_file.read_text()) if device_file.is_file() else 0.0
         return state
 
     def report(self, metrics: dict, state: dict) -> None:
@@ -107,8 +110,12 @@ class RayReporter:
         # and the CPUs and share of a GPU it held there (what its time cost; --gpus-per-trial auto varies it).
         context = ray.get_runtime_context()
         held = context.get_assigned_resources()
-        metrics = {**metrics, "node_id": context.get_node_id(), "cpus": float(held.get("CPU", 0.0)),
-                   "gpus": float(held.get("GPU", 0.0))}
+        cpus, gpus = float(held.get("CPU", 0.0)), float(held.get("GPU", 0.0))
+        seconds = metrics.get("epoch_time_s")
+        if isinstance(seconds, (int, float)) and seconds == seconds:  # the ledger's rule: GPUs held, else CPUs
+            self.device_s += float(seconds) * (gpus or cpus)
+        metrics = {**metrics, "node_id": context.get_node_id(), "cpus": cpus, "gpus": gpus,
+                   "device_s": self.device_s}
         if self.note:
             metrics[RESTORE_NOTE], self.note = self.note, None
         with tempfile.TemporaryDirectory() as path:
@@ -117,6 +124,8 @@ class RayReporter:
             os.replace(os.path.join(path, STATE_FILE + ".part"), os.path.join(path, STATE_FILE))
             with open(os.path.join(path, EPOCH_FILE), "w") as f:
                 f.write(str(metrics["epoch"]))
+            with open(os.path.join(path, DEVICE_FILE), "w") as f:
+                f.write(repr(self.device_s))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
 
 

@@ -141,6 +141,25 @@ def best_section(best: dict, metric: str, title: str = "Best configuration") -> 
                    bullets=[noise] if noise else [])
 
 
+def pareto_section(best: dict, pareto: pd.DataFrame | None, console: bool = False) -> Section | None:
+    """A multi-objective sweep's front: how many trials, which one was picked and by what rule; the report adds
+    the table."""
+    if pareto is None or not best.get("objectives"):
+        return None
+    names = ", ".join(f"{o['metric']} ({o['mode']})" for o in best["objectives"])
+    metrics = [o["metric"] for o in best["objectives"]]
+    picked = pareto[pareto["picked"]]
+    line = f"Pareto front on {names}: {len(pareto)} of {best['trials']['total']} trials"
+    if len(picked):
+        values = ", ".join(f"{m} {fmt(picked[m].iloc[0], m)}" for m in metrics)
+        line += f"; picked {best['trial_name']} ({best['trial_id']}): {values} ({best['pick_rule']})"
+    tables = [] if console else [Table(("trial", "trial id", *metrics, "picked"),
+                                       [[r["name"], r["trial_id"], *(fmt(r[m], m) for m in metrics),
+                                         "yes" if r["picked"] else ""] for _, r in pareto.iterrows()],
+                                       caption="the Pareto front, best on the first objective first", right_from=2)]
+    return Section("" if console else "Pareto front", paragraphs=[line + "."], tables=tables)
+
+
 def cost_rows(trials: pd.DataFrame) -> list[list[str]]:
     """Estimated (before the sweep) against measured time per epoch and peak memory, per trial."""
     rows = []
@@ -210,7 +229,8 @@ def plots_section(plots) -> Section:
 def report_sections(a) -> tuple[str, list[str], list[Section]]:
     """report.md's and report.html's (title, opening paragraphs, sections)."""
     opening = [a.overview, *[line for line in (ledger_line(a.trials), budget_line(a.sweep.path)) if line]]
-    sections = [best_section(a.best, a.metric), *trend_sections(a.trends, a.metric)]
+    front = pareto_section(a.best, a.pareto)
+    sections = [best_section(a.best, a.metric), *([front] if front else []), *trend_sections(a.trends, a.metric)]
     if a.pairs:
         sections.append(pairs_section(a.pairs, a.metric, a.view))
     sections.append(importance_section(a))
@@ -227,7 +247,8 @@ def console_sections(a) -> list[Section]:
     (and over completed trials where that differs: whenever early stopping cut trials), pairs, importance."""
     by_view = {v: t.drop(columns="view").reset_index(drop=True) for v, t in a.trends.groupby("view", sort=False)}
     same = a.view in by_view and "completed" in by_view and by_view[a.view].equals(by_view["completed"])
-    sections = [best_section(a.best, a.metric, title=""),
+    front = pareto_section(a.best, a.pareto, console=True)
+    sections = [best_section(a.best, a.metric, title=""), *([front] if front else []),
                 *trend_sections(a.trends, a.metric, views=[a.view] if same else [a.view, "completed"])]
     if a.pairs:
         sections.append(pairs_section(a.pairs, a.metric, a.view))

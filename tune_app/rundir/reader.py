@@ -49,6 +49,15 @@ class Sweep:
     space: object = None
 
     @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """[(metric, mode), ...] the sweep searched by: more than one for a multi-objective sweep, the first being
+        ``metric`` (unless the analysis was asked for another metric)."""
+        recorded = [tuple(o) for o in (self.spec or {}).get("objectives") or []]
+        if len(recorded) > 1 and recorded[0] == (self.metric, self.mode):
+            return recorded
+        return [(self.metric, self.mode)]
+
+    @property
     def name(self) -> str:
         return (self.spec or {}).get("settings", {}).get("name") or self.path.name
 
@@ -108,7 +117,7 @@ def _read_results(folder: Path) -> pd.DataFrame | None:
     return max(frames, key=len, default=None)
 
 
-def _history(frame: pd.DataFrame | None, metric: str, everything: bool = False) -> list[dict]:
+def _history(frame: pd.DataFrame | None, metric: str, everything: bool = False, also=()) -> list[dict]:
     """One row per epoch: KEEP's columns and the metric (``everything``: every number the trainable reported,
     for a trainable of the user's, whose metric names tune_app does not know)."""
     if frame is None:
@@ -121,7 +130,7 @@ def _history(frame: pd.DataFrame | None, metric: str, everything: bool = False) 
     if "epoch" not in frame:
         return []
     frame = frame.dropna(subset=["epoch"]).drop_duplicates("epoch", keep="last").sort_values("epoch")
-    keep = [c for c in (*KEEP, metric) if c in frame]
+    keep = [c for c in (*KEEP, metric, *also) if c in frame]
     if everything:
         keep += [c for c in frame.columns if c not in RAY_COLUMNS and "/" not in c
                  and pd.api.types.is_numeric_dtype(frame[c])]
@@ -170,7 +179,7 @@ def trial_counts(path: Path, terminated: int = 0) -> tuple[int, int]:
     return len(statuses) - unfinished, unfinished
 
 
-def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]:
+def read_trials(path: Path, metric: str, everything: bool = False, also=()) -> list[dict]:
     """One record per trial folder: trial_id, name, config, history (``everything``: see _history), error (one
     line or None)."""
     records = []
@@ -190,7 +199,7 @@ def read_trials(path: Path, metric: str, everything: bool = False) -> list[dict]
         records.append({
             "trial_id": trial_id,
             "name": folder.name, "folder": folder.name, "config": config if isinstance(config, dict) else {},
-            "history": _history(frame, metric, everything),
+            "history": _history(frame, metric, everything, also),
             "error": error_line(error.read_text(encoding="utf-8", errors="replace")) if failed else None,
             "timeout": failed and (folder / TIMEOUT_FILE).is_file(),
             # Ray's state still has it running or queued: the sweep was interrupted before it finished
@@ -236,7 +245,9 @@ def load(path, metric: str | None = None, mode: str | None = None) -> Sweep:
     mode = mode or ("min" if "loss" in metric or "err" in metric else "max")
     if mode not in ("max", "min"):
         raise UsageError(f"--mode {mode}: use max or min")
-    records = read_trials(path, metric, everything=space is not None and not space.trainable.builtin)
+    objectives = [m for m, _ in (spec or {}).get("objectives") or []]
+    records = read_trials(path, metric, everything=space is not None and not space.trainable.builtin,
+                          also=[m for m in objectives if m != "device_s"])
     if spec is not None:  # what each trial asked Ray for: the cost ledger's fallback where a report does not say
         settings = spec.get("settings", {})
         for r in records:

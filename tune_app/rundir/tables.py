@@ -203,13 +203,14 @@ def ledger(record) -> dict:
             "params": int(params[-1]) if params else None, "samples_seen": int(samples[-1]) if samples else None}
 
 
-def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None) -> pd.DataFrame:
+def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None, also=()) -> pd.DataFrame:
     """One row per trial: identity, status, its cost ledger (LEDGER, see ledger), config/<key>, final_<metric>,
     best-epoch columns and at_epoch_<metric>, the metric at epoch `at_epoch` (NaN for a trial that did not get
-    there)."""
+    there). ``also``: more metrics whose final_<m> to keep (a multi-objective sweep's other objectives)."""
     check_mode(mode)
     records = _sorted_records(records)
     finals = [m for m in METRICS if m != "epoch"] + ([] if metric in METRICS else [metric])
+    finals += [m for m in also if m not in finals and m != "device_s"]  # device_s: the ledger's column
     tie = tie_metric(metric)
     tie_columns = [f"best_epoch_{tie}", f"at_epoch_{tie}"] if tie else []
     started = start_order(records)

@@ -15,7 +15,7 @@ from trainables.registry import Registry
 from tune_app.cluster import ray_private
 from tune_app.errors import UsageError
 from tune_app.rundir.layout import JOURNAL_FILE
-from tune_app.spaces import is_grid
+from tune_app.spaces import is_grid, is_searched
 
 SEARCHERS = Registry("searcher")
 SCHEDULERS = Registry("scheduler")
@@ -75,11 +75,13 @@ def random(space, settings, run_dir, points=()):
                                  max_concurrent=settings.get("max_concurrent") or 0), space
 
 
-def optuna_search(sampler, space, settings, run_dir, points=(), define_by_run=None):
+def optuna_search(sampler, space, settings, run_dir, points=(), define_by_run=None, objectives=None):
     """Ray's Optuna searcher around ``sampler``, its study in the run directory (resumable; optuna-dashboard opens
     it); ``points`` are enqueued in the study: its first trials, and the sampler learns from them.
-    ``define_by_run``: (function, metric, mode) of a space whose SPACE is a function of an Optuna trial; the
-    searcher calls it for each trial, and ``space`` holds only constants."""
+    ``define_by_run``: a space's SPACE that is a function of an Optuna trial, which the searcher calls for each
+    trial. ``objectives`` [(metric, mode), ...]: with more than one, the study is multi-objective. Either way the
+    searcher holds the search space itself, so that Ray's single metric (the first objective, for the
+    schedulers) does not replace its own, and the Tuner gets the constants."""
     import optuna as _optuna
 
     from tune_app.search.optuna_resume import ResumableOptunaSearch
@@ -89,10 +91,13 @@ def optuna_search(sampler, space, settings, run_dir, points=(), define_by_run=No
         from optuna.storages.journal import JournalFileBackend
 
         storage = _optuna.storages.JournalStorage(JournalFileBackend(str(Path(run_dir) / JOURNAL_FILE)))
-    if define_by_run is not None:
-        function, metric, mode = define_by_run
-        return ResumableOptunaSearch(space=function, metric=metric, mode=mode, points_to_evaluate=list(points),
-                                     sampler=sampler, storage=storage, study_name=settings["name"]), space
+    if define_by_run is not None or (objectives and len(objectives) > 1):
+        metrics, modes = [m for m, _ in objectives], [d for _, d in objectives]
+        metric, mode = (metrics, modes) if len(objectives) > 1 else (metrics[0], modes[0])
+        searched = define_by_run or choice_space({k: v for k, v in space.items() if is_searched(v)})
+        constants = {k: v for k, v in space.items() if not is_searched(v)}
+        return ResumableOptunaSearch(space=searched, metric=metric, mode=mode, points_to_evaluate=list(points),
+                                     sampler=sampler, storage=storage, study_name=settings["name"]), constants
     return ResumableOptunaSearch(points_to_evaluate=list(points), sampler=sampler, storage=storage,
                                  study_name=settings["name"]), choice_space(space)
 
@@ -105,29 +110,29 @@ def _quiet_optuna():
 
 
 @SEARCHERS.register("optuna")
-def optuna(space, settings, run_dir, points=(), define_by_run=None):
+def optuna(space, settings, run_dir, points=(), define_by_run=None, objectives=None):
     """Optuna's TPE."""
     sampler = _quiet_optuna().samplers.TPESampler(seed=settings["seed"])
-    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run, objectives)
 
 
 @SEARCHERS.register("gp")
-def gp(space, settings, run_dir, points=(), define_by_run=None):
+def gp(space, settings, run_dir, points=(), define_by_run=None, objectives=None):
     """Optuna's Gaussian-process Bayesian optimisation (GPSampler): for budgets of tens of trials; the first
     min(10, half the trials) are random."""
     startup = max(1, min(10, settings["num_samples"] // 2))
     sampler = _quiet_optuna().samplers.GPSampler(seed=settings["seed"], n_startup_trials=startup)
-    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run, objectives)
 
 
 @SEARCHERS.register("cmaes")
-def cmaes(space, settings, run_dir, points=(), define_by_run=None):
+def cmaes(space, settings, run_dir, points=(), define_by_run=None, objectives=None):
     """Optuna's CMA-ES over the numeric keys; a categorical key is drawn by TPE beside it (CMA-ES has no
     categories). Needs the ``cmaes`` package (tune_app's ``search`` extra)."""
     optuna = _quiet_optuna()
     sampler = optuna.samplers.CmaEsSampler(seed=settings["seed"], warn_independent_sampling=False,
                                            independent_sampler=optuna.samplers.TPESampler(seed=settings["seed"]))
-    return optuna_search(sampler, space, settings, run_dir, points, define_by_run)
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run, objectives)
 
 
 @SEARCHERS.register("bohb")
@@ -146,6 +151,14 @@ def require(module: str, package: str, flag: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise UsageError(f"{flag} needs the {package} package: pip install 'tune_app[search]' (or pip install "
                          f"{package})")
+
+
+@SEARCHERS.register("nsga2")
+def nsga2(space, settings, run_dir, points=(), define_by_run=None, objectives=None):
+    """Optuna's NSGA-II, for several objectives (--metric a,b --mode max,min): a population evolving towards the
+    Pareto front."""
+    sampler = _quiet_optuna().samplers.NSGAIISampler(seed=settings["seed"])
+    return optuna_search(sampler, space, settings, run_dir, points, define_by_run, objectives)
 
 
 @SEARCHERS.register("hyperopt")
@@ -281,16 +294,18 @@ def check(settings: dict, space: dict, points=()) -> None:
 
 
 # The searchers that can run a define-by-run space (SPACE as a function of an Optuna trial)
-DEFINE_BY_RUN = ("optuna", "gp", "cmaes")
+DEFINE_BY_RUN = ("optuna", "gp", "cmaes", "nsga2")
 
 
-def build(settings: dict, space: dict, searched: dict, run_dir, points=(), define_by_run=None):
+def build(settings: dict, space: dict, searched: dict, run_dir, points=(), define_by_run=None, objectives=None):
     """(search_alg, scheduler, param_space) for ``TuneConfig`` / ``Tuner``; `points` are evaluated first.
-    ``define_by_run``: (function, metric, mode) of a conditional space (see optuna_search)."""
+    ``define_by_run`` (a conditional space's function) and ``objectives`` go to the Optuna searchers (see
+    optuna_search)."""
     check(settings, space, points)
     factory = SEARCHERS.get(settings["searcher"])
-    if define_by_run is not None:
-        search_alg, param_space = factory(space, settings, run_dir, points, define_by_run=define_by_run)
+    if define_by_run is not None or (objectives and len(objectives) > 1):
+        search_alg, param_space = factory(space, settings, run_dir, points, define_by_run=define_by_run,
+                                          objectives=objectives)
     else:
         search_alg, param_space = factory(space, settings, run_dir, points)
     scheduler = SCHEDULERS.get(settings["scheduler"])(settings, searched)

@@ -38,6 +38,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--num-samples", type=int,
                    help="trials to run (grid: repeats of the grid); default: the space's SETTINGS, else 10")
     p.add_argument("--max-epochs", type=int, help="epochs cap per trial; the schedulers' max_t")
+    p.add_argument("--metric", help="what ranks trials (default: the space's METRIC); several, comma-separated, "
+                                    "for a multi-objective sweep: --metric val_acc,params --mode max,min")
+    p.add_argument("--mode", help="max or min, one per --metric (default: the space's MODE)")
     p.add_argument("--repeats", type=int, metavar="K",
                    help="train each configuration K times, with seeds seed, seed+1, ..., in one trial that reports "
                         "their mean to the searcher and the schedulers; trials.parquet gets one row per run "

@@ -12,7 +12,7 @@ from tune_app.errors import UsageError
 from tune_app.rundir.layout import SPEC_FILE
 from tune_app.search.algorithms import SCHEDULERS, SEARCHERS
 from tune_app.settings import SweepSettings
-from tune_app.spaces import SETTING_KEYS, is_grid, list_spaces
+from tune_app.spaces import SETTING_KEYS, is_grid, list_spaces, with_objectives
 from tune_app.usercode import is_path
 
 SETTING_FLAGS = tuple(SETTING_KEYS)
@@ -122,6 +122,11 @@ def plan_resume(args: SweepSettings) -> dict:
         given["space"] = str(Path(given["space"]).expanduser().resolve())
     changed = sorted(k for k, v in given.items() if saved.get(k) != v)
     changed += sorted(k for k, v in args.set.items() if spec["overrides"].get(k) != v)
+    recorded = spec.get("objectives") or [[spec.get("metric"), spec.get("mode")]]
+    for key, i in (("metric", 0), ("mode", 1)):
+        given_value = getattr(args, key)
+        if given_value is not None and [s.strip() for s in str(given_value).split(",")] != [o[i] for o in recorded]:
+            changed.append(key)
     transfer = {"from_run": str(Path(args.from_run).expanduser().resolve()) if args.from_run else None,
                 "top_k": args.top_k}
     changed += [k for k, v in transfer.items() if v is not None and spec.get(k) != v]
@@ -138,6 +143,24 @@ def plan_resume(args: SweepSettings) -> dict:
                          f"--from-run {run_uri or run_dir}")
     spec["run_dir"], spec["run_uri"] = str(run_dir), run_uri
     return spec
+
+
+MULTI_OBJECTIVE = ("optuna", "nsga2")  # the searchers that rank by several objectives (Optuna's)
+
+
+def check_objectives(space, settings: dict) -> None:
+    """Several objectives need a multi-objective searcher and no PBT; NSGA-II needs several."""
+    many = len(space.objectives) > 1
+    names = ", ".join(f"{m} ({d})" for m, d in space.objectives)
+    if settings["searcher"] == "nsga2" and not many:
+        raise UsageError(f"--searcher nsga2 is for several objectives and the sweep has one ({names}); give more "
+                         f"with --metric a,b --mode max,min, or use --searcher optuna")
+    if many and settings["searcher"] not in MULTI_OBJECTIVE:
+        raise UsageError(f"--searcher {settings['searcher']} ranks by one metric and the sweep has {names}; use "
+                         f"--searcher {' or '.join(MULTI_OBJECTIVE)}")
+    if many and settings["scheduler"] in ("pbt", "pb2"):
+        raise UsageError(f"--scheduler {settings['scheduler']} copies the best trials by one metric and the sweep has "
+                         f"{names}; use --scheduler asha, hyperband, median or fifo")
 
 
 def check_define_by_run(space, settings: dict, args: SweepSettings) -> None:
@@ -181,7 +204,7 @@ def plan_new(args: SweepSettings) -> dict:
     check_name(args.name)
     if args.from_run and not storage_is_uri(args.from_run) and not Path(args.from_run).expanduser().is_dir():
         raise UsageError(f"--from-run {args.from_run}: no such directory; give a finished sweep's run directory")
-    space = load_space(args.space, args.set)
+    space = with_objectives(load_space(args.space, args.set), args.metric, args.mode)
     check_against_space(space, args)
     settings = resolve_settings(space, args)
     if space.trainable.COST_KEYS is None:
@@ -195,6 +218,7 @@ def plan_new(args: SweepSettings) -> dict:
         settings["num_samples"] = top_k  # the budget is the transferred configurations
     check_settings(settings)
     check_define_by_run(space, settings, args)
+    check_objectives(space, settings)
     params = space.trainable.PARAMS
     if settings["repeats"] > 1 and params is not None and "seed" not in params:
         raise UsageError(f"--repeats {settings['repeats']}: trainable {space.trainable.name} has no 'seed' "
@@ -219,6 +243,7 @@ def plan_new(args: SweepSettings) -> dict:
                          f"or pick another --name")
     return {
         "space": space.ref, "code": space.code, "overrides": space.overrides, "run_dir": str(run_dir),
+        "objectives": [list(o) for o in space.objectives],
         "run_uri": run_uri, "workdir": os.getcwd(),
         **transferred,
         "options": args.to_json(),

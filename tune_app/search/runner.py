@@ -101,10 +101,11 @@ def run(spec: dict, resume: bool) -> int:
     """Run the sweep ``spec`` describes (a new one, or ``resume``); the exit code: 0 done, 1 no trial finished,
     130 interrupted (resumable)."""
     from tune_app.search import algorithms
-    from tune_app.spaces import load_space
+    from tune_app.spaces import load_space, with_objectives
 
     settings = spec["settings"]
-    space = load_space(spec["space"], spec["overrides"], code=spec.get("code"))
+    space = with_objectives(load_space(spec["space"], spec["overrides"], code=spec.get("code")),
+                            *zip(*spec["objectives"]) if spec.get("objectives") else (None, None), "tune_app.json")
     params = space.trainable.PARAMS
     config = dict(space.param_space)
     if params is None or "max_epochs" in params:

@@ -37,12 +37,16 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
 
     settings = spec["settings"]
     searched = {k: space.param_space[k] for k in space.searched if k in space.param_space}
-    define_by_run = (space.define_by_run, space.metric, space.mode) if space.define_by_run else None
     search_alg, scheduler, param_space = algorithms.build(settings, config, searched, run_dir, spec.get("points", []),
-                                                          define_by_run)
+                                                          space.define_by_run, space.objectives)
+    if len(space.objectives) > 1 and settings["scheduler"] != "fifo":
+        print(f"tune_app: note: --scheduler {settings['scheduler']} stops trials by {space.metric} "
+              f"({space.mode}), the first objective; the searcher ranks by all "
+              f"{len(space.objectives)}", flush=True)
     budget = sweep_budget(settings, run_dir)
     spec["expected_trials"] = expected_trials(param_space, settings["num_samples"])
-    spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched))
+    spec.update(metric=space.metric, mode=space.mode, searched=list(space.searched),
+                objectives=[list(o) for o in space.objectives])
     (run_dir / SPEC_FILE).write_text(json.dumps({k: v for k, v in spec.items() if k not in ("run_dir", "run_uri")},
                                                 indent=2))
     callback = wandb_callback(settings["wandb_mode"], settings["wandb_project"], settings["wandb_entity"],

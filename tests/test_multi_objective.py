@@ -1,0 +1,137 @@
+"""Several objectives: METRIC and MODE as lists (or --metric a,b --mode max,min), Optuna's multi-objective samplers,
+the Pareto front in summary/pareto.csv and best_config.json, and one configuration picked from it by a written
+rule."""
+import json
+
+import numpy as np
+import optuna
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_summary import make_record
+from tune_app.analyze.selection import PICK_RULE, pareto_front, pick_from_front
+from tune_app.rundir.tables import history_frame, trials_frame
+from tune_app.search import main
+
+
+def dominated_by_pandas(table: pd.DataFrame, objectives) -> set:
+    """Independently: the rows some other row is at least as good as on every objective and better on one."""
+    out = set()
+    for i, a in table.iterrows():
+        for j, b in table.iterrows():
+            if i == j:
+                continue
+            better_or_equal = all((b[c] >= a[c]) if mode == "max" else (b[c] <= a[c]) for c, mode in objectives)
+            strictly = any((b[c] > a[c]) if mode == "max" else (b[c] < a[c]) for c, mode in objectives)
+            if better_or_equal and strictly:
+                out.add(a["trial_id"])
+    return out
+
+
+def test_the_front_is_the_non_dominated_trials_and_the_pick_follows_the_rule():
+    # (val_acc, params, epoch_time_s) per trial; e is dominated by a; d diverged (never on the front)
+    rows = {"a": (0.95, 5000, 2.0), "b": (0.94, 3000, 2.5), "c": (0.80, 1000, 1.0), "e": (0.90, 6000, 2.0),
+            "f": (0.95, 5000, 1.5), "g": (0.93, 3000, 1.0)}
+    records = []
+    for tid, (acc, params, seconds) in rows.items():
+        r = make_record(tid, [0.5, acc])
+        for h in r["history"]:
+            h.update(params=params, epoch_time_s=seconds)
+        records.append(r)
+    records.append(make_record("d", [0.99, 0.99], diverge=True))
+    objectives = [("val_acc", "max"), ("params", "min"), ("epoch_time_s", "min")]
+    t = trials_frame(records, "val_acc", "max")
+    front = pareto_front(t, objectives)
+    table = t[t["status"] != "diverged"].rename(columns={"final_val_acc": "acc", "final_params": "weights",
+                                                       "final_epoch_time_s": "s"})
+    expected = set(table["trial_id"]) - dominated_by_pandas(table, [("acc", "max"), ("weights", "min"), ("s", "min")])
+    assert set(front["trial_id"]) == expected == {"b", "c", "f", "g"}
+    # 144 images: a, f, b and g are within noise of the front's best (f: 95 %); of those, the fewest parameters
+    # wins (b and g: 3000), then the least time (g)
+    picked = pick_from_front(front, history_frame(records), objectives, examples=144)
+    assert picked["trial_id"] == "g" and "within noise" in PICK_RULE
+    # 100,000 images: only f is within noise of itself, so f
+    assert pick_from_front(front, history_frame(records), objectives, examples=100_000)["trial_id"] == "f"
+
+
+TINY = ["--space", "digits", "--set", "epochs=2", "--max-epochs", "2", "--cpus-per-trial", "1",
+        "--wandb-mode", "disabled"]
+
+BAD = [
+    (["--metric", "val_acc,params", "--mode", "max"], "2 metrics (val_acc, params) and 1 modes (max); give one mode"),
+    (["--metric", "val_acc,flops", "--mode", "max,min"], "metric 'flops' is not one the trainable reports; use one of"),
+    (["--metric", "val_acc,params", "--mode", "max,least"], "mode 'least' for params: use max or min"),
+    (["--searcher", "nsga2"], "--searcher nsga2 is for several objectives and the sweep has one (val_acc (max))"),
+    (["--metric", "val_acc,params", "--mode", "max,min", "--searcher", "hyperopt"],
+     "--searcher hyperopt ranks by one metric and the sweep has val_acc (max), params (min); use --searcher optuna "
+     "or nsga2"),
+    (["--metric", "val_acc,params", "--mode", "max,min", "--searcher", "random", "--scheduler", "pbt"],
+     "--searcher random ranks by one metric"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_objectives_are_one_line_before_ray(argv, message, tmp_path, capsys):
+    code = main([*TINY, *argv, "--storage-path", str(tmp_path / "runs"), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def two_objectives(ray_local, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("multi")
+    code = main([*TINY, "--set", "model=[digits_cnn,small_cnn4]", "--set", "batch_norm=[true,false]",
+                 "--num-samples", "6", "--metric", "val_acc,params", "--mode", "max,min", "--searcher", "nsga2",
+                 "--scheduler", "fifo", "--seed", "1", "--storage-path", str(runs), "--name", "two"])
+    run_dir = runs / "two"
+    return code, run_dir
+
+
+@pytest.mark.e2e
+def test_the_pareto_file_is_the_front_recomputed_from_the_trials(two_objectives):
+    code, run_dir = two_objectives
+    assert code == 0
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    assert len(trials) == 6 and trials["final_params"].nunique() > 1
+    table = trials[trials["status"] == "completed"].rename(columns={"final_val_acc": "acc",
+                                                                    "final_params": "weights"})
+    expected = set(table["trial_id"]) - dominated_by_pandas(table, [("acc", "max"), ("weights", "min")])
+    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    assert list(pareto.columns) == ["trial_id", "name", "val_acc", "params", "picked"]
+    assert set(pareto["trial_id"]) == expected and pareto["picked"].sum() == 1
+    assert list(pareto["val_acc"]) == sorted(pareto["val_acc"], reverse=True)
+    for _, row in pareto.iterrows():
+        mine = trials.set_index("trial_id").loc[row["trial_id"]]
+        assert (row["val_acc"], row["params"]) == (mine["final_val_acc"], mine["final_params"])
+    best = json.loads((run_dir / "summary" / "best_config.json").read_text())
+    assert best["objectives"] == [{"metric": "val_acc", "mode": "max"}, {"metric": "params", "mode": "min"}]
+    assert best["pick_rule"] == PICK_RULE and best["trial_id"] == best["picked"] == \
+        pareto.loc[pareto["picked"], "trial_id"].iloc[0]
+    assert {p["trial_id"] for p in best["pareto"]} == expected
+    assert best["config"]["model"] in ("digits_cnn", "small_cnn4")
+
+
+@pytest.mark.e2e
+def test_optunas_study_is_multi_objective_and_agrees_on_the_front(two_objectives):
+    _, run_dir = two_objectives
+    study = optuna.load_study(study_name="two", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))))
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas().set_index("trial_id")
+    for t in study.trials:
+        row = trials.loc[t.user_attrs["trial_id"]]
+        assert t.values == [row["final_val_acc"], row["final_params"]]
+    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    assert {t.user_attrs["trial_id"] for t in study.best_trials} == set(pareto["trial_id"])
+    assert np.isfinite(trials["device_s"]).all()
+
+
+@pytest.mark.e2e
+def test_resume_refuses_other_objectives(two_objectives, capsys):
+    _, run_dir = two_objectives
+    code = main(["--resume", str(run_dir), "--metric", "val_acc,peak_mem_mb"])
+    err = capsys.readouterr().err
+    assert code == 2 and "these differ: metric" in err
