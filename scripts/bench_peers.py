@@ -121,8 +121,12 @@ def peer_result(log: Path) -> dict:
 def provenance() -> str:
     import importlib.metadata as md
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip() or "unknown"
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    if git("status", "--porcelain", "--", "tune_app", "trainables", "search_spaces", "scripts"):
+        commit += " with uncommitted changes"
     versions = ", ".join(f"{name} {md.version(name)}" for name in ("torch", "ray", "optuna", "wandb"))
     return f"tune_app commit {commit}, Python {sys.version.split()[0]}, {versions}, {os.cpu_count()} CPUs"
 
