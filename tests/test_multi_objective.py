@@ -135,3 +135,34 @@ def test_resume_refuses_other_objectives(two_objectives, capsys):
     code = main(["--resume", str(run_dir), "--metric", "val_acc,peak_mem_mb"])
     err = capsys.readouterr().err
     assert code == 2 and "these differ: metric" in err
+
+
+@pytest.mark.e2e
+def test_the_pareto_plot_draws_the_front_and_stars_the_pick(two_objectives):
+    from tune_app.plots.progress import pareto_figures
+
+    _, run_dir = two_objectives
+    plots = run_dir / "summary" / "plots"
+    assert (plots / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (plots / "pareto.html").is_file()
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    fig, pfig = pareto_figures(trials, pareto, [("val_acc", "max"), ("params", "min")])
+    __import__("matplotlib.pyplot").pyplot.close(fig)
+    every, front, picked = pfig.data
+    assert len(every.x) == (trials["status"] == "completed").sum()
+    assert list(front.x) == pytest.approx(sorted(100 * pareto["val_acc"]))  # accuracies in percent
+    assert (picked.x[0], picked.y[0]) == pytest.approx((100 * pareto.loc[pareto["picked"], "val_acc"].iloc[0],
+                                                         pareto.loc[pareto["picked"], "params"].iloc[0]))
+
+
+@pytest.mark.e2e
+def test_a_retrain_takes_the_front_the_picked_configuration_first(two_objectives):
+    from tune_app.analyze import top_configs
+
+    _, run_dir = two_objectives
+    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    _, top = top_configs(run_dir, None, "--configs")
+    ids = [t["trial_id"] for t in top["trials"]]
+    assert ids[0] == pareto.loc[pareto["picked"], "trial_id"].iloc[0]
+    assert set(ids) <= set(pareto["trial_id"]) and len(ids) == min(3, len(pareto))
+    assert top["chosen"].endswith(f"of the Pareto front's {len(pareto)} (the picked configuration first)")

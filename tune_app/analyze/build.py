@@ -182,7 +182,9 @@ NOISE_CAP = 3  # a retrain's default: the configurations within noise of the bes
 def top_configs(path, k: int | None, flag: str) -> tuple[reader.Sweep, dict]:
     """The k best configurations of a tune_app sweep, best first, ranked as its summary ranked them
     (the selection rule and epoch saved in summary/topk.json; the defaults if it was never analyzed); k None:
-    those within noise of the best (see analyze.selection.within_noise), at most NOISE_CAP. Returns (sweep, topk
+    those within noise of the best (see analyze.selection.within_noise), at most NOISE_CAP. A sweep of several
+    objectives gives its Pareto front instead, the picked configuration first (k None: at most NOISE_CAP; a k
+    larger than the front: the k best by the first objective). Returns (sweep, topk
     payload; its ``chosen`` says how k was chosen). Raises UsageError (naming ``flag``, the command's) when there
     are fewer than k eligible trials."""
     if k is not None and k < 1:
@@ -194,6 +196,19 @@ def top_configs(path, k: int | None, flag: str) -> tuple[reader.Sweep, dict]:
         raise UsageError(f"{sweep.path} is not a tune_app sweep of a space this version knows (no "
                          f"{SPEC_FILE} naming one), so its trainable is unknown")
     chosen = f"{flag} {k}"
+    if len(sweep.objectives) > 1:  # several objectives: the Pareto front, the configuration picked from it first
+        front = pareto_front(trials, sweep.objectives)
+        if len(front):
+            picked = pick_from_front(front, history, sweep.objectives, validation_examples(sweep, history))
+            order = ranked(front, sweep.metric, sweep.mode, "last")
+            order = pd.concat([order[order["trial_id"] == picked["trial_id"]],
+                               order[order["trial_id"] != picked["trial_id"]]])
+            n = min(NOISE_CAP, len(order)) if k is None else k
+            top = top_k_payload(trials, sweep.metric, sweep.mode, rule, n, pool=order)
+            top["chosen"] = (f"{flag} {k} of" if k is not None else f"the {len(top['trials'])} of") + \
+                f" the Pareto front's {len(front)} (the picked configuration first)"
+            if len(top["trials"]) == n:
+                return sweep, top
     if k is None:
         pool = ranked(trials, sweep.metric, sweep.mode, rule)
         pool.attrs["at_epoch"] = at_epoch

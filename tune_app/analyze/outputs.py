@@ -25,7 +25,8 @@ def write(a: Analysis, plots: bool = True) -> dict:
         best_id = a.best.get("trial_id") if a.best.get("config") is not None else None
         a.plots = write_plots(out / "plots", a.trials, a.history, a.metric, a.sweep.mode,
                               study=a.study if len(a.study.trials) >= 2 else None, importance=a.importance,
-                              best_trial_id=best_id, curves_by=a.curves_by, select=a.select)
+                              best_trial_id=best_id, curves_by=a.curves_by, select=a.select, pareto=a.pareto,
+                              objectives=a.sweep.objectives)
     text = lambda s: lambda p: p.write_text(s, encoding="utf-8")  # noqa: E731
     pairs_csv = pd.concat([t.assign(first=x, second=y) for (x, y), t in a.pairs.items()], ignore_index=True) \
         if a.pairs else pd.DataFrame(columns=["first", "second", "a", "b", "n", "mean", "std"])

@@ -243,9 +243,11 @@ def runs_of(history: pd.DataFrame, trial_id: str, metric: str, epoch: int | None
     return out
 
 
-def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: int) -> dict:
-    """The k best configurations under `rule`, best first, for a retrain of several candidates."""
-    pool = ranked(trials, metric, mode, rule).head(k)
+def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: int,
+                  pool: pd.DataFrame | None = None) -> dict:
+    """The k best configurations under `rule`, best first, for a retrain of several candidates (``pool``: these
+    trials, in this order, instead: a Pareto front)."""
+    pool = (ranked(trials, metric, mode, rule) if pool is None else pool).head(k)
     entries = [{"rank": i, **_trial_numbers(row, metric, rule), "config": config_of(row, trials)}
                for i, (_, row) in enumerate(pool.iterrows(), start=1)]
     return plain({"metric": metric, "mode": mode, "selection_rule": rule, "at_epoch": trials.attrs.get("at_epoch"),

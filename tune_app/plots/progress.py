@@ -23,6 +23,7 @@ from tune_app.plots.base import (
     _scale,
     _selected,
 )
+from tune_app.rundir.tables import ELIGIBLE
 
 
 def _check(mode: str, metric: str, select: str) -> None:
@@ -157,5 +158,42 @@ def cost_figures(trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode:
                                              "lines+markers")
     _finish(ax, title, xlabel, ylabel)
     ax.legend(loc="best")
+    pfig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, hovermode="closest")
+    return fig, pfig
+
+
+def pareto_figures(trials: pd.DataFrame, pareto: pd.DataFrame | None, objectives) -> Figures | None:
+    """A multi-objective sweep's first two objectives: every eligible trial a grey point, the Pareto front (``pareto``,
+    as pareto.csv holds it) joined in order along the first objective, the picked configuration starred. Skipped
+    without a front or with one objective."""
+    if pareto is None or pareto.empty or objectives is None or len(objectives) < 2:
+        return None
+    (x, x_mode), (y, y_mode) = objectives[0], objectives[1]
+    column = {m: ("device_s" if m == "device_s" else f"final_{m}") for m in (x, y)}
+    pool = trials[trials["status"].isin(ELIGIBLE)]
+    if any(c not in pool for c in column.values()):
+        return None
+    sx, sy = _scale(x), _scale(y)
+    front = pareto.sort_values(x)
+    picked = pareto[pareto["picked"]]
+    xlabel, ylabel = f"{_label(x)} ({x_mode})", f"{_label(y)} ({y_mode})"
+    title = f"Pareto front: {x} and {y}"
+    fig, ax = _mpl()
+    ax.scatter(pool[column[x]] * sx, pool[column[y]] * sy, color="0.6", s=22, label="trials")
+    ax.plot(front[x] * sx, front[y] * sy, "o-", color="tab:blue", label="Pareto front")
+    if len(picked):
+        ax.scatter(picked[x] * sx, picked[y] * sy, marker="*", s=260, color="tab:orange", zorder=3,
+                   label="picked")
+    _finish(ax, title, xlabel, ylabel)
+    ax.legend(loc="best")
+    pfig = go.Figure()
+    pfig.add_trace(go.Scatter(x=pool[column[x]] * sx, y=pool[column[y]] * sy, mode="markers", name="trials",
+                              marker={"color": "lightgray"}, text=pool["name"], hovertemplate=_hover(xlabel, ylabel)))
+    pfig.add_trace(go.Scatter(x=front[x] * sx, y=front[y] * sy, mode="lines+markers", name="Pareto front",
+                              text=front["name"], hovertemplate=_hover(xlabel, ylabel)))
+    if len(picked):
+        pfig.add_trace(go.Scatter(x=picked[x] * sx, y=picked[y] * sy, mode="markers", name="picked",
+                                  marker={"symbol": "star", "size": 16}, text=picked["name"],
+                                  hovertemplate=_hover(xlabel, ylabel)))
     pfig.update_layout(title=title, xaxis_title=xlabel, yaxis_title=ylabel, hovermode="closest")
     return fig, pfig

@@ -10,7 +10,7 @@ from plotly.offline import get_plotlyjs
 from tune_app.plots.base import DPI, HTML_CONFIG, Figures, Plot, _rule_column
 from tune_app.plots.curves import curves_by_figures, curves_figures, metric_vs_step_figures
 from tune_app.plots.params import importance_figures, parallel_coordinates_figures, slices_figures
-from tune_app.plots.progress import best_so_far_figures, cost_figures
+from tune_app.plots.progress import best_so_far_figures, cost_figures, pareto_figures
 from tune_app.rundir.atomic import atomic_write
 
 
@@ -26,7 +26,8 @@ def _save(out: Path, name: str, figures: Figures) -> Plot:
 
 def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: str, mode: str, study=None,
                 importance: pd.DataFrame | None = None, best_trial_id: str | None = None,
-                curves_by: tuple[str, ...] = (), select: str = "last") -> list[Plot]:
+                curves_by: tuple[str, ...] = (), select: str = "last", pareto: pd.DataFrame | None = None,
+                objectives=None) -> list[Plot]:
     """Write every applicable plot into out_dir and return them in a fixed order (skipped ones absent).
 
     ``select`` is the selection rule the best trial was chosen by ("last", "best-epoch" or "at-epoch", as
@@ -36,7 +37,8 @@ def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: st
     The optuna plots need ``study``; the importance chart needs a non-empty ``importance``; the cost plot needs
     ``trials``' ``device_s`` (the cost ledger); plots whose metric columns are missing from ``history`` are
     skipped. ``curves_by`` names hyperparameters whose values
-    get learning curves side by side (their values come from ``trials``' config columns).
+    get learning curves side by side (their values come from ``trials``' config columns). ``pareto`` and
+    ``objectives``: a multi-objective sweep's front (pareto.csv) and [(metric, mode), ...], for the Pareto plot.
     """
     _rule_column(metric, select)  # an unknown rule fails before anything is written
     out = Path(out_dir)
@@ -50,6 +52,7 @@ def write_plots(out_dir, trials: pd.DataFrame, history: pd.DataFrame, metric: st
         "best_so_far": lambda: best_so_far_figures(trials, history, metric, mode, select),
         "cost": lambda: cost_figures(trials, history, metric, mode, select),
         "importance": lambda: importance_figures(importance),
+        "pareto": lambda: pareto_figures(trials, pareto, objectives),
     }
     # Write the shared plotly bundle atomically first; write_html then finds it and leaves it alone.
     atomic_write(out / "plotly.min.js", lambda p: p.write_text(get_plotlyjs(), encoding="utf-8"))
