@@ -254,3 +254,20 @@ def test_a_searcher_whose_package_is_missing_says_what_to_install(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "--scheduler pb2 needs the GPy package: pip install 'tune_app[search]' (or pip install GPy)" in err
+
+
+def test_wandb_mode_set_empty_counts_as_unset_and_a_wrong_one_is_one_line(tmp_path, capsys, monkeypatch):
+    """W&B itself refuses WANDB_MODE="" (as `WANDB_MODE= cmd` sets it) in every trial's process."""
+    import os
+
+    from tune_app.integrations.wandb_runs import check_env
+
+    monkeypatch.setenv("WANDB_MODE", "")
+    check_env()
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    code = main(["--space", "digits", "--storage-path", str(tmp_path / "runs"), "--name", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "WANDB_MODE='ofline': W&B knows online, offline, disabled; set one of them, or unset it" in err
+    assert not (tmp_path / "runs" / "x").exists()

@@ -44,11 +44,28 @@ def server_error(base_url: str) -> str | None:
     return None
 
 
+MODES = ("online", "offline", "disabled")
+
+
+def check_env() -> None:
+    """$WANDB_MODE as W&B reads it in every process, Ray's workers included: set but empty (``WANDB_MODE= cmd``)
+    counts as unset, since W&B itself refuses it; another value W&B does not know is a UsageError."""
+    value = os.environ.get("WANDB_MODE")
+    if value is not None and not value.strip():
+        del os.environ["WANDB_MODE"]
+    elif value is not None and value not in MODES:
+        from tune_app.errors import UsageError
+
+        raise UsageError(f"WANDB_MODE={value!r}: W&B knows {', '.join(MODES)}; set one of them, or unset it and pass "
+                         f"--wandb-mode")
+
+
 def resolve_mode(mode: str | None) -> str:
     """The CLI's mode, else $WANDB_MODE, else online with a key and offline without; online falls back to
     offline, with a warning, when the W&B server does not answer."""
+    check_env()
     mode = mode or os.environ.get("WANDB_MODE")
-    if mode not in ("online", "offline", "disabled"):
+    if mode not in MODES:
         mode = "online" if has_api_key() else "offline"
     if mode == "online":
         base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")

@@ -118,6 +118,9 @@ def run(spec: dict, resume: bool) -> int:
     algorithms.check(settings, config, points)  # before any data is read or Ray started
     dataset = load_data(space, settings, spec.get("workdir"))
     check_models(space, dataset)
+    from tune_app.integrations.wandb_runs import check_env
+
+    check_env()  # before Ray's workers inherit the environment
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     try:
         started = join_ray(settings, spec.get("code"))
