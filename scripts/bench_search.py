@@ -11,7 +11,8 @@ schedule, E = 10 epochs, and every trial's own seed fixed (``seed=0``), so a con
 trains to the same numbers in every sweep and a searcher can only find, never beat, the grid's
 best (checked: every FIFO trial must repeat the grid's number for its configuration).
 
-Step 2 runs random+FIFO, Optuna+FIFO, Optuna+ASHA and HyperOpt+ASHA with several searcher seeds
+Step 2 runs random+FIFO, Optuna+FIFO, Optuna+ASHA, HyperOpt+ASHA, Optuna's GP and CMA-ES with FIFO, and
+BOHB (with its own HyperBand, on ASHA's trial budget) with several searcher seeds
 (``--seed``; each seed is its own sweep) over the same discrete domains (the same lists,
 as choices) and reports, per method, the best validation accuracy the sweep selects (each
 trial's last epoch, the summary's own rule) and the epochs it trained (rows of
@@ -54,7 +55,9 @@ GOAL_EPOCHS = 0.25  # ... with at most 25 % of the grid's epochs
 GOAL_METHOD = "optuna+asha"
 ASHA_EPOCHS_PER_TRIAL = 5.5  # grace 1, reduction factor 3, E 10: 3.3 to 6.7 in a pilot with seeds 100 and 101
 METHODS = (("random+fifo", "random", "fifo"), ("optuna+fifo", "optuna", "fifo"),
-           ("optuna+asha", "optuna", "asha"), ("hyperopt+asha", "hyperopt", "asha"))
+           ("optuna+asha", "optuna", "asha"), ("hyperopt+asha", "hyperopt", "asha"),
+           ("gp+fifo", "gp", "fifo"), ("cmaes+fifo", "cmaes", "fifo"),
+           ("bohb", "bohb", "bohb"))  # BOHB's own HyperBand: ASHA's trial budget
 FULL = {"activation": ["relu", "tanh", "sigmoid"], "optimizer": ["sgd", "adam", "rmsprop"],
         "lr": [0.001, 0.01, 0.1]}
 QUICK = {"activation": ["relu", "tanh"], "optimizer": ["sgd", "adam"], "lr": [0.01]}
@@ -189,7 +192,7 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             r = sweep(storage, f"{label.replace('+', '_')}_s{seed}",
                       [*base, "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(n),
-                       "--seed", str(seed)], asha if scheduler == "asha" else {})
+                       "--seed", str(seed)], asha if scheduler in ("asha", "bohb") else {})
             t = r["trials"]
             tried = [x for _, x in t.iterrows() if config_key(x, axes) in near_keys]
             row = {"seed": seed, "trials": len(t), "best": best_of(t), "epochs": len(r["history"]),
