@@ -1,8 +1,8 @@
 """The quickstart against the scripts users write instead: a plain Optuna script and a plain Ray Tune script.
 
-    python scripts/bench_peers.py               # 20 trials each, 3 rounds (about 6 minutes on 2 cores)
+    python scripts/bench_peers.py               # 20 trials each, 3 rounds (over 10 minutes on 2 cores)
     python scripts/bench_peers.py --rounds 5
-    python scripts/bench_peers.py --quick       # 2 trials of 2 epochs, 1 round: a smoke run (about 1 minute)
+    python scripts/bench_peers.py --quick       # 2 trials of 2 epochs, 1 round: a smoke run (a minute or more)
 
 Four commands run the same sweep (search_spaces/digits.py: 20 trials of the digits CNN, Optuna TPE
 seeded with 0, trials stopped early by ASHA or by successive halving with grace period 3 and
