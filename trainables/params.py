@@ -81,3 +81,15 @@ def resolve(params: dict[str, Param], config: dict) -> dict:
         raise ValueError(f"unknown key {unknown[0]!r}; known keys: {', '.join(sorted(params))}")
     resolved = {key: p.check(key, config.get(key, p.default)) for key, p in params.items()}
     return {**resolved, **{k: config[k] for k in args}}
+
+
+def number_or_same(value):
+    """Text as the number people mean by it (``"64"``, ``"1e-3"``, which YAML 1.1 reads as a string), else the
+    value unchanged: what ``--set`` and a W&B sweep file's numbers go through."""
+    if isinstance(value, str):
+        for convert in (int, float):
+            try:
+                return convert(value)
+            except ValueError:
+                pass
+    return value

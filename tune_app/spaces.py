@@ -14,7 +14,7 @@ from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 import search_spaces
 from trainables.imports import is_ref
-from trainables.params import is_factory_arg
+from trainables.params import is_factory_arg, number_or_same
 from tune_app import usercode
 from tune_app.errors import UsageError
 from tune_app.trainable import LoadedTrainable
@@ -323,16 +323,6 @@ def parse_value(text: str):
     if isinstance(value, list):
         return [number_or_same(v) for v in value]
     return number_or_same(value if value is not None else text)
-
-
-def number_or_same(value):
-    if isinstance(value, str):
-        for convert in (int, float):
-            try:
-                return convert(value)
-            except ValueError:
-                pass
-    return value
 
 
 def parse_overrides(items: list[str]) -> dict:

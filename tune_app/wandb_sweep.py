@@ -21,6 +21,7 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
+from trainables.params import number_or_same
 from tune_app.errors import UsageError
 
 METHODS = {"grid": "grid", "random": "random", "bayes": "optuna"}  # W&B method -> tune_app searcher
@@ -58,17 +59,6 @@ def _fail(shown: str, message: str) -> UsageError:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _number(value):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string: take it as the number people mean, as ``--set`` does."""
-    if isinstance(value, str):
-        for convert in (int, float):
-            try:
-                return convert(value)
-            except ValueError:
-                pass
-    return value
 
 
 def _load_yaml(path: Path, shown: str) -> dict:
@@ -211,7 +201,7 @@ def _distribution_of(spec: dict) -> str | None:
     if "value" in spec:
         return "constant"
     if "min" in spec and "max" in spec:
-        low, high = _number(spec["min"]), _number(spec["max"])
+        low, high = number_or_same(spec["min"]), number_or_same(spec["max"])
         both_int = all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high))
         return "int_uniform" if both_int else "uniform"
     return None
@@ -246,13 +236,13 @@ def parameter(name: str, spec, method: str, shown: str = "file"):
         raise _fail(shown, f"{where}: method grid runs every combination of values, and distribution {dist} has "
                            f"none to list; give values: [...], or use method random or bayes")
     if dist == "constant":
-        return _number(spec["value"])
+        return number_or_same(spec["value"])
     if dist == "categorical":
         values = spec["values"]
         if not isinstance(values, list) or not values:
             raise _fail(shown, f"{where}: values {values!r}: give a list of at least one value")
-        return tune.choice([_number(v) for v in values])
-    numbers = {k: _number(spec.get(k, NUMBER_DEFAULTS.get(k))) for k in takes}
+        return tune.choice([number_or_same(v) for v in values])
+    numbers = {k: number_or_same(spec.get(k, NUMBER_DEFAULTS.get(k))) for k in takes}
     for key, value in numbers.items():
         if not _is_number(value):
             raise _fail(shown, f"{where}: {key} {spec.get(key)!r} is not a number")
