@@ -23,7 +23,16 @@ import pandas as pd
 from scipy import stats
 
 from tune_app.rundir.layout import RUNS
-from tune_app.rundir.tables import ELIGIBLE, check_mode, config_of, is_accuracy, plain, status_counts, tie_metric
+from tune_app.rundir.tables import (
+    ELIGIBLE,
+    check_mode,
+    config_of,
+    is_accuracy,
+    objective_column,
+    plain,
+    status_counts,
+    tie_metric,
+)
 
 RULES = ("last", "best-epoch", "at-epoch")
 
@@ -101,19 +110,21 @@ def _rule_epoch(row: pd.Series, rule: str, at_epoch) -> int | None:
     return None if epoch is None or pd.isna(epoch) else int(epoch)
 
 
+def _row_at(history: pd.DataFrame, trial_id: str, epoch: int | None) -> pd.Series | None:
+    """A trial's history row at ``epoch`` (None: its last), or None when it has none."""
+    rows = history[history["trial_id"] == trial_id].sort_values("epoch")
+    rows = rows if epoch is None else rows[rows["epoch"] == epoch]
+    return None if rows.empty else rows.iloc[-1]
+
+
 def run_values(history: pd.DataFrame, trial_id: str, metric: str, epoch: int | None) -> np.ndarray:
     """A trial's runs' values of ``metric`` at ``epoch`` (None: its last reported epoch), under --repeats (the
     history's runs/<i>/<metric> columns); empty without repeats. A diverged run's value is left out."""
     columns = [c for c in history.columns if c.startswith(f"{RUNS}/") and c.endswith(f"/{metric}")
                and c.count("/") == 2]
-    rows = history[history["trial_id"] == trial_id] if columns else history.iloc[:0]
-    if rows.empty:
+    row = _row_at(history, trial_id, epoch) if columns else None
+    if row is None:
         return np.array([])
-    row = rows.sort_values("epoch").iloc[-1] if epoch is None else rows[rows["epoch"] == epoch]
-    if isinstance(row, pd.DataFrame):
-        if row.empty:
-            return np.array([])
-        row = row.iloc[-1]
     values = []
     for c in columns:
         flag = f"{c.rsplit('/', 1)[0]}/diverged"
@@ -229,11 +240,9 @@ def best_config_payload(best: pd.Series, trials: pd.DataFrame, metric: str, mode
 def runs_of(history: pd.DataFrame, trial_id: str, metric: str, epoch: int | None) -> list[dict]:
     """--repeats: each of a trial's runs at ``epoch`` (None: its last) as {"repeat", "seed", "value"}; empty
     without repeats."""
-    rows = history[history["trial_id"] == trial_id].sort_values("epoch")
-    rows = rows if epoch is None else rows[rows["epoch"] == epoch]
-    if rows.empty:
+    row = _row_at(history, trial_id, epoch)
+    if row is None:
         return []
-    row = rows.iloc[-1]
     found = sorted({int(c.split("/")[1]) for c in history.columns if c.startswith(f"{RUNS}/") and c.count("/") == 2})
     out = []
     for i in found:
@@ -258,11 +267,6 @@ def top_k_payload(trials: pd.DataFrame, metric: str, mode: str, rule: str, k: in
 
 PICK_RULE = ("among the Pareto front, the trials within noise of its best on the first objective (the within-noise "
              "rule), then the best on the second objective, then the third, ...; then the tie rule")
-
-
-def objective_column(metric: str) -> str:
-    """The trials-table column an objective is read from: the last epoch's value, or the ledger's device_s."""
-    return "device_s" if metric == "device_s" else f"final_{metric}"
 
 
 def pareto_front(trials: pd.DataFrame, objectives: list[tuple[str, str]]) -> pd.DataFrame:

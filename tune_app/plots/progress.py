@@ -23,7 +23,7 @@ from tune_app.plots.base import (
     _scale,
     _selected,
 )
-from tune_app.rundir.tables import ELIGIBLE
+from tune_app.rundir.tables import ELIGIBLE, objective_column
 
 
 def _check(mode: str, metric: str, select: str) -> None:
@@ -169,7 +169,7 @@ def pareto_figures(trials: pd.DataFrame, pareto: pd.DataFrame | None, objectives
     if pareto is None or pareto.empty or objectives is None or len(objectives) < 2:
         return None
     (x, x_mode), (y, y_mode) = objectives[0], objectives[1]
-    column = {m: ("device_s" if m == "device_s" else f"final_{m}") for m in (x, y)}
+    column = {m: objective_column(m) for m in (x, y)}
     pool = trials[trials["status"].isin(ELIGIBLE)]
     if any(c not in pool for c in column.values()):
         return None

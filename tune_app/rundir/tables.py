@@ -256,6 +256,12 @@ def trials_frame(records, metric: str, mode: str, at_epoch: int | None = None, a
     return frame
 
 
+def objective_column(metric: str) -> str:
+    """The trials-table column an objective of a multi-objective sweep is read from: the last epoch's value, or
+    the ledger's device_s."""
+    return "device_s" if metric == "device_s" else f"final_{metric}"
+
+
 def repeats_of(record) -> int:
     """How many runs (--repeats) each of the trial's reports holds: 0 for a trial without repeats."""
     history = record.get("history") or []

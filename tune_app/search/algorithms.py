@@ -303,7 +303,7 @@ def build(settings: dict, space: dict, searched: dict, run_dir, points=(), defin
     optuna_search)."""
     check(settings, space, points)
     factory = SEARCHERS.get(settings["searcher"])
-    if define_by_run is not None or (objectives and len(objectives) > 1):
+    if settings["searcher"] in DEFINE_BY_RUN:  # Optuna's: they take a conditional space and several objectives
         search_alg, param_space = factory(space, settings, run_dir, points, define_by_run=define_by_run,
                                           objectives=objectives)
     else:
