@@ -12,6 +12,17 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The ``gpu`` tests need a GPU: pyproject's ``-m 'not gpu'`` leaves them out, and so does any other ``-m`` that
+    does not name them (``-m "not e2e"``); ``-m gpu`` (scripts/gpu_check.py) selects them."""
+    if "gpu" in (config.option.markexpr or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("gpu") is None]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("gpu")])
+        items[:] = keep
+
+
 @pytest.fixture(scope="module", autouse=True)
 def no_ray_left_running(request):
     """A module that leaves an in-process Ray running fails, naming itself, instead of breaking the next

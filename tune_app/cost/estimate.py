@@ -22,8 +22,6 @@ import random
 
 import numpy as np
 
-from tune_app.spaces import is_grid
-
 PROBE_STEPS = 20  # training steps per probe epoch, and at least PROBE_SAMPLES samples
 PROBE_SAMPLES = 8192
 
@@ -31,6 +29,8 @@ PROBE_SAMPLES = 8192
 def configurations(param_space: dict, num_samples: int, seed: int) -> list[dict]:
     """The configurations a sweep will run (a grid, times num_samples), or draws from a sampled space."""
     from ray.tune.search.sample import Domain
+
+    from tune_app.spaces import is_grid
 
     grid = {k: v["grid_search"] for k, v in param_space.items() if is_grid(v)}
     rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> di
 
     use_paths(code_paths)  # a model of the user's, where tune_app did not start Ray with its runtime_env
 
-    n = min(len(data["y_train"]), max(steps * int(config["batch_size"]), PROBE_SAMPLES))
+    n = probe_samples(len(data["y_train"]), int(config["batch_size"]), steps)
     probe_data = {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]}
     reporter = _ProbeReporter(wave)
     ray.get(wave.start.remote())
@@ -129,6 +129,16 @@ def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> di
             "eval_s": max(0.0, last["epoch_time_s"] - n / last["samples_per_s"]),
             "peak_mem_mb": max(m["peak_mem_mb"] for m in reporter.history), "params": last["params"],
             "epochs_run": len(reporter.history)}
+
+
+def probe_samples(n_train: int, batch_size: int, steps: int = PROBE_STEPS) -> int:
+    """The training images a probe trains on: ``steps`` batches, at least PROBE_SAMPLES, at most the training set."""
+    return min(n_train, max(steps * batch_size, PROBE_SAMPLES))
+
+
+def untouched_mb(train_bytes: int, probe_samples: int, n_train: int) -> float:
+    """The part of the training set (uint8 on the device) a probe on ``probe_samples`` images did not hold."""
+    return train_bytes * (1 - probe_samples / n_train) / 2**20
 
 
 def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_bytes: int, cpus: float,
@@ -149,7 +159,7 @@ def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_byte
         results.update(zip(batch, ray.get(futures)))
         ray.kill(wave)
     for result in results.values():
-        result["untouched_mb"] = train_bytes * (1 - result["probe_samples"] / n_train) / 2**20
+        result["untouched_mb"] = untouched_mb(train_bytes, result["probe_samples"], n_train)
     return results
 
 
