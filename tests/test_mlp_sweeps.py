@@ -78,6 +78,29 @@ def test_plan_prints_estimates_and_writes_nothing(ray_local, data_dir, tmp_path,
     assert not (tmp_path / "runs").exists()
 
 
+def test_plan_projects_the_wall_time_on_gpu_clusters(ray_local, data_dir, tmp_path, capsys):
+    """--plan --gpus 1,4 with half a (pretend) GPU a trial: 2 trials at a time here and on 1 GPU, 8 on 4 GPUs, so
+    FIFO's 4 trials take their longest one there."""
+    code = main(["--space", "mlp_lab", "--plan", "--num-samples", "4", "--data-dir", str(data_dir),
+                 "--storage-path", str(tmp_path / "runs"), "--set", "hidden_size=[128,256]", "--set", "epochs=3",
+                 "--scheduler", "fifo", "--gpus-per-trial", "0.5", "--cpus-per-trial", "0.5", "--gpus", "1,4"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    trial_s = [float(line.split()[6]) for line in out.splitlines() if line.strip()[:1].isdigit() and "hl_1_" in line]
+    assert len(trial_s) == 4
+    projected = next(line for line in out.splitlines() if line.startswith("projected: "))
+    assert projected.startswith("projected: 12 of the 12 planned epochs, about ")
+    assert "with 2 trials at a time" in projected
+    gpus = next(line for line in out.splitlines() if line.startswith("on GPUs, "))
+    assert gpus.startswith("on GPUs, at these estimated epoch times (2 trials a GPU): about ")
+    on_one, on_four = gpus.split("about ", 1)[1].split(", ")
+    assert on_one.endswith(" on 1 GPU") and on_four.endswith(" on 4 GPUs")
+    assert on_four == f"{estimate.duration(max(trial_s))} on 4 GPUs" or \
+        float(on_four.split()[0]) == pytest.approx(max(trial_s), abs=1)  # the table rounds to 3 digits
+    assert projected.split("about ")[1].split(" with")[0] == on_one.removesuffix(" on 1 GPU")  # 2 at a time both
+    assert not (tmp_path / "runs").exists()
+
+
 def test_estimates_sit_next_to_measurements_after_the_sweep(ray_local, data_dir, tmp_path, capsys):
     code = main(["--space", "mlp_lab", "--num-samples", "3", "--max-epochs", "2", "--data-dir", str(data_dir),
                  "--storage-path", str(tmp_path), "--name", "lab", "--set", "hidden_size=[128,256]",

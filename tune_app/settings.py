@@ -46,6 +46,7 @@ class SweepSettings:
     wandb_entity: str | None = None
     wandb_mode: str | None = None  # online, offline, disabled; default: online with an API key, else offline
     plan: bool = False  # print the estimated cost of each configuration, train nothing
+    gpus: int | str | list | None = None  # with plan: also project the wall time on this many GPUs ("1,4" or [1, 4])
     metric: str | list | None = None  # what ranks trials (default: the space's METRIC); "val_acc,params" or a list
     mode: str | list | None = None  # max or min per metric (default: the space's MODE)
     export_wandb_sweep: str | None = None  # write the space as this W&B sweep YAML file, train nothing

@@ -10,6 +10,7 @@ and which configurations do well is what a plan cannot know.
 from __future__ import annotations
 
 import heapq
+import math
 
 import numpy as np
 
@@ -66,3 +67,47 @@ def simulate(trials: list[dict], slots: int, rule: Asha | None = None, seed: int
         else:
             heapq.heappush(running, (clock + trials[i]["epoch_s"], i, epoch + 1))
     return {"epochs": trained, "wall_s": clock, "stopped": stopped}
+
+
+def asha_for(settings: dict) -> Asha | None:
+    """The rule a sweep's scheduler applies, where it is ASHA's; None for every other scheduler."""
+    if settings.get("scheduler") != "asha":
+        return None
+    max_t = int(settings["max_epochs"])
+    return Asha(asha_rungs(max_t, min(int(settings["grace_period"]), max_t), settings["reduction_factor"]),
+                settings["reduction_factor"])
+
+
+def gpu_slots(gpus: int, gpus_per_trial: float, max_concurrent: int | None = None) -> int:
+    """Trials at once on ``gpus`` GPUs when each holds ``gpus_per_trial`` (0.25: four a GPU; 2: one per two)."""
+    slots = math.floor(gpus / gpus_per_trial + 1e-9)
+    return min(slots, max_concurrent) if max_concurrent else slots
+
+
+def projection(rows: list[dict], settings: dict, concurrency: int, gpus: list[int] = ()) -> str:
+    """--plan's projected wall time: the estimated trials (``est_epoch_s``, ``epochs``) through the scheduler's
+    early stopping (ASHA simulated; every other scheduler as if it stopped none) at ``concurrency`` trials at once,
+    and on each cluster of ``gpus`` GPUs at ``gpus_per_trial`` each."""
+    from tune_app.cost.estimate import duration
+
+    trials = [{"epochs": int(r["epochs"]), "epoch_s": float(r["est_epoch_s"])} for r in rows]
+    planned = sum(t["epochs"] for t in trials)
+    scheduler = settings.get("scheduler", "fifo")
+    here = simulate(trials, concurrency, asha_for(settings), settings.get("seed") or 0)
+    how = {"asha": "ASHA stopping trials at its rungs (simulated)", "fifo": "every trial trains all its epochs"}.get(
+        scheduler, f"as if {scheduler} stopped no trial early: an upper bound")
+    lines = [f"projected: {here['epochs']:,} of the {planned:,} planned epochs, about {duration(here['wall_s'])} "
+             f"with {concurrency} trials at a time; {how}"]
+    if gpus:
+        share = float(settings["gpus_per_trial"])
+        parts = []
+        for n in gpus:
+            slots = gpu_slots(n, share, settings.get("max_concurrent"))
+            if slots < 1:
+                parts.append(f"none on {n} GPU{'s' * (n > 1)} (a trial holds {share:g})")
+                continue
+            wall = simulate(trials, slots, asha_for(settings), settings.get("seed") or 0)["wall_s"]
+            parts.append(f"{duration(wall)} on {n} GPU{'s' * (n > 1)}")
+        per_gpu = f"{gpu_slots(1, share):g} trials a GPU" if share <= 1 else f"{share:g} GPUs a trial"
+        lines.append(f"on GPUs, at these estimated epoch times ({per_gpu}): about {', '.join(parts)}")
+    return "\n".join(lines)

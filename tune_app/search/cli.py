@@ -30,6 +30,9 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
     p.add_argument("--plan", action="store_true",
                    help="print each configuration's parameters, estimated memory and time (measured by a short "
                         "probe) and the total, then exit without training")
+    p.add_argument("--gpus", metavar="N[,N...]",
+                   help="with --plan: also project the sweep's wall time on a cluster of N GPUs (several: 1,4), "
+                        "each trial holding --gpus-per-trial of one, at the probed epoch times")
     p.add_argument("--export-wandb-sweep", metavar="FILE",
                    help="write the space (after --set), with its searcher, scheduler and number of trials, as a W&B "
                         "sweep YAML file and exit without training; --space FILE runs it again")

@@ -308,11 +308,32 @@ def expected_trials(param_space: dict, num_samples: int) -> int:
     return num_samples * math.prod(grid)
 
 
+def plan_gpus(value, plan: bool, gpus_per_trial) -> list[int]:
+    """--gpus N[,N...] as a list of cluster sizes; it goes with --plan and GPU trials."""
+    if value is None:
+        return []
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UsageError(f"--gpus {text}: give whole numbers of GPUs, at least 1, such as 4 or 1,4")
+    if not plan:
+        raise UsageError(f"--gpus {text} goes with --plan: it projects the sweep's wall time on that many GPUs; "
+                         f"add --plan, or leave --gpus out")
+    if gpus_per_trial == 0:
+        raise UsageError(f"--gpus {text}: the trials hold no GPU (--gpus-per-trial 0); give --gpus-per-trial, such "
+                         f"as 0.25 for 4 trials a GPU, or auto")
+    return sizes
+
+
 def spec_of(settings: SweepSettings) -> dict:
     """Check everything that can be checked before Ray starts; the sweep's spec (what tune_app.json keeps)."""
     if settings.retry_errored and not settings.resume:
         raise UsageError("--retry-errored goes with --resume RUN_DIR: it re-runs that sweep's errored trials")
     spec = plan_resume(settings) if settings.resume else plan_new(settings)
     spec["plan_only"] = bool(settings.plan)
+    spec["plan_gpus"] = plan_gpus(settings.gpus, bool(settings.plan), spec["settings"]["gpus_per_trial"])
     spec["retry_errored"] = bool(settings.retry_errored)
     return spec

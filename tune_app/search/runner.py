@@ -18,11 +18,12 @@ from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.usercode import local_paths
 
 
-def plan_table(space, config: dict, settings: dict, dataset, points=()) -> tuple[list[dict], str]:
-    """Estimated cost of every configuration (see tune_app.cost.estimate), and the table that shows it."""
+def plan_table(space, config: dict, settings: dict, dataset, points=(), gpus=()) -> tuple[list[dict], str]:
+    """Estimated cost of every configuration (see tune_app.cost.estimate), and the table that shows it, with the
+    wall time projected through the scheduler, here and on ``gpus`` GPUs (tune_app.cost.schedule)."""
     import ray
 
-    from tune_app.cost import estimate
+    from tune_app.cost import estimate, schedule
     from tune_app.search import algorithms
 
     param_space = algorithms.grid_space(config) if settings["searcher"] == "grid" else config
@@ -42,7 +43,7 @@ def plan_table(space, config: dict, settings: dict, dataset, points=()) -> tuple
                             dataset.x_train.nbytes, settings["cpus_per_trial"], settings["gpus_per_trial"], concurrency,
                             local_paths(space.code))
     rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train), settings.get("repeats", 1))
-    return rows, estimate.table(rows, concurrency)
+    return rows, estimate.table(rows, concurrency) + "\n" + schedule.projection(rows, settings, concurrency, gpus)
 
 
 def auto_gpus(space, config: dict, settings: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
@@ -187,7 +188,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     if settings["gpus_per_trial"] == "auto":
         resources, settings = auto_gpus(space, config, settings, dataset, run_dir, resume, spec.get("plan_only"))
     if spec.get("plan_only"):
-        print(plan_table(space, config, settings, dataset, points)[1])
+        print(plan_table(space, config, settings, dataset, points, spec.get("plan_gpus", ()))[1])
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and settings.get("estimate_cost"):
