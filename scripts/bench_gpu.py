@@ -30,14 +30,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
-from _bench import make_data, sync  # scripts/ is on sys.path when a script runs
+from _bench import make_data, packed_workers, sync  # scripts/ is on sys.path when a script runs
 
 from trainables import image_classifier as ic
 from trainables.optim import build_optimizer, build_schedule
@@ -148,40 +146,9 @@ def worker(spec: dict) -> None:
 
 def packed(k: int, args, device: torch.device) -> list[dict]:
     threads = max(1, len(os.sched_getaffinity(0)) // k)
-    procs, logs = [], []
-    try:
-        for i in range(k):
-            spec = {"index": i, "device": device.type, "images": args.images, "mode": args.pack_mode,
-                    "batch_size": args.pack_batch_size, "epochs": args.pack_epochs, "threads": threads}
-            logs.append(tempfile.TemporaryFile("w+"))  # a file, not a pipe: a chatty stderr cannot block it
-            procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1], text=True))
-        for p, log in zip(procs, logs):
-            if p.stdout.readline().strip() != "ready":
-                p.wait()
-                raise SystemExit(f"a packed trial failed to start: {tail(log)}")
-        for p in procs:  # all set up and warmed up: go
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        results = []
-        for p, log in zip(procs, logs):
-            out, _ = p.communicate()
-            if p.returncode != 0:
-                raise SystemExit(f"a packed trial failed: {tail(log)}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        return results
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for log in logs:
-            log.close()
-
-
-def tail(log) -> str:
-    log.seek(0)
-    return log.read().strip()[-2000:]
+    specs = [{"index": i, "device": device.type, "images": args.images, "mode": args.pack_mode,
+              "batch_size": args.pack_batch_size, "epochs": args.pack_epochs, "threads": threads} for i in range(k)]
+    return packed_workers(__file__, specs)[0]
 
 
 def packing_table(args, device: torch.device) -> None:

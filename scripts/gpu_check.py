@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _bench import packed_workers, sync  # noqa: E402  (scripts/ is on sys.path when a script runs)
 
 from trainables import image_classifier as ic  # noqa: E402
 from trainables.optim import build_optimizer, build_schedule  # noqa: E402
@@ -123,11 +124,6 @@ class Trainer:
         return time.perf_counter() - t0
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --- parts, each in a process of its own ---------------------------------------------------------------------
 
 def part_tests(args, out: Path) -> dict:
@@ -192,43 +188,9 @@ def worker(spec: dict) -> None:
 def packed(k: int, phases: list[dict], args, env: dict | None = None) -> list[list[dict]]:
     """k workers in lockstep through ``phases``; for each phase, each worker's timings."""
     threads = max(1, len(os.sched_getaffinity(0)) // k)
-    procs, logs, results = [], [], []
-    try:
-        for i in range(k):
-            spec = {"index": i, "device": args.device, "phases": phases, "epochs": args.pack_epochs,
-                    "threads": threads}
-            logs.append(tempfile.TemporaryFile("w+"))  # a file, not a pipe: a chatty stderr cannot block it
-            procs.append(subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1], text=True))
-        for _ in phases:
-            for p, log in zip(procs, logs):
-                if p.stdout.readline().strip() != "ready":
-                    p.wait()
-                    raise RuntimeError(f"a packed trial failed to start: {tail(log)}")
-            for p in procs:  # all set up and warmed up: go
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            phase = []
-            for p, log in zip(procs, logs):
-                line = p.stdout.readline()
-                if not line:
-                    p.wait()
-                    raise RuntimeError(f"a packed trial failed: {tail(log)}")
-                phase.append(json.loads(line))
-            results.append(phase)
-        return results
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for log in logs:
-            log.close()
-
-
-def tail(log) -> str:
-    log.seek(0)
-    return log.read().strip()[-2000:]
+    specs = [{"index": i, "device": args.device, "phases": phases, "epochs": args.pack_epochs, "threads": threads}
+             for i in range(k)]
+    return packed_workers(__file__, specs, len(phases), env)
 
 
 def aggregate(phase: list[dict]) -> dict:
