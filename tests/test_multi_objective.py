@@ -115,6 +115,38 @@ def test_the_pareto_file_is_the_front_recomputed_from_the_trials(two_objectives)
 
 
 @pytest.mark.e2e
+def test_every_objective_has_its_trend_tables_and_importance(two_objectives):
+    """The second objective gets the first's tables: trends_params.csv (recomputed here from trials.parquet) and
+    importance_params.csv, in the report and the summary folder."""
+    code, run_dir = two_objectives
+    assert code == 0
+    summary = run_dir / "summary"
+    trials = pq.read_table(summary / "trials.parquet").to_pandas()
+    trends = pd.read_csv(summary / "trends_params.csv")
+    assert list(trends.columns) == list(pd.read_csv(summary / "trends.csv").columns)
+    completed = trials[trials["status"] == "completed"]
+    for param in ("model", "batch_norm"):
+        rows = trends[(trends["view"] == "completed") & (trends["hyperparameter"] == param)]
+        expected = completed.groupby(completed[f"config/{param}"].astype(str))["final_params"]
+        assert sorted(rows["value"].astype(str)) == sorted(expected.groups)
+        for _, row in rows.iterrows():
+            values = expected.get_group(str(row["value"]))
+            assert row["n"] == len(values)
+            assert row["mean"] == pytest.approx(values.mean())
+            assert row["best"] == values.min()  # params: smaller is better
+    by_model = trends[(trends["view"] == "completed") & (trends["hyperparameter"] == "model")].set_index("value")
+    assert by_model.loc["digits_cnn", "mean"] != by_model.loc["small_cnn4", "mean"]
+    importance = pd.read_csv(summary / "importance_params.csv")
+    assert list(importance.columns) == ["hyperparameter", "fanova", "ped_anova"]
+    searched = {c.removeprefix("config/") for c in trials.columns if c.startswith("config/")}
+    assert set(importance["hyperparameter"]) <= searched and "model" in set(importance["hyperparameter"])
+    assert importance["fanova"].sum() == pytest.approx(1.0)
+    assert importance.iloc[0]["hyperparameter"] == "model"  # the model decides its parameter count
+    report = (summary / "report.md").read_text()
+    assert "Trends of params: epoch" in report and "Importance for params" in report
+
+
+@pytest.mark.e2e
 def test_optunas_study_is_multi_objective_and_agrees_on_the_front(two_objectives):
     _, run_dir = two_objectives
     study = optuna.load_study(study_name="two", storage=optuna.storages.JournalStorage(

@@ -60,6 +60,10 @@ class Analysis:
     study: object = None  # the in-memory Optuna study importance and the Optuna plots run over
     retrain: dict | None = None  # <run dir>/retrain/retrain.json, when tune_app.retrain has run
     curves_by: tuple[str, ...] = ()  # hyperparameters whose values get learning curves side by side
+    # several objectives: each further one's trend tables and importances, by metric (trends_<metric>.csv, ...)
+    objective_trends: dict = field(default_factory=dict)
+    objective_importance: dict = field(default_factory=dict)
+    objective_importance_trials: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -252,8 +256,19 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     values = trend_tables.view_values(trials, history, metric, at_epoch)
     trends = trend_tables.trends(trials, history, sweep.params, metric, mode, at_epoch, sweep.bins)
     pair_tables = {(a, b): trend_tables.pair_table(trials, values["epoch"], a, b, sweep.bins) for a, b in pair_names}
-    study = trend_tables.build_study(trials, values["epoch"],
-                                 trend_tables.distributions(trials, sweep.params, sweep.ranges), mode)
+    study = trend_tables.build_study(trials, values["epoch"], trend_tables.distributions(trials, sweep.params,
+                                                                                         sweep.ranges), mode)
+    dists = trend_tables.distributions(trials, sweep.params, sweep.ranges)
+    objective_trends, objective_importance, objective_importance_trials = {}, {}, {}
+    for other, other_mode in sweep.objectives[1:]:  # several objectives: the same tables for each further one
+        if other not in history:
+            continue
+        objective_trends[other] = trend_tables.trends(trials, history, sweep.params, other, other_mode, at_epoch,
+                                                      sweep.bins)
+        other_values = trend_tables.view_values(trials, history, other, at_epoch)
+        other_study = trend_tables.build_study(trials, other_values["epoch"], dists, other_mode)
+        objective_importance[other] = trend_tables.importance(other_study)
+        objective_importance_trials[other] = len(other_study.trials)
     prov = _provenance(sweep)
     front = None
     try:
@@ -275,7 +290,9 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
                       runs=runs, pareto=front,
                       pairs=pair_tables, importance=trend_tables.importance(study), importance_trials=len(study.trials),
                       best=best, topk=top_k_payload(trials, metric, mode, select, top_k), study=study,
-                      retrain=_retrain_summary(sweep.path), curves_by=curves_by)
+                      retrain=_retrain_summary(sweep.path), curves_by=curves_by,
+                      objective_trends=objective_trends, objective_importance=objective_importance,
+                      objective_importance_trials=objective_importance_trials)
     return result
 
 

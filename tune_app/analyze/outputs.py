@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 
 import pandas as pd
@@ -45,9 +46,18 @@ def write(a: Analysis, plots: bool = True) -> dict:
     }
     if a.pareto is not None:
         writers["pareto.csv"] = lambda p: a.pareto.to_csv(p, index=False)
+    for metric, table in a.objective_trends.items():  # several objectives: each further one's tables
+        writers[f"trends_{file_part(metric)}.csv"] = lambda p, t=table: t.to_csv(p, index=False)
+        writers[f"importance_{file_part(metric)}.csv"] = \
+            lambda p, t=a.objective_importance[metric]: t.to_csv(p, index=False)
     a.paths = {name: atomic_write(out / name, w) for name, w in writers.items()}
     return a.paths
 
+
+
+def file_part(metric: str) -> str:
+    """A metric's name as part of a file name: trends_params.csv."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", metric)
 
 
 def console_summary(a: Analysis) -> str:

@@ -60,8 +60,10 @@ def view_caption(view: str, metric: str, planned: int | None = None) -> str:
             f"(biased by early stopping; shown for comparison)")
 
 
-def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = None) -> list[Section]:
-    """One section per view (the first shown, the others folded in HTML), one table per hyperparameter."""
+def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = None, of: str = "",
+                   collapsed: bool = False) -> list[Section]:
+    """One section per view (the first shown, the others folded in HTML), one table per hyperparameter; ``of``
+    names the objective in the titles (several objectives), ``collapsed`` folds the first too."""
     sections = []
     for view, by_view in trends.groupby("view", sort=False):
         if views is not None and view not in views:
@@ -72,8 +74,8 @@ def trend_sections(trends: pd.DataFrame, metric: str, views: list[str] | None = 
         if "seed_sd" in trends:
             caption += ("; each trial's number is the mean of its runs (--repeats), and seed sd the mean of their "
                         "standard deviations: a difference between values smaller than it is seed noise")
-        sections.append(Section(f"Trends: {view}", note=f"{caption}.", tables=tables,
-                                collapsed=bool(sections)))
+        sections.append(Section(f"Trends{f' of {of}' if of else ''}: {view}", note=f"{caption}.", tables=tables,
+                                collapsed=collapsed or bool(sections)))
     return sections or [Section("Trends", paragraphs=["No trends: no searched hyperparameter values."])]
 
 
@@ -97,10 +99,14 @@ def pairs_section(pairs: dict, metric: str, view: str) -> Section:
     return Section("Pairwise tables", tables=tables)
 
 
-def importance_section(a, title: str = "Importance") -> Section:
-    """The importances; the table's caption says over what (unless the title does)."""
-    rows = [[r["hyperparameter"], f"{r['fanova']:.3f}", f"{r['ped_anova']:.3f}"] for _, r in a.importance.iterrows()]
-    caption = "" if title != "Importance" else f"over {a.importance_trials} trials, {a.metric} at {a.view}"
+def importance_section(a, title: str = "Importance", metric: str | None = None) -> Section:
+    """The importances (of the first objective, or of ``metric``, a further one); the table's caption says over
+    what (unless the title does)."""
+    table = a.importance if metric is None else a.objective_importance[metric]
+    rows = [[r["hyperparameter"], f"{r['fanova']:.3f}", f"{r['ped_anova']:.3f}"] for _, r in table.iterrows()]
+    n = a.importance_trials if metric is None else a.objective_importance_trials[metric]
+    caption = "" if not title.startswith("Importance") or "(" in title else \
+        f"over {n} trials, {metric or a.metric} at {a.view}"
     return Section(title, tables=[Table(IMPORTANCE_HEAD, rows, caption=caption)] if rows else [], empty=NO_IMPORTANCE)
 
 
@@ -234,6 +240,9 @@ def report_sections(a) -> tuple[str, list[str], list[Section]]:
     if a.pairs:
         sections.append(pairs_section(a.pairs, a.metric, a.view))
     sections.append(importance_section(a))
+    for metric, trends in a.objective_trends.items():  # several objectives: the further ones' tables, folded
+        sections += trend_sections(trends, metric, of=metric, collapsed=True)
+        sections.append(importance_section(a, title=f"Importance for {metric}", metric=metric))
     if "est_epoch_s" in a.trials:
         sections.append(cost_section(a.trials))
     if a.retrain is not None:
@@ -255,6 +264,12 @@ def console_sections(a) -> list[Section]:
     if len(a.importance):
         sections.append(importance_section(a, title=f"Importance ({a.importance_trials} trials, {a.metric} at "
                                                     f"{a.view})"))
+    for metric, trends in a.objective_trends.items():  # several objectives: the further ones at the same epoch
+        sections += trend_sections(trends, metric, views=[a.view], of=metric)
+        if len(a.objective_importance[metric]):
+            sections.append(importance_section(a, title=f"Importance for {metric} "
+                                                        f"({a.objective_importance_trials[metric]} trials, "
+                                                        f"at {a.view})", metric=metric))
     if "est_epoch_s" in a.trials:
         sections.append(Section("", paragraphs=[cost_line(a.trials)]))
     summary = a.sweep.path / "summary"
