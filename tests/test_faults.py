@@ -184,25 +184,23 @@ def test_wandb_crashing_in_every_run_leaves_warnings_and_a_complete_sweep(faults
 
 def test_a_wandb_failure_mid_sweep_still_finishes_the_runs_already_started(faults_file, tmp_path, monkeypatch,
                                                                              caplog):
-    """W&B fails on the sweep's second result (on the driver, where Ray's callback turns results into W&B's):
+    """W&B fails on the sweep's second result (on the driver, where tune_app turns results into W&B history):
     one warning, no more W&B results, and the W&B runs already started are still finished (their files end with
     W&B's exit record and keep what was logged), not left to be killed unfinished as 7-byte files."""
-    from ray.air.integrations import wandb as ray_wandb
-
     from tests.wandb_records import records
+    from tune_app.integrations import wandb_trials
 
     faults_file.write_text("[]")
-    clean_log, calls = ray_wandb._clean_log, []
+    loggable, calls = wandb_trials.loggable, []
 
-    def failing_clean_log(result, **kwargs):
-        if not isinstance(result, dict) or "training_iteration" not in result:  # a config, or a part of one
-            return clean_log(result, **kwargs)
-        calls.append(result.get("epoch"))
-        if len(calls) == 2:
-            raise OSError("W&B's file could not be written")
-        return clean_log(result, **kwargs)
+    def failing_loggable(result, *args):
+        if not args:  # a whole result, not a nested part of one
+            calls.append(result.get("epoch"))
+            if len(calls) == 2:
+                raise OSError("W&B's file could not be written")
+        return loggable(result, *args)
 
-    monkeypatch.setattr(ray_wandb, "_clean_log", failing_clean_log)
+    monkeypatch.setattr(wandb_trials, "loggable", failing_loggable)
     args = [a if a != "disabled" else "offline" for a in argv(tmp_path / "runs")]
     with caplog.at_level("WARNING", logger="tune_app"):
         assert search.main(args) == 0

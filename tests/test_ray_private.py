@@ -71,28 +71,6 @@ def test_rays_helpers_are_where_they_were():
     assert importlib.util.find_spec(ray_private.TOKEN_AUTH_LOGGER) is not None  # the module whose logger it is
 
 
-def test_the_wandb_callback_base_reaches_rays_internals():
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
-    callback = ray_private.WandbCallbackBase(project="p", mode="offline")
-    assert isinstance(callback, WandbLoggerCallback)
-    assert callback.logging_futures() == {} and callback.logging_trials() == []
-    import ray
-
-    # the options pin the actor to this node: a Ray must run
-    ray.init(address="local", num_cpus=1, include_dashboard=False)
-    try:
-        options = callback.logging_actor_options()
-        ray_node = ray.get_runtime_context().get_node_id()
-    finally:
-        ray.shutdown()
-    assert options["label_selector"] == {"ray.io/node-id": ray_node}  # pinned to the node it was made on
-    assert options["num_cpus"] == 0 and options["max_restarts"] == -1 and "env_vars" in options["runtime_env"]
-    for name in ("_start_logging_actor", "_cleanup_logging_actors", "_signal_logging_actor_stop"):
-        assert callable(getattr(WandbLoggerCallback, name)), name
-    assert callback._remote_logger_class is None and callback._logger_actor_cls is not None
-
-
 def private_names() -> set[str]:
     """The private names ray_private reaches: attributes of others' objects and ray._private modules."""
     names = set()

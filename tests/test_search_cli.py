@@ -122,14 +122,14 @@ def test_the_real_process_exits_2_with_one_line(command, tmp_path):
 
 
 def test_a_wandb_failure_turns_wandb_off_and_never_raises(monkeypatch, caplog):
-    from tune_app.integrations.wandb_runs import SafeWandbCallback
+    from tune_app.integrations.wandb_trials import WandbTrialRuns
 
-    callback = SafeWandbCallback(project="p", group="g")
+    callback = WandbTrialRuns("offline", project="p", group="g")
 
     def broken(*args, **kwargs):
         raise ConnectionError("api.wandb.ai unreachable")
 
-    monkeypatch.setattr("ray.air.integrations.wandb.WandbLoggerCallback.setup", broken)
+    monkeypatch.setattr(WandbTrialRuns, "writer", broken)
     callback.setup()
     assert callback.failed
     assert "W&B setup failed (ConnectionError: api.wandb.ai unreachable)" in caplog.text

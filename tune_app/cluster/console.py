@@ -20,7 +20,8 @@ def quiet() -> None:
     # A checkpoint every epoch is the point (ASHA, PBT and --resume continue mid-trial); Ray's warning about the
     # resulting experiment-state snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Starting a trial's W&B logging actor takes about a second on a small machine; warn only about slower steps.
+    # Tune warns whenever a step of its loop (callbacks, experiment checkpoints) takes over 0.5 s, which on a small
+    # machine some do; warn only about slower steps.
     os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "3")
     # W&B's banners (a dozen lines per run: version, sync hints, run links) would bury tune_app's own lines, a
     # retrain's in particular; tune_app says where offline runs are and how to sync them.

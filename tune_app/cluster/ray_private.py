@@ -1,7 +1,7 @@
 """Every place tune_app reaches past Ray's, Ray Tune's or Optuna's public API, in one room.
 
 Each is here because the public API has no way to do it: ASHA's rungs are not checkpointed with a sweep, Ray's
-OptunaSearch does not expose its study, Ray's W&B callback has no hook for its logging actor, and a few of Ray's
+OptunaSearch does not expose its study, and a few of Ray's
 helpers live in ``ray._private``. A Ray or Optuna release may move any of them, so:
 - ``TESTED`` names the versions this file was checked against, and pyproject.toml bounds Ray to them;
 - tests/test_ray_private.py builds the real objects and checks every name used below, so an upgrade that moves
@@ -90,69 +90,3 @@ def set_asha_state(scheduler, state: dict) -> None:
     scheduler._trial_info = {t: brackets[i] for t, i in state["trial_bracket"].items()}
     scheduler._counter, scheduler._num_stopped = state["counter"], state["num_stopped"]
 
-
-# ---------------------------------------------------------------- Ray's W&B callback
-
-def __getattr__(name: str):
-    """``WandbCallbackBase`` is made on first use, so that importing this module imports no Ray (cluster.console
-    must run before Ray is imported); it pickles by name like any module-level class."""
-    if name == "WandbCallbackBase":
-        cls = _wandb_callback_base()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _wandb_callback_base():
-    import os
-
-    from ray.air.integrations.wandb import WANDB_ENV_VAR, WandbLoggerCallback
-
-    class WandbCallbackBase(WandbLoggerCallback):
-        """Ray's W&B callback with public names for the internals tune_app's callback (wandb_setup) needs: the
-        logging actors' options, the runs still logging, and a hook before Ray reaps finished logging actors."""
-
-        def logging_actor_options(self) -> dict:
-            """The options of each trial's logging actor (Ray's own; a subclass may change them)."""
-            from ray.air.util.node import _force_on_current_node
-
-            env = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
-            return {"num_cpus": 0, **_force_on_current_node(), "runtime_env": {"env_vars": env},
-                    "max_restarts": -1, "max_task_retries": -1}
-
-        def logging_futures(self) -> dict:
-            """{future of a trial's logging actor: the trial} for the runs still logging."""
-            return {future: self._logging_future_to_trial.get(future)
-                    for future in self._trial_logging_futures.values()}
-
-        def logging_trials(self) -> list:
-            return list(self._trial_queues)
-
-        def stop_logging(self, trial) -> None:
-            """Tell a trial's logging actor that no more results come (it finishes its W&B run)."""
-            self._signal_logging_actor_stop(trial)
-
-        def before_reaping(self, futures: dict) -> None:
-            """Called with logging_futures() once the wait for them is over, before Ray reaps the logging actors
-            that finished (and, at the end, kills the rest)."""
-
-        def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs):
-            if not self._remote_logger_class:
-                import ray
-
-                self._remote_logger_class = ray.remote(**self.logging_actor_options())(self._logger_actor_cls)
-            super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
-
-        def _cleanup_logging_actors(self, timeout: int = 0, kill_on_timeout: bool = False):
-            import ray
-
-            futures = self.logging_futures()
-            if not futures:
-                return  # (Ray's own would call ray.wait, which starts a Ray where none runs)
-            if timeout:
-                ray.wait(list(futures), num_returns=len(futures), timeout=timeout)
-            self.before_reaping(futures)
-            super()._cleanup_logging_actors(0, kill_on_timeout)
-
-    WandbCallbackBase.__module__, WandbCallbackBase.__qualname__ = __name__, "WandbCallbackBase"
-    return WandbCallbackBase

@@ -3,8 +3,8 @@
 The file is a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB blocks of
 records with a 7-byte header each: CRC32, length, type) whose records are
 ``wandb_internal_pb2.Record`` protobufs. wandb >= 0.2x reads it in Go only, so this reads
-it here: after a sweep every trial must have a run holding its history (a run cut off at
-its logging actor's shutdown holds none), and the tests check what was logged.
+it here: after a sweep every trial must have a run holding its history (a run cut off
+before W&B finished it may hold none), and the tests check what was logged.
 """
 from __future__ import annotations
 

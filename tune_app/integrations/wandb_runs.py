@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tune_app.cluster.ray_private import WandbCallbackBase
-
 log = logging.getLogger("tune_app")
 
 
@@ -79,85 +77,13 @@ def resolve_mode(mode: str | None) -> str:
 
 def start_run(mode: str, *, project: str | None, entity: str | None, name: str, job_type: str, dir: str,
               config: dict, group: str | None = None):
-    """A W&B run of tune_app's own (a summary, a retrain seed, a single training), not a sweep trial's (Ray's
-    callback starts those): W&B's INFO logging kept off the console, several runs per process allowed."""
+    """A W&B run of tune_app's own (a summary, a retrain seed, a single training), not a sweep trial's (those
+    runs are wandb_trials'): W&B's INFO logging kept off the console, several runs per process allowed."""
     import wandb
 
     logging.getLogger("wandb").setLevel(logging.WARNING)  # its INFO lines would flood the console
     return wandb.init(project=project or "tune_app", entity=entity, group=group, name=name, job_type=job_type,
                       dir=dir, mode=mode, reinit="create_new", config=config)
-
-
-class SafeWandbCallback(WandbCallbackBase):
-    """Ray's W&B callback with every call guarded: the first W&B failure is logged once and starts no more
-    W&B runs or results for the rest of the sweep, which goes on; the runs already started are still finished."""
-
-    failed = False
-
-    def _guard(self, what, fn, *args, finishing: bool = False, **kwargs):
-        """``finishing``: a call that ends runs already started (their last results, wandb.finish): made even
-        after a failure, or those runs would stay unfinished and be killed at the end, their files empty."""
-        if self.failed and not finishing:
-            return None
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any W&B failure must not end the sweep
-            if self.failed:
-                return None  # said once
-            self.failed = True
-            log.warning("W&B %s failed (%s: %s); the sweep continues without W&B", what, type(e).__name__, e)
-            return None
-
-    def before_reaping(self, futures: dict) -> None:
-        # Ray drops a logging actor whose W&B run failed without a word: say so (the trial goes on).
-        import ray
-
-        done, _ = ray.wait(list(futures), num_returns=len(futures), timeout=0) if futures else ([], [])
-        for future in done:
-            try:
-                ray.get(future)
-            except Exception as e:  # noqa: BLE001 - whatever W&B raised in the actor
-                first = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-                log.warning("W&B run of trial %s failed (%s); the trial goes on, its results are in the run "
-                            "directory", futures[future], first)
-
-    def setup(self, *args, **kwargs):
-        if self.kwargs.get("mode") == "offline":
-            # Ray's callback asks for an API key unless $WANDB_MODE says offline; a callback restored by --resume
-            # comes back without the variable wandb_callback() set
-            os.environ["WANDB_MODE"] = "offline"
-        self._guard("setup", super().setup, *args, **kwargs)
-
-    def logging_actor_options(self) -> dict:
-        # Ray's options, but no restarts: the actor takes the trial's queue (an actor handle) as an argument, from
-        # which Ray cannot restart it reliably, and says so in an error-level line at every sweep's start. A
-        # logging actor that dies is reported (check_wandb_runs), not restarted.
-        return {**super().logging_actor_options(), "max_restarts": 0, "max_task_retries": 0}
-
-    def __del__(self):
-        # A callback restored by --resume may never have been set up (its actor tables were not pickled): Ray's
-        # __del__ then raised AttributeError into "Exception ignored" noise at the end of every resume.
-        try:
-            super().__del__()
-        except Exception:  # noqa: BLE001 - nothing left to clean up
-            pass
-
-    def log_trial_start(self, trial):
-        self._guard("run start", super().log_trial_start, trial)
-
-    def log_trial_result(self, iteration, trial, result):
-        self._guard("logging", super().log_trial_result, iteration, trial, result)
-
-    def log_trial_end(self, trial, failed=False):
-        if trial in self.logging_trials():
-            self._guard("run end", super().log_trial_end, trial, failed, finishing=True)
-
-    def on_experiment_end(self, trials, **info):
-        # Trials cut short by Ctrl+C never get log_trial_end, and Ray's callback would
-        # wait its whole upload timeout for their logging actors: tell them to finish first.
-        for trial in self.logging_trials():
-            self._guard("run end", self.stop_logging, trial, finishing=True)
-        self._guard("finishing", super().on_experiment_end, trials, finishing=True, **info)
 
 
 def wandb_callback(mode: str | None, project: str, entity: str | None, group: str, run_dir: Path | None):
@@ -166,15 +92,10 @@ def wandb_callback(mode: str | None, project: str, entity: str | None, group: st
     if mode == "disabled":
         return None
     if mode == "offline":
-        os.environ["WANDB_MODE"] = "offline"  # Ray's callback checks it before asking for a key
+        os.environ["WANDB_MODE"] = "offline"  # for every W&B run of this process
         where = f"{run_dir}/wandb/offline-run-*" if run_dir is not None else "wandb/offline-run-*"
         print(f"tune_app: W&B runs are kept offline; upload them later with: wandb sync {where}", flush=True)
-    # resume="allow": a trial continued by --resume logs to the same W&B run (its id is the trial id).
-    kwargs = {"mode": mode, "entity": entity, "resume": "allow"}
-    if run_dir is not None:
-        kwargs["dir"] = str(run_dir)  # offline runs land in <run dir>/wandb/
-    return SafeWandbCallback(project=project, group=group, log_config=False, upload_timeout=300,
-                             excludes=["time_this_iter_s", "time_total_s", "timestamp", "pid",
-                                       "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
-                                       "checkpoint_dir_name", "date", "done", "restore_note"],
-                             **{k: v for k, v in kwargs.items() if v is not None})
+    from tune_app.integrations.wandb_trials import WandbTrialRuns
+
+    # A trial's run has the trial's id: a trial continued by --resume logs to the same W&B run.
+    return WandbTrialRuns(mode, project, group, entity, dir=str(run_dir) if run_dir is not None else None)
