@@ -328,8 +328,8 @@ AUTOAUGMENT_CHUNK_BYTES = 2**26  # images AutoAugment transforms at once: 21,845
 def epoch_batches(data: DeviceData, perm: torch.Tensor, batch_size: int, autoaugment):
     """The epoch's uint8 (images, labels) batches in ``perm`` order. AutoAugment, when on, transforms runs of whole
     batches at once (up to AUTOAUGMENT_CHUNK_BYTES of images): it applies each operation to all the images that
-    drew it, so a run of batches costs about the launches of one batch. Per batch, an epoch of batch 64 spent 9x
-    its training time in AutoAugment on an H200 (docs/BENCHMARKS.md)."""
+    drew it, so a run of batches costs about the launches of one batch; batch by batch, AutoAugment took most of a
+    small-batch epoch on a GPU (docs/BENCHMARKS.md, gpu_check.py)."""
     starts = batch_starts(len(data), batch_size)
     if autoaugment is None:
         for start in starts:
@@ -612,7 +612,7 @@ class EarlyStopping:
 
 def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """``compile: true``. On a GPU with CUDA graphs (``mode="reduce-overhead"``): a small batch is bound by kernel
-    launches, which a graph replays at once (VGG6 at batch 64 on an H200: 2.2 s an epoch against 3.5 eager)."""
+    launches, which a graph replays at once (docs/BENCHMARKS.md, gpu_check.py)."""
     return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
 
 
