@@ -16,7 +16,7 @@ from tune_app.rundir.reader import ray_statuses
 
 pytestmark = pytest.mark.e2e
 
-NUM_SAMPLES = 5
+NUM_SAMPLES = 8  # enough that a sweep cannot finish between two finished trials being seen and the kill
 
 
 def results(trial_dir: Path) -> list[dict]:
@@ -106,7 +106,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         assert (run_dir / name / "result.json").read_bytes() == content  # finished trials not run again
     if searcher == "hyperopt":
         # HyperOpt's trials came back with the sweep (one per sweep trial, none twice), and so did ASHA's rungs:
-        # digits' grace period is 3 epochs, 3 here too: the one rung, at epoch 3, holds all five trials, those
+        # digits' grace period is 3 epochs, 3 here too: the one rung, at epoch 3, holds every trial, those
         # finished before Ctrl+C included (a scheduler rebuilt empty on resume would hold only the others).
         hyperopt = newest_state(run_dir, "searcher-state-*.pkl")
         told = hyperopt["_hpopt_trials"] if isinstance(hyperopt, dict) else hyperopt._hpopt_trials
