@@ -256,9 +256,8 @@ def compute(path, *, metric=None, mode=None, at_epoch=None, pairs=(), select="la
     values = trend_tables.view_values(trials, history, metric, at_epoch)
     trends = trend_tables.trends(trials, history, sweep.params, metric, mode, at_epoch, sweep.bins)
     pair_tables = {(a, b): trend_tables.pair_table(trials, values["epoch"], a, b, sweep.bins) for a, b in pair_names}
-    study = trend_tables.build_study(trials, values["epoch"], trend_tables.distributions(trials, sweep.params,
-                                                                                         sweep.ranges), mode)
     dists = trend_tables.distributions(trials, sweep.params, sweep.ranges)
+    study = trend_tables.build_study(trials, values["epoch"], dists, mode)
     objective_trends, objective_importance, objective_importance_trials = {}, {}, {}
     for other, other_mode in sweep.objectives[1:]:  # several objectives: the same tables for each further one
         if other not in history:
