@@ -197,6 +197,27 @@ def test_importance_ranks_the_driving_hyperparameter_first():
         assert imp.loc["lr", column] > 0.5 > max(imp.loc["noise", column], imp.loc["flag", column])
 
 
+def test_importance_over_a_40_value_grid_and_20_named_choices():
+    """A grid of 40 widths and 20 named options (categorical to Optuna): fANOVA sees them as ordered axes
+    (it would one-hot encode them and take hours), while the study keeps its categories for the plots."""
+    rng = np.random.default_rng(3)
+    names = [f"opt{i:02d}" for i in range(20)]
+    records = []
+    for i in range(80):
+        width, name = int(rng.integers(40)) * 8, names[int(rng.integers(20))]
+        records.append({"trial_id": f"t{i:03d}", "name": f"t{i:03d}", "config": {"width": width, "opt": name},
+                        "history": [{"epoch": 1, "val_acc": 0.5 + width / 1000 + rng.normal(0, 0.002)}]})
+    trials = trials_frame(records, "val_acc", "max", at_epoch=1)
+    values = trend_tables.view_values(trials, history_frame(records), "val_acc", 1)["epoch"]
+    dists = trend_tables.distributions(trials, ["width", "opt"], {})
+    assert len(dists["width"].choices) > 30 and len(dists["opt"].choices) == 20
+    study = trend_tables.build_study(trials, values, dists, "max")
+    imp = trend_tables.importance(study).set_index("hyperparameter")
+    assert list(imp.index) == ["width", "opt"] and imp.loc["width", "fanova"] > 0.9
+    assert imp["fanova"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert study.trials[0].distributions["opt"].choices == tuple(sorted(set(trials["config/opt"])))
+
+
 def test_importance_empty_when_nothing_varies():
     records = synthetic_trials(n=1)
     trials = trials_frame(records, "val_acc", "max", at_epoch=1)
