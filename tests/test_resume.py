@@ -1,6 +1,6 @@
-"""A sweep interrupted with Ctrl+C, or killed outright with its local Ray (SIGKILL to the whole process group,
-as a batch system or the OOM killer would), resumes with --resume: exactly num_samples trials, none run twice,
-Optuna's study intact."""
+"""A sweep interrupted with Ctrl+C or SIGTERM (a batch system's cancel or time limit), or killed outright with its
+local Ray (SIGKILL to the whole process group, as the OOM killer would), resumes with --resume: exactly num_samples
+trials, none run twice, Optuna's study intact."""
 import json
 import os
 import signal
@@ -52,7 +52,7 @@ def newest_state(run_dir: Path, pattern: str):
 
 
 @pytest.mark.parametrize("how, searcher, scheduler", [("ctrl_c", "optuna", "fifo"), ("sigkill", "optuna", "fifo"),
-                                                      ("ctrl_c", "hyperopt", "asha"), ("ctrl_c", "gp", "fifo")])
+                                                      ("ctrl_c", "hyperopt", "asha"), ("sigterm", "gp", "fifo")])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how, searcher, scheduler):
     run_dir = tmp_path / "runs" / "resumable"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -70,6 +70,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 130, err[-2000:]
         assert f"continue with: python -m tune_app.search --resume {run_dir}" in err
+    elif how == "sigterm":  # as Slurm's scancel or time limit sends it: the same graceful stop, 143
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 143, err[-2000:]
+        assert "stopped by SIGTERM with " in err
+        assert f"continue with: python -m tune_app.search --resume {run_dir}" in err
+        assert "SIGTERM received" not in err  # not Ray's abort
     else:
         time.sleep(1.5)  # into the next trial, which then has no chance to save anything on its way out
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started, at once

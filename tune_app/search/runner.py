@@ -1,11 +1,13 @@
 """Running a planned sweep: claim its run directory, join Ray, load the data once, fit the Tuner (new or
 restored), then analyze; the exit code says how it ended (0 done, 1 no trial finished, 130 stopped and
-resumable)."""
+resumable, 143 stopped by SIGTERM and resumable)."""
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from tune_app.cluster import console
@@ -100,7 +102,7 @@ def sweep_provenance(dataset) -> dict:
 
 def run(spec: dict, resume: bool) -> int:
     """Run the sweep ``spec`` describes (a new one, or ``resume``); the exit code: 0 done, 1 no trial finished,
-    130 interrupted (resumable)."""
+    130 interrupted (resumable), 143 stopped by SIGTERM (resumable)."""
     from tune_app.search import algorithms
     from tune_app.spaces import load_space, with_objectives
 
@@ -123,17 +125,19 @@ def run(spec: dict, resume: bool) -> int:
 
     check_env()  # before Ray's workers inherit the environment
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
+    resume_line = f"continue with: python -m tune_app.search --resume {spec.get('run_uri') or spec.get('run_dir')}"
     try:
         started = join_ray(settings, spec.get("code"))
-        # The watch lasts until Ray has shut down: Ray reports the failed trials' results nobody fetched as it ends.
-        with console.WATCH.watching(None if spec.get("run_uri") else Path(spec["run_dir"])):
-            try:
-                return run_on_ray(spec, resume, space, config, points, dataset)
-            finally:
-                if started:  # a Ray tune_app started ends with the sweep: the next sweep in this process ships its code
-                    import ray
+        with TermAsInterrupt(resume_line) as term:  # after ray.init, whose own SIGTERM handler it replaces
+            # The watch lasts until Ray has shut down: Ray reports the failed trials' results nobody fetched as it ends.
+            with console.WATCH.watching(None if spec.get("run_uri") else Path(spec["run_dir"])):
+                try:
+                    return run_on_ray(spec, resume, space, config, points, dataset, term)
+                finally:
+                    if started:  # a Ray tune_app started ends with the sweep: the next sweep here ships its code
+                        import ray
 
-                    ray.shutdown()
+                        ray.shutdown()
     finally:
         if lock is not None:
             release(lock, resume)
@@ -169,7 +173,7 @@ def release(lock, resume: bool) -> None:
             folder.rmdir()
 
 
-def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset) -> int:
+def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, dataset, term=None) -> int:
     from ray import tune
 
     from tune_app.cluster.adapter import ray_trainable
@@ -228,6 +232,8 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
             raise
     if WATCH.problem is not None:
         return stopped_unwritable(spec, run_dir, WATCH.problem)
+    if term is not None and term.received:
+        return stopped_by_sigterm(spec, run_dir, run_uri)
 
     from tune_app import analyze
 
@@ -267,3 +273,80 @@ def stopped_unwritable(spec: dict, run_dir: Path, problem: str) -> int:
           f"{spec['expected_trials']} trials finished; nothing finished is lost: make it writable again, then "
           f"continue with: python -m tune_app.search --resume {run_dir}", file=sys.stderr, flush=True)
     return 130
+
+
+TERM_GRACE_ENV = "TUNE_APP_TERM_GRACE_S"  # seconds from SIGTERM to the driver's exit at the latest (default 20)
+
+
+class TermAsInterrupt:
+    """SIGTERM during the fit (Slurm's scancel and time limit, ``kill``, a container's stop) ends the sweep as Ctrl+C
+    does: Ray Tune stops the trials, saves its experiment state once more and returns. Without this, the handler
+    Ray installs in the driver aborts the process at SIGTERM, with no last save. A second SIGTERM, like a second
+    Ctrl+C, stops at once. Only in the main thread, where Python runs signal handlers.
+
+    A batch system signals every process of the job at once, Ray's own among them, and Ray Tune's calls into a Ray
+    that is shutting down can block for a minute, in C, where Python's handler does not run. So a thread learns of
+    the signal through Python's wakeup file descriptor (written by the C-level handler at once) and, whatever Ray
+    does, the driver exits with 143 and the resume line TUNE_APP_TERM_GRACE_S seconds (default 20, within Slurm's
+    default KillWait of 30) after the signal. The run directory holds Ray Tune's last saved experiment state and
+    every trial's checkpoints, so --resume continues."""
+
+    def __init__(self, resume_line: str = ""):
+        self.received, self.resume_line, self.armed = False, resume_line, False
+        self.done = threading.Event()
+
+    def __enter__(self):
+        import os
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        self.previous_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        self.armed = True
+        threading.Thread(target=self._watch, daemon=True, name="tune_app-sigterm").start()
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = True
+        handler = signal.getsignal(signal.SIGINT)  # Ray Tune's while it fits, then Python's KeyboardInterrupt
+        (handler if callable(handler) else signal.default_int_handler)(signal.SIGINT, frame)
+
+    def _watch(self):
+        import os
+
+        try:
+            while signal.SIGTERM not in (read := os.read(self.read_fd, 64)):
+                if not read:  # the context ended
+                    return
+        finally:
+            os.close(self.read_fd)
+        if self.done.wait(float(os.environ.get(TERM_GRACE_ENV, 20))):
+            return
+        print(f"tune_app: stopped by SIGTERM; Ray did not stop in time; {self.resume_line}", file=sys.stderr,
+              flush=True)
+        os._exit(143)
+
+    def __exit__(self, *exc):
+        import os
+
+        self.done.set()
+        if self.armed:
+            signal.set_wakeup_fd(self.previous_fd)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+            os.close(self.write_fd)  # ends the watching thread's read
+
+
+def stopped_by_sigterm(spec: dict, run_dir: Path, run_uri: str | None) -> int:
+    """The sweep stopped at SIGTERM: no analysis (a batch system kills the job soon after, Slurm 30 s later by
+    default), the resume line, and 143."""
+    if run_uri:
+        from tune_app.cluster import storage
+
+        storage.upload(run_dir, run_uri)
+    finished, _ = trial_counts(run_dir)
+    print(f"tune_app: stopped by SIGTERM with {finished} of {spec['expected_trials']} trials finished; continue "
+          f"with: python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr, flush=True)
+    return 143
+
