@@ -72,6 +72,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         assert f"continue with: python -m tune_app.search --resume {run_dir}" in err
     elif how == "sigterm":  # as Slurm's scancel or time limit sends it: the same graceful stop, 143
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # and the job script passing it on: still the one graceful stop
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 143, err[-2000:]
         assert "stopped by SIGTERM with " in err

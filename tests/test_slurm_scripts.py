@@ -67,7 +67,8 @@ if [[ $1 == start ]]; then
 fi
 """,
     # python -c (the scripts' readiness check) prints the number of live Ray nodes; the sweep and its
-    # --plan exit with FAKE_SWEEP_STATUS / FAKE_PLAN_STATUS, the sweep after FAKE_SWEEP_SECONDS.
+    # --plan exit with FAKE_SWEEP_STATUS / FAKE_PLAN_STATUS, the sweep after FAKE_SWEEP_SECONDS, or with 143 at
+    # SIGTERM, leaving sweep.sigterm.
     "python": r"""
 if [[ $1 == -c ]]; then
     shopt -s nullglob
@@ -76,7 +77,9 @@ if [[ $1 == -c ]]; then
     exit 0
 fi
 [[ " $* " == *" --plan "* ]] && exit "${FAKE_PLAN_STATUS:-0}"
-sleep "${FAKE_SWEEP_SECONDS:-0}"
+sleep "${FAKE_SWEEP_SECONDS:-0}" &
+trap 'touch "$FAKE_STATE/sweep.sigterm"; kill $! 2>/dev/null; exit 143' TERM
+wait $!
 exit "${FAKE_SWEEP_STATUS:-0}"
 """,
 }
@@ -317,6 +320,25 @@ def test_cluster_sigterm_stops_ray_and_exits_143(alloc):
     assert proc.returncode == 143
     lines = [c.line for c in alloc.calls() if not is_poll(c)]
     assert lines[-2:] == [" ".join(["python -m tune_app.search", *cluster_defaults(alloc)]), "ray stop"]
+
+
+@pytest.mark.parametrize("script", [CLUSTER, ONE_GPU], ids=lambda p: p.name)
+def test_sigterm_to_the_batch_shell_alone_reaches_the_sweep_which_ends_the_job(alloc, script):
+    """`sbatch --signal=B:TERM@180` (before the time limit) and `scancel --batch` signal the script's shell only:
+    the script passes SIGTERM on to the sweep at once, waits for it to stop, then stops Ray."""
+    proc = alloc.start(script, FAKE_SWEEP_SECONDS="60")
+    deadline = time.monotonic() + 30
+    while not any(c.line.startswith("python -m") and "--plan" not in c.args for c in alloc.calls()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    time.sleep(0.3)  # the fake sweep sets its trap
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert (alloc.state / "sweep.sigterm").exists()
+    lines = [c.line for c in alloc.calls() if not is_poll(c)]
+    sweep = max(i for i, line in enumerate(lines) if line.startswith("python -m tune_app.search"))
+    assert "--plan" not in lines[sweep] and lines[sweep + 1:] == (["ray stop"] if script == CLUSTER else [])
 
 
 @pytest.mark.parametrize(("script", "args", "env", "expected"), [

@@ -281,8 +281,9 @@ TERM_GRACE_ENV = "TUNE_APP_TERM_GRACE_S"  # seconds from SIGTERM to the driver's
 class TermAsInterrupt:
     """SIGTERM during the fit (Slurm's scancel and time limit, ``kill``, a container's stop) ends the sweep as Ctrl+C
     does: Ray Tune stops the trials, saves its experiment state once more and returns. Without this, the handler
-    Ray installs in the driver aborts the process at SIGTERM, with no last save. A second SIGTERM, like a second
-    Ctrl+C, stops at once. Only in the main thread, where Python runs signal handlers.
+    Ray installs in the driver aborts the process at SIGTERM, with no last save. Later SIGTERMs change nothing (Slurm
+    and the job script may both send one; the grace below bounds the stop); a second Ctrl+C stops at once. Only in
+    the main thread, where Python runs signal handlers.
 
     A batch system signals every process of the job at once, Ray's own among them, and Ray Tune's calls into a Ray
     that is shutting down can block for a minute, in C, where Python's handler does not run. So a thread learns of
@@ -309,6 +310,8 @@ class TermAsInterrupt:
         return self
 
     def _handle(self, signum, frame):
+        if self.received:
+            return
         self.received = True
         handler = signal.getsignal(signal.SIGINT)  # Ray Tune's while it fits, then Python's KeyboardInterrupt
         (handler if callable(handler) else signal.default_int_handler)(signal.SIGINT, frame)
