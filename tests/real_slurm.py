@@ -168,20 +168,19 @@ class Slurm:
         deadline = time.time() + 60
         while self.run("squeue", "-h", check=False).stdout.strip() and time.time() < deadline:
             time.sleep(1)
-        for pid_file in [*(self.root / f"slurmd-{n}.pid" for n in self.nodes), self.root / "slurmctld.pid",
-                         self.root / "slurmdbd.pid", self.root / "mariadb.pid", self.root / "munged.pid"]:
-            try:
-                pid = int(pid_file.read_text().split()[0])
-                os.kill(pid, signal.SIGTERM)
-            except (OSError, ValueError, IndexError):
-                continue
-            for _ in range(100):
+        for group in ([self.root / f"slurmd-{n}.pid" for n in self.nodes] + [self.root / "slurmctld.pid"],
+                      [self.root / "slurmdbd.pid"], [self.root / "mariadb.pid", self.root / "munged.pid"]):
+            pids = []
+            for pid_file in group:
                 try:
-                    os.kill(pid, 0)
-                except OSError:
-                    break
+                    pids.append(int(pid_file.read_text().split()[0]))
+                    os.kill(pids[-1], signal.SIGTERM)
+                except (OSError, ValueError, IndexError):
+                    continue
+            deadline = time.time() + 10
+            while (alive := [pid for pid in pids if _alive(pid)]) and time.time() < deadline:
                 time.sleep(0.1)
-            else:
+            for pid in alive:
                 os.kill(pid, signal.SIGKILL)
 
     def run(self, *argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -224,6 +223,14 @@ class Slurm:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted((self.root / "log").glob("*.log")))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def job_processes(job_id: str) -> list[str]:

@@ -221,14 +221,14 @@ def test_a_worker_whose_ray_never_joins_fails_the_job_in_one_line(slurm, job_env
     (shim / "ray").write_text(f'#!/bin/bash\n[[ $SLURMD_NODENAME == n2 && $1 == start ]] && exec sleep 600\n'
                               f'exec {real} "$@"\n')
     (shim / "ray").chmod(0o755)
-    env = {**job_env, "PATH": f"{shim}:{job_env['PATH']}", "RAY_WAIT_TIMEOUT": "20"}
+    env = {**job_env, "PATH": f"{shim}:{job_env['PATH']}", "RAY_WAIT_TIMEOUT": "10"}
     job_id = slurm.sbatch(*NO_GPU_CLUSTER, str(SCRIPTS / "ray_cluster.sbatch"), "--space", "digits", *SWEEP,
                           cwd=tmp_path, env=env)
     job = slurm.wait(job_id, timeout=200)
     log = output(job)
     assert (job["JobState"], job["ExitCode"]) == ("FAILED", "1:0"), log[-3000:]
     errors = [line for line in log.splitlines() if "RAY_WAIT_TIMEOUT" in line]
-    assert errors == ["tune_app: only 1 of 2 Ray nodes joined within 20s (RAY_WAIT_TIMEOUT); the Ray output above "
+    assert errors == ["tune_app: only 1 of 2 Ray nodes joined within 10s (RAY_WAIT_TIMEOUT); the Ray output above "
                       "tells why the others did not"]
     assert not (tmp_path / "runs").exists()  # no sweep started
     assert_nothing_left(job_id)
