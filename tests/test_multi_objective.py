@@ -2,6 +2,7 @@
 the Pareto front in summary/pareto.csv and best_config.json, and one configuration picked from it by a written
 rule."""
 import json
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -99,7 +100,7 @@ def test_the_pareto_file_is_the_front_recomputed_from_the_trials(two_objectives)
     table = trials[trials["status"] == "completed"].rename(columns={"final_val_acc": "acc",
                                                                     "final_params": "weights"})
     expected = set(table["trial_id"]) - dominated_by_pandas(table, [("acc", "max"), ("weights", "min")])
-    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    pareto = read_pareto(run_dir)
     assert list(pareto.columns) == ["trial_id", "name", "val_acc", "params", "picked"]
     assert set(pareto["trial_id"]) == expected and pareto["picked"].sum() == 1
     assert list(pareto["val_acc"]) == sorted(pareto["val_acc"], reverse=True)
@@ -156,7 +157,7 @@ def test_optunas_study_is_multi_objective_and_agrees_on_the_front(two_objectives
     for t in study.trials:
         row = trials.loc[t.user_attrs["trial_id"]]
         assert t.values == [row["final_val_acc"], row["final_params"]]
-    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    pareto = read_pareto(run_dir)
     assert {t.user_attrs["trial_id"] for t in study.best_trials} == set(pareto["trial_id"])
     assert np.isfinite(trials["device_s"]).all()
 
@@ -177,7 +178,7 @@ def test_the_pareto_plot_draws_the_front_and_stars_the_pick(two_objectives):
     plots = run_dir / "summary" / "plots"
     assert (plots / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (plots / "pareto.html").is_file()
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
-    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    pareto = read_pareto(run_dir)
     fig, pfig = pareto_figures(trials, pareto, [("val_acc", "max"), ("params", "min")])
     __import__("matplotlib.pyplot").pyplot.close(fig)
     every, front, picked = pfig.data
@@ -192,9 +193,15 @@ def test_a_retrain_takes_the_front_the_picked_configuration_first(two_objectives
     from tune_app.analyze import top_configs
 
     _, run_dir = two_objectives
-    pareto = pd.read_csv(run_dir / "summary" / "pareto.csv")
+    pareto = read_pareto(run_dir)
     _, top = top_configs(run_dir, None, "--configs")
     ids = [t["trial_id"] for t in top["trials"]]
     assert ids[0] == pareto.loc[pareto["picked"], "trial_id"].iloc[0]
     assert set(ids) <= set(pareto["trial_id"]) and len(ids) == min(3, len(pareto))
     assert top["chosen"].endswith(f"of the Pareto front's {len(pareto)} (the picked configuration first)")
+
+
+def read_pareto(run_dir: Path) -> pd.DataFrame:
+    """pareto.csv as docs/run-directory.md says to read it: a trial id such as 36e71493 is text, not 36 x 10^71493."""
+    return pd.read_csv(run_dir / "summary" / "pareto.csv", dtype={"trial_id": str})
+
