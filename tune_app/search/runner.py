@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -233,7 +234,7 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
     if WATCH.problem is not None:
         return stopped_unwritable(spec, run_dir, WATCH.problem)
     if term is not None and term.received:
-        return stopped_by_sigterm(spec, run_dir, run_uri)
+        return stopped_by_sigterm(spec, run_dir, run_uri, term.resume_line)
 
     from tune_app import analyze
 
@@ -297,8 +298,6 @@ class TermAsInterrupt:
         self.done = threading.Event()
 
     def __enter__(self):
-        import os
-
         if threading.current_thread() is not threading.main_thread():
             return self
         self.previous = signal.signal(signal.SIGTERM, self._handle)
@@ -317,8 +316,6 @@ class TermAsInterrupt:
         (handler if callable(handler) else signal.default_int_handler)(signal.SIGINT, frame)
 
     def _watch(self):
-        import os
-
         try:
             while signal.SIGTERM not in (read := os.read(self.read_fd, 64)):
                 if not read:  # the context ended
@@ -332,8 +329,6 @@ class TermAsInterrupt:
         os._exit(143)
 
     def __exit__(self, *exc):
-        import os
-
         self.done.set()
         if self.armed:
             signal.set_wakeup_fd(self.previous_fd)
@@ -341,7 +336,7 @@ class TermAsInterrupt:
             os.close(self.write_fd)  # ends the watching thread's read
 
 
-def stopped_by_sigterm(spec: dict, run_dir: Path, run_uri: str | None) -> int:
+def stopped_by_sigterm(spec: dict, run_dir: Path, run_uri: str | None, resume_line: str) -> int:
     """The sweep stopped at SIGTERM: no analysis (a batch system kills the job soon after, Slurm 30 s later by
     default), the resume line, and 143."""
     if run_uri:
@@ -349,7 +344,7 @@ def stopped_by_sigterm(spec: dict, run_dir: Path, run_uri: str | None) -> int:
 
         storage.upload(run_dir, run_uri)
     finished, _ = trial_counts(run_dir)
-    print(f"tune_app: stopped by SIGTERM with {finished} of {spec['expected_trials']} trials finished; continue "
-          f"with: python -m tune_app.search --resume {run_uri or run_dir}", file=sys.stderr, flush=True)
+    print(f"tune_app: stopped by SIGTERM with {finished} of {spec['expected_trials']} trials finished; {resume_line}",
+          file=sys.stderr, flush=True)
     return 143
 
