@@ -100,13 +100,13 @@ class Slurm:
         for sub in ("state", "log", *(f"spool/{n}" for n in nodes)):
             (root / sub).mkdir(parents=True, exist_ok=True)
         host = socket.gethostname()
-        self.db_port, dbd_port, ctld_port, *node_ports = free_ports(3 + len(nodes))
+        self.db_port, self.dbd_port, ctld_port, *node_ports = free_ports(3 + len(nodes))
         lines = [NODE.format(name=n, host=host, port=p, cpus=cpus) for n, p in zip(nodes, node_ports)]
         self.conf = root / "slurm.conf"
         self.conf.write_text(CONF.format(host=host, ctld_port=ctld_port, node_ports=node_ports, root=root,
-                                         dbd_port=dbd_port, nodes="\n".join(lines), names=",".join(nodes)))
+                                         dbd_port=self.dbd_port, nodes="\n".join(lines), names=",".join(nodes)))
         dbd_conf = root / "slurmdbd.conf"  # slurmdbd reads it beside SLURM_CONF; it must be private
-        dbd_conf.write_text(DBD_CONF.format(root=root, dbd_port=dbd_port, db_port=self.db_port))
+        dbd_conf.write_text(DBD_CONF.format(root=root, dbd_port=self.dbd_port, db_port=self.db_port))
         dbd_conf.chmod(0o600)
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
@@ -119,7 +119,7 @@ class Slurm:
                      f"--seed-file={self.root}/munge.seed")
         self._database()
         self._daemon("slurmdbd")
-        self._wait_for_port(self._dbd_port(), "slurmdbd")
+        self._wait_for_port(self.dbd_port, "slurmdbd")
         self._daemon("slurmctld", "-f", str(self.conf))
         for node in self.nodes:
             self._daemon("slurmd", "-f", str(self.conf), "-N", node)
@@ -144,9 +144,6 @@ class Slurm:
         self._wait_for_port(self.db_port, "mariadbd")
         self._daemon("mariadb", "-S", f"{self.root}/mysql.sock", "-u", "root", "-e",
                      "CREATE USER 'slurm'@'127.0.0.1'; GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';")
-
-    def _dbd_port(self) -> int:
-        return int(re.search(r"DbdPort=(\d+)", (self.root / "slurmdbd.conf").read_text())[1])
 
     def _wait_for_port(self, port: int, what: str) -> None:
         deadline = time.time() + 60
