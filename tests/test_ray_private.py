@@ -71,6 +71,36 @@ def test_rays_helpers_are_where_they_were():
     assert importlib.util.find_spec(ray_private.TOKEN_AUTH_LOGGER) is not None  # the module whose logger it is
 
 
+SIGTERM_AFTER_SHUTDOWN = """
+import signal, sys
+import ray
+from tune_app.cluster import ray_private
+
+def caught(signum):  # the kernel's view: Python's getsignal cannot see what Ray's C++ code set
+    line = next(x for x in open("/proc/self/status") if x.startswith("SigCgt:"))
+    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+
+for keep in (False, True):
+    if keep:
+        ray_private.driver_keeps_sigterm()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    signal.signal(signal.SIGTERM, lambda *a: None)  # as TermAsInterrupt does after ray.init
+    ray.shutdown()
+    print(keep, caught(signal.SIGTERM), flush=True)
+"""
+
+
+def test_the_driver_keeps_its_sigterm_handler_past_ray_shutdown():
+    """Ray's C++ failure-signal handler sets SIGTERM back to the default as the driver disconnects (a SIGTERM then
+    kills a driver on its way out with 143); leaving it out keeps the handler."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_SHUTDOWN], capture_output=True, text=True,
+                         timeout=120, cwd=TUNE_APP.parent)
+    assert run.stdout.splitlines() == ["False False", "True True"], run.stderr[-2000:]
+
+
 def private_names() -> set[str]:
     """The private names ray_private reaches: attributes of others' objects and ray._private modules."""
     names = set()

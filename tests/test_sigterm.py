@@ -49,3 +49,25 @@ print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, threading.active_count
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.stdout.split() == ["True", "1", "-1"], run.stderr
+
+
+def test_sigterms_after_the_stop_began_cannot_turn_143_into_a_kill():
+    """The stop can end in well under a second, before the job script passes Slurm's signal on; that late SIGTERM,
+    or a batch system's repeat, lands while the driver exits (when Python resets its handlers to the default)."""
+    code = """
+import os, signal, sys, time
+from tune_app.search.runner import TermAsInterrupt
+
+with TermAsInterrupt("x") as term:
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except KeyboardInterrupt:  # the stop, as Ray Tune's SIGINT handler would take it
+        pass
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.2)
+print("stopped", term.received, flush=True)
+sys.exit(143)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (143, "stopped True\n"), run.stderr

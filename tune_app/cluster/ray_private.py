@@ -47,6 +47,17 @@ def path_spec(lines: list[str]):
     return PathSpec.from_lines("gitwildmatch", lines)
 
 
+def driver_keeps_sigterm() -> None:
+    """Leave out Ray's C++ failure-signal handler in this process (the driver; Ray's workers keep theirs). Installed
+    when the driver connects, it takes SIGTERM over from Python, and when the driver disconnects it sets SIGTERM back
+    to the default, behind Python's back: a batch system's second SIGTERM then kills a driver that is exiting with
+    143 (-15 instead). Ray's documented switch, RAY_DISABLE_FAILURE_SIGNAL_HANDLER, read when the driver connects;
+    set as Ray's constant rather than in the environment, which the workers of a Ray started here would inherit."""
+    from ray._private import ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+
+
 # ---------------------------------------------------------------- Ray's OptunaSearch and Optuna's storage
 
 def optuna_study(searcher):

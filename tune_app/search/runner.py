@@ -128,6 +128,9 @@ def run(spec: dict, resume: bool) -> int:
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     resume_line = f"continue with: python -m tune_app.search --resume {spec.get('run_uri') or spec.get('run_dir')}"
     try:
+        from tune_app.cluster.ray_private import driver_keeps_sigterm
+
+        driver_keeps_sigterm()  # TermAsInterrupt's handler stays in place until the driver has exited
         started = join_ray(settings, spec.get("code"))
         with TermAsInterrupt(resume_line) as term:  # after ray.init, whose own SIGTERM handler it replaces
             # The watch lasts until Ray has shut down: Ray reports the failed trials' results nobody fetched as it ends.
@@ -290,8 +293,9 @@ class TermAsInterrupt:
     that is shutting down can block for a minute, in C, where Python's handler does not run. So a thread learns of
     the signal through Python's wakeup file descriptor (written by the C-level handler at once) and, whatever Ray
     does, the driver exits with 143 and the resume line TUNE_APP_TERM_GRACE_S seconds (default 20, within Slurm's
-    default KillWait of 30) after the signal. The run directory holds Ray Tune's last saved experiment state and
-    every trial's checkpoints, so --resume continues."""
+    default KillWait of 30) after the signal. Once one SIGTERM came, later ones are ignored until the process ends.
+    The run directory holds Ray Tune's last saved experiment state and every trial's checkpoints, so --resume
+    continues."""
 
     def __init__(self, resume_line: str = ""):
         self.received, self.resume_line, self.armed = False, resume_line, False
@@ -320,20 +324,23 @@ class TermAsInterrupt:
             while signal.SIGTERM not in (read := os.read(self.read_fd, 64)):
                 if not read:  # the context ended
                     return
+            if self.done.wait(float(os.environ.get(TERM_GRACE_ENV, 20))):
+                return
         finally:
-            os.close(self.read_fd)
-        if self.done.wait(float(os.environ.get(TERM_GRACE_ENV, 20))):
-            return
+            os.close(self.read_fd)  # after the context gave the wakeup fd back: later signals write nowhere
         print(f"tune_app: stopped by SIGTERM; Ray did not stop in time; {self.resume_line}", file=sys.stderr,
               flush=True)
         os._exit(143)
 
     def __exit__(self, *exc):
-        self.done.set()
         if self.armed:
             signal.set_wakeup_fd(self.previous_fd)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+            # After a SIGTERM the driver is on its way out with 143: the job script passing Slurm's signal on, or a
+            # batch system's repeats, must not kill it now (at exit Python resets its handlers to the default).
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if self.received else
+                          signal.SIG_DFL if self.previous is None else self.previous)
             os.close(self.write_fd)  # ends the watching thread's read
+        self.done.set()
 
 
 def stopped_by_sigterm(spec: dict, run_dir: Path, run_uri: str | None, resume_line: str) -> int:
