@@ -156,6 +156,13 @@ def main() -> None:
     from tune_app.cluster import console
 
     console.quiet()  # Ray's console settings, before Ray is imported
+    import logging
+
+    import ray
+
+    # One local Ray for every sweep (tune_app joins a Ray its caller started and leaves it running): the built-in
+    # space ships no code, so the workers need no runtime_env.
+    ray.init(address="local", log_to_driver=False, include_dashboard=False, logging_level=logging.WARNING)
 
     storage = Path(args.storage_path or tempfile.mkdtemp(prefix="bench_search_")).resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -240,6 +247,7 @@ def main() -> None:
               f"{100 * GOAL_EPOCHS:.0f} % of its epochs, median over {n} seeds: gap {gap:.2f} points, "
               f"{100 * share:.1f} % of the epochs -> {'PASS' if ok else 'FAIL'} ({both} of {n} seeds met both)")
     print(f"Total {time.perf_counter() - started:.0f} s.")
+    ray.shutdown()
     if not (args.storage_path or args.keep):
         shutil.rmtree(storage, ignore_errors=True)
 
