@@ -372,9 +372,9 @@ def main(argv=None) -> int:
     p.add_argument("--part", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.pack_images = 256 if args.quick else EPOCH_IMAGES // 3
+    args.pack_images = 128 if args.quick else EPOCH_IMAGES // 3
     args.pack_epochs = 1 if args.quick else 2
-    args.study_images, args.study_val = (128, 64) if args.quick else (9_000, VAL_IMAGES)
+    args.study_images, args.study_val = (64, 32) if args.quick else (9_000, VAL_IMAGES)
     if args.worker:
         worker(json.loads(args.worker))
         return 0
