@@ -205,3 +205,47 @@ def read_pareto(run_dir: Path) -> pd.DataFrame:
     """pareto.csv as docs/run-directory.md says to read it: a trial id such as 36e71493 is text, not 36 x 10^71493."""
     return pd.read_csv(run_dir / "summary" / "pareto.csv", dtype={"trial_id": str})
 
+
+
+@pytest.mark.e2e
+def test_the_wandb_summary_run_holds_every_objectives_tables_and_the_front(two_objectives, tmp_path, monkeypatch):
+    """Re-analysed (on a copy) with W&B offline: the summary run logs the second objective's trend tables and
+    importance beside the first's, and the Pareto front, each equal to the summary folder's CSV."""
+    import shutil
+
+    from tests.wandb_records import read_run
+    from tune_app.analyze.cli import main as analyze
+
+    code, run_dir = two_objectives
+    assert code == 0
+    copy = tmp_path / "two"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert analyze([str(copy), "--wandb-mode", "offline"]) == 0
+    (wandb_dir,) = (copy / "wandb").glob("offline-run-*")
+    run = read_run(next(wandb_dir.glob("run-*.wandb")))
+    assert run["name"] == "two-summary"
+    (row,) = [h for h in run["history"] if "importance/_type" in h]
+    logged = {}
+    for key, value in row.items():
+        head, _, field = key.rpartition("/")
+        logged.setdefault(head, {})[field] = value
+
+    def table(name: str) -> dict:
+        assert logged[name]["_type"] == "table-file", name
+        return json.loads((wandb_dir / "files" / logged[name]["path"]).read_text())
+
+    summary = copy / "summary"
+    for metric, trends_csv in (("val_acc", "trends.csv"), ("params", "trends_params.csv")):
+        csv = pd.read_csv(summary / trends_csv)
+        prefix = "trends" if metric == "val_acc" else "trends_params"
+        for view, rows in csv.groupby("view", sort=False):
+            logged_rows = table(f"{prefix}/{view}")
+            assert len(logged_rows["data"]) == len(rows), (metric, view)
+            assert logged_rows["columns"] == [c for c in csv.columns if c != "view"]
+    importance = table("importance_params")
+    assert [r[0] for r in importance["data"]] == list(pd.read_csv(summary / "importance_params.csv")["hyperparameter"])
+    pareto = table("pareto")
+    expected = pd.read_csv(summary / "pareto.csv", dtype={"trial_id": str})
+    assert pareto["columns"] == list(expected.columns)
+    assert sorted(r[0] for r in pareto["data"]) == sorted(expected["trial_id"])

@@ -66,8 +66,9 @@ def console_summary(a: Analysis) -> str:
 
 
 def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | None) -> str | None:
-    """A summary run in the sweep's W&B group: trend tables and importance as W&B Tables, the plots
-    as images. A W&B failure is a warning; the analysis on disk is complete without it."""
+    """A summary run in the sweep's W&B group: trend tables and importance as W&B Tables (each objective's, and the
+    Pareto front, when there are several), the plots as images. A W&B failure is a warning; the analysis on disk
+    is complete without it."""
     from tune_app.integrations.wandb_runs import resolve_mode, start_run
 
     settings = (a.sweep.spec or {}).get("settings", {})
@@ -88,6 +89,13 @@ def log_wandb(a: Analysis, mode: str | None, project: str | None, entity: str | 
             logged = {f"trends/{view}": wandb.Table(dataframe=_wandb_frame(t.drop(columns="view")))
                       for view, t in a.trends.groupby("view", sort=False)}
             logged["importance"] = wandb.Table(dataframe=_wandb_frame(a.importance))
+            for metric, table in a.objective_trends.items():  # several objectives: each further one's tables
+                logged.update({f"trends_{file_part(metric)}/{view}": wandb.Table(
+                    dataframe=_wandb_frame(t.drop(columns="view"))) for view, t in table.groupby("view", sort=False)})
+                logged[f"importance_{file_part(metric)}"] = wandb.Table(
+                    dataframe=_wandb_frame(a.objective_importance[metric]))
+            if a.pareto is not None:
+                logged["pareto"] = wandb.Table(dataframe=_wandb_frame(a.pareto))
             logged.update({f"plots/{p.name}": wandb.Image(str(p.png), caption=p.title) for p in a.plots})
             run.log(logged)
             if a.best.get("config") is not None:
