@@ -50,6 +50,42 @@ def test_asha_rungs_round_trip_into_a_fresh_scheduler():
     assert second.on_trial_result(None, weak, {"epoch": 1, "val_acc": -1.0, "training_iteration": 1}) == "STOP"
 
 
+def test_pb2_state_round_trips_into_the_fresh_states_of_a_resumed_sweep():
+    """PB2's GP data and PBT's per-trial state, taken as plain data and put back into a fresh PB2 to which the
+    same trials (new objects, as Ray's restore makes them) were added."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers.pb2 import PB2
+
+    def pb2(trials):
+        scheduler = PB2(time_attr="epoch", perturbation_interval=1, hyperparam_bounds={"lr": [1e-4, 1e-1]})
+        scheduler.set_search_properties("val_acc", "max")
+        for trial in trials:
+            scheduler.on_trial_add(SimpleNamespace(search_alg=None), trial)
+        return scheduler
+
+    def trials():
+        return [Trial("fit", stub=True, trial_id=f"t{i}", config={"lr": 0.01 * (i + 1)}) for i in range(3)]
+
+    first = pb2(before := trials())
+    for epoch in (1, 2):
+        for i, trial in enumerate(before):
+            per_trial = first._trial_state[trial]
+            first._save_trial_state(per_trial, epoch, {"epoch": epoch, "val_acc": 0.1 * i + epoch}, trial)
+            per_trial.last_perturbation_time = epoch
+    state = ray_private.pbt_state(first)
+    assert len(state["pb2"]["data"]) == 6 and set(state["trials"]) == {"t0", "t1", "t2"}
+    assert state["trials"]["t2"]["last_score"] == pytest.approx(2.2)
+    second = pb2(after := trials())
+    assert second.data.empty and second._trial_state[after[2]].last_score is None
+    assert ray_private.set_pbt_state(second, state) == 3
+    assert second._trial_state[after[2]].last_score == pytest.approx(2.2)
+    assert second._trial_state[after[0]].last_perturbation_time == 2
+    assert second.data.equals(first.data) and second.last_exploration_time == first.last_exploration_time
+    restored = ray_private.pbt_state(second)
+    assert restored["trials"] == state["trials"] and restored["pb2"]["data"].equals(state["pb2"]["data"])
+
+
 def test_the_optuna_study_inside_rays_searcher_is_reached():
     searcher = OptunaSearch(space={"lr": tune.uniform(0, 1)}, metric="val_acc", mode="max", seed=0)
     searcher.suggest("ray_trial_1")

@@ -3,6 +3,7 @@ local Ray (SIGKILL to the whole process group, as the OOM killer would), resumes
 trials, none run twice, Optuna's study intact."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,10 +37,16 @@ def trial_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("digits_cnn_*") if p.is_dir())
 
 
+def trial_id(name: str) -> str:
+    """The trial id a trial's folder (or name) ends with: a searcher's trials have ids like 36e71493, Ray's own
+    variant generator's like 36e71_00003."""
+    return "_".join(name.rsplit("_", 2)[1:]) if re.search(r"_[0-9a-f]{5}_\d{5}$", name) else name.rsplit("_", 1)[1]
+
+
 def finished(run_dir: Path) -> dict[str, bytes]:
     """result.json of every trial Ray has recorded as finished, by trial folder."""
     done = terminated(run_dir)
-    return {p.name: (p / "result.json").read_bytes() for p in trial_dirs(run_dir) if p.name.rsplit("_", 1)[1] in done}
+    return {p.name: (p / "result.json").read_bytes() for p in trial_dirs(run_dir) if trial_id(p.name) in done}
 
 
 def cli(*args):
@@ -53,12 +60,17 @@ def newest_state(run_dir: Path, pattern: str):
 
 
 @pytest.mark.parametrize("how, searcher, scheduler", [("ctrl_c", "optuna", "fifo"), ("sigkill", "optuna", "fifo"),
-                                                      ("ctrl_c", "hyperopt", "asha"), ("sigterm", "gp", "fifo")])
+                                                      ("ctrl_c", "hyperopt", "asha"), ("sigterm", "gp", "fifo"),
+                                                      ("ctrl_c", "random", "pb2")])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how, searcher, scheduler):
     run_dir = tmp_path / "runs" / "resumable"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    epochs = 3
+    if scheduler == "pb2":  # two perturbations each; and with no searcher to wait for, the trials follow each other
+        epochs, env["TUNE_GLOBAL_CHECKPOINT_S"] = 6, "1"  # so fast that Ray's state must be saved often to be seen
     proc = subprocess.Popen(
-        cli("--space", "digits", "--num-samples", str(NUM_SAMPLES), "--set", "epochs=3", "--max-epochs", "3",
+        cli("--space", "digits", "--num-samples", str(NUM_SAMPLES), "--set", f"epochs={epochs}", "--max-epochs",
+            str(epochs),
             "--searcher", searcher, "--scheduler", scheduler, "--max-concurrent", "1", "--cpus-per-trial", "1",
             "--storage-path", str(tmp_path / "runs"), "--name", "resumable"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -109,8 +121,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
     # folder stays as it was, outside the summary. Every trial Ray knows has its folder, once.
     known = set(ray_statuses(run_dir))
     assert set(trials["trial_id"]) == known
-    folders = [p for p in trial_dirs(run_dir) if p.name.rsplit("_", 1)[1] in known]
-    orphans = [p for p in trial_dirs(run_dir) if p.name.rsplit("_", 1)[1] not in known]
+    folders = [p for p in trial_dirs(run_dir) if trial_id(p.name) in known]
+    orphans = [p for p in trial_dirs(run_dir) if trial_id(p.name) not in known]
     assert len(folders) == NUM_SAMPLES and len(orphans) <= (how == "sigkill")
     depth = dict(zip(trials["trial_id"], trials["epochs"]))
     for trial in folders:
@@ -121,7 +133,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
             if r["epoch"] in by_epoch:
                 assert (r["train_loss"], r["val_acc"]) == by_epoch[r["epoch"]], trial.name
             by_epoch[r["epoch"]] = (r["train_loss"], r["val_acc"])
-        assert sorted(by_epoch) == list(range(1, depth[trial.name.rsplit("_", 1)[1]] + 1)), trial.name
+        assert sorted(by_epoch) == list(range(1, depth[trial_id(trial.name)] + 1)), trial.name
     for name, content in done_before.items():
         assert (run_dir / name / "result.json").read_bytes() == content  # finished trials not run again
     if searcher == "hyperopt":
@@ -135,7 +147,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         ((milestone, first_rung),) = asha["rungs"][0]
         assert milestone == 3
         assert set(first_rung) == set(trials["trial_id"])
-        assert {t.rsplit("_", 1)[1] for t in done_before} < set(first_rung)
+        assert {trial_id(t) for t in done_before} < set(first_rung)
+        return
+    if scheduler == "pb2":
+        # PB2's state came back with the sweep: every trial reported at its perturbation times (every 3 epochs,
+        # digits' grace period), and the GP's data holds all of them, those finished before Ctrl+C included (a
+        # scheduler rebuilt empty on resume would hold only the others); PBT's state of each trial too.
+        (pbt,) = [c for c in newest_state(run_dir, "callback-states-*.pkl").values() if c and "pb2" in c]
+        data = pbt["pb2"]["data"]
+        assert set(data["Time"]) == {3, 6}
+        by_trial = data.groupby("Trial")["Time"].apply(set)  # PB2 keys its data by trial name
+        assert set(by_trial.index) == set(trials["name"]) and trials["name"].is_unique
+        assert all(times == {3, 6} for times in by_trial), by_trial
+        assert set(pbt["trials"]) == set(trials["trial_id"])
+        assert all(t["last_perturbation_time"] == 6 and t["last_score"] is not None for t in pbt["trials"].values())
         return
     # Optuna's study (TPE's, or the GP sampler's) came back with the sweep: one completed study trial per sweep
     # trial. A hard kill can land after the study began a trial Ray had not yet recorded; that one is marked failed

@@ -1,8 +1,8 @@
 """Every place tune_app reaches past Ray's, Ray Tune's or Optuna's public API, in one room.
 
-Each is here because the public API has no way to do it: ASHA's rungs are not checkpointed with a sweep, Ray's
-OptunaSearch does not expose its study, and a few of Ray's
-helpers live in ``ray._private``. A Ray or Optuna release may move any of them, so:
+Each is here because the public API has no way to do it: ASHA's rungs and PBT's and PB2's state are not
+checkpointed with a sweep, Ray's OptunaSearch does not expose its study, and a few of Ray's helpers live in
+``ray._private``. A Ray or Optuna release may move any of them, so:
 - ``TESTED`` names the versions this file was checked against, and pyproject.toml bounds Ray to them;
 - tests/test_ray_private.py builds the real objects and checks every name used below, so an upgrade that moves
   one fails there, by name, rather than in the middle of a user's sweep;
@@ -101,3 +101,44 @@ def set_asha_state(scheduler, state: dict) -> None:
     scheduler._trial_info = {t: brackets[i] for t, i in state["trial_bracket"].items()}
     scheduler._counter, scheduler._num_stopped = state["counter"], state["num_stopped"]
 
+
+# ---------------------------------------------------------------- PBT's and PB2's state
+
+PBT_TRIAL_FIELDS = ("last_score", "last_perturbation_time", "last_train_time", "last_checkpoint", "last_result")
+
+
+def pbt_state(scheduler) -> dict:
+    """PBT's state of each trial (by trial id: its last score, when it was last perturbed, the checkpoint others
+    exploit) and, for PB2, the GP's data (every trial's rewards at its perturbation times), as plain data. A
+    checkpoint still being saved when the state is taken is left out (the trial's next one takes its place)."""
+    from ray.train._internal.session import _FutureTrainingResult
+
+    trials = {}
+    for trial, per_trial in scheduler._trial_state.items():
+        fields = {k: getattr(per_trial, k) for k in PBT_TRIAL_FIELDS}
+        if isinstance(fields["last_checkpoint"], _FutureTrainingResult):
+            fields["last_checkpoint"] = None
+        trials[trial.trial_id] = fields
+    state = {"trials": trials, "num_perturbations": scheduler._num_perturbations,
+             "num_checkpoints": scheduler._num_checkpoints}
+    if hasattr(scheduler, "last_exploration_time"):  # PB2
+        state["pb2"] = {"data": scheduler.data, "current": scheduler.current,
+                        "last_exploration_time": scheduler.last_exploration_time}
+    return state
+
+
+def set_pbt_state(scheduler, state: dict) -> int:
+    """Put ``pbt_state`` back into the states the scheduler made afresh for a resumed sweep's trials; returns how
+    many trials it found."""
+    by_id = {trial.trial_id: per_trial for trial, per_trial in scheduler._trial_state.items()}
+    found = 0
+    for trial_id, fields in state["trials"].items():
+        if trial_id in by_id:
+            found += 1
+            for key, value in fields.items():
+                setattr(by_id[trial_id], key, value)
+    scheduler._num_perturbations = state["num_perturbations"]
+    scheduler._num_checkpoints = state["num_checkpoints"]
+    for key, value in state.get("pb2", {}).items():
+        setattr(scheduler, key, value)
+    return found

@@ -196,18 +196,41 @@ class AshaState(tune.Callback):
         ray_private.set_asha_state(self.scheduler, state)
 
 
+class PbtState(tune.Callback):
+    """PBT's per-trial state and PB2's GP data in Ray's callback checkpoints (see scheduler_state). Ray's restore
+    puts the callback state back before it adds the trials to the scheduler, which makes each trial's state
+    afresh; so the saved state waits for the first step of the resumed sweep, before any trial reports."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler, self.pending = scheduler, None
+
+    def get_state(self) -> dict:
+        return ray_private.pbt_state(self.scheduler)
+
+    def set_state(self, state: dict) -> None:
+        self.pending = state
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self.pending is not None:
+            ray_private.set_pbt_state(self.scheduler, self.pending)
+            self.pending = None
+
+
 def scheduler_state(scheduler):
     """Ray Tune checkpoints the searcher with the experiment but not the scheduler, so ASHA would come back
     from --resume with empty rungs: the trials finished before the interruption would no longer count, and
-    weak new trials would not be stopped against them. This callback keeps ASHA's rungs in Ray's own
-    callback checkpoints (saved with the experiment state) and puts them back on restore. It is pickled with
-    the scheduler in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None for
-    the other schedulers."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler
+    weak new trials would not be stopped against them; PBT would forget when each trial was last perturbed and
+    which checkpoint to exploit, and PB2 the rewards its GP learns from. These callbacks keep that state in
+    Ray's own callback checkpoints (saved with the experiment state) and put it back on restore. Each is pickled
+    with the scheduler in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None
+    for the other schedulers (HyperBand's brackets: see search.plan.PAUSING)."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining
 
-    if not isinstance(scheduler, AsyncHyperBandScheduler):
-        return None
-    return AshaState(scheduler)
+    if isinstance(scheduler, AsyncHyperBandScheduler):
+        return AshaState(scheduler)
+    if isinstance(scheduler, PopulationBasedTraining):
+        return PbtState(scheduler)
+    return None
 
 
 @SCHEDULERS.register("hyperband")
