@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainables import image_classifier as ic
 from trainables.augment import AutoAugment
+from trainables.device_loop import DeviceData, augment, batch_starts, pick_device
 from trainables.params import resolve
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's
@@ -99,7 +100,7 @@ class TensorPath:
 
     def __init__(self, x_hwc: np.ndarray, y: np.ndarray, batch_size: int, autoaugment: bool,
                  device: torch.device) -> None:
-        self.data = ic.DeviceData(np.ascontiguousarray(x_hwc.transpose(0, 3, 1, 2)), y, MEAN, STD, device)
+        self.data = DeviceData(np.ascontiguousarray(x_hwc.transpose(0, 3, 1, 2)), y, MEAN, STD, device)
         self.cfg = resolve(ic.PARAMS, {"crop_padding": 4, "flip": True, "autoaugment": autoaugment,
                                        "batch_size": batch_size})
         self.gen = torch.Generator(device=device).manual_seed(0)
@@ -110,9 +111,9 @@ class TensorPath:
         bs = self.cfg["batch_size"]
         perm = torch.randperm(len(self.data), generator=self.gen, device=self.device)
         batches = 0
-        for start in ic.batch_starts(len(self.data), bs):
+        for start in batch_starts(len(self.data), bs):
             x, y = self.data.take(perm[start:start + bs])
-            x = ic.augment(x, self.data, self.cfg, self.gen, self.autoaugment)
+            x = augment(x, self.data, self.cfg, self.gen, self.autoaugment)
             batches += 1
         assert x.dtype == torch.float32 and x.device.type == self.device.type
         sync(self.device)
@@ -160,7 +161,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ic.pick_device(args.device)
+    device = pick_device(args.device)
     x, y = make_images(args.images)
     base = f"DataLoader, {args.workers} workers"
     worker_counts = [args.workers] + ([] if args.no_zero_workers or args.workers == 0 else [0])

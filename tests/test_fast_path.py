@@ -16,6 +16,7 @@ from torchvision import transforms as T
 
 from trainables import image_classifier as ic
 from trainables.augment import cutout, random_crop, random_crop_flip, random_flip
+from trainables.device_loop import DeviceData, augment
 from trainables.models import build_model
 from trainables.params import resolve
 from trainables.reporting import LocalReporter, StopTraining
@@ -73,8 +74,8 @@ def torchvision_crops(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def test_augmented_batch_has_torchvisions_shape_dtype_and_value_range():
     x = random_images(256)
-    data = ic.DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
-    fast = ic.augment(x, data, fast_config(), torch.Generator().manual_seed(0), None)
+    data = DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
+    fast = augment(x, data, fast_config(), torch.Generator().manual_seed(0), None)
     torch.manual_seed(0)
     reference_tf = T.Compose([T.RandomCrop(32, padding=PAD), T.RandomHorizontalFlip(), T.ToTensor(),
                               T.Normalize(MEAN, STD)])
@@ -98,7 +99,7 @@ def test_augmented_batch_has_torchvisions_shape_dtype_and_value_range():
 
 def test_normalization_equals_to_tensor_then_normalize():
     x = random_images(64)
-    data = ic.DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
+    data = DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
     ref = T.Normalize(MEAN, STD)(x.float().div(255))  # ToTensor's scaling, then Normalize
     assert torch.allclose(data.normalize(x), ref, atol=1e-5, rtol=0)
 
@@ -164,10 +165,10 @@ def test_the_batch_transform_is_crop_flip_normalize_bit_for_bit_and_contiguous()
     """augment() does crop and flip in one gather and normalizes in place: the same floats as the two steps and
     DeviceData.normalize, and the generator left in the same state (Cutout and MixUp draw the same afterwards)."""
     x = random_images(256)
-    data = ic.DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
+    data = DeviceData(x.numpy(), np.zeros(len(x), np.int64), MEAN, STD, torch.device("cpu"))
     for cfg in (fast_config(), fast_config(flip=False), fast_config(crop_padding=0), fast_config(cutout=8)):
         gen = torch.Generator().manual_seed(11)
-        fast = ic.augment(x, data, cfg, gen, None)
+        fast = augment(x, data, cfg, gen, None)
         ref_gen = torch.Generator().manual_seed(11)
         ref = random_crop(x, cfg["crop_padding"], ref_gen)
         ref = data.normalize(random_flip(ref, ref_gen) if cfg["flip"] else ref)

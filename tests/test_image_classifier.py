@@ -4,6 +4,7 @@ import math
 import pytest
 
 from trainables import image_classifier as ic
+from trainables.device_loop import batch_starts
 from trainables.reporting import LocalReporter, StopTraining
 
 BASE = {"dataset": "digits", "model": "digits_cnn", "optimizer": "adam", "lr": 3e-3, "batch_size": 64,
@@ -171,7 +172,7 @@ def test_every_new_option_trains_and_is_reproducible(digits, options):
 
 
 def test_schedules_report_the_lr_their_formula_gives(digits):
-    steps = len(ic.batch_starts(len(digits.y_train), 64))
+    steps = len(batch_starts(len(digits.y_train), 64))
     step = run({**BASE, "epochs": 3, "schedule": "step", "step_size": 2, "step_gamma": 0.1}, digits.sweep_view())
     assert [h["lr"] for h in step.history] == pytest.approx([3e-3, 3e-3, 3e-4])
     warm = run({**BASE, "epochs": 2, "schedule": "none", "warmup_epochs": 2.0}, digits.sweep_view())

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from trainables import image_classifier as ic
+from trainables.model_checks import arg_combinations
 from trainables.models import build_model
 from trainables.params import Param, factory_args, resolve
 from trainables.reporting import LocalReporter, StopTraining
@@ -220,7 +221,7 @@ def test_check_models_builds_and_runs_each_user_model(digits, on_path):
     ic.check_models({"model": ["um_models:picky"], "model.depth": [1, 2, 3]}, data)
     ic.check_models({"model.hidden": [1]}, data)  # only the built-in default: not checked here
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's generator is untouched
-    assert ic.arg_combinations({"model.a": [1, 2, 3], "model.b": ["x"], "model.c": [], "lr": [1.0, 2.0]}) == [
+    assert arg_combinations(ic.PARAMS, {"model.a": [1, 2, 3], "model.b": ["x"], "model.c": [], "lr": [1.0, 2.0]}) == [
         {"a": 1, "b": "x"}, {"a": 3, "b": "x"}]
 
 

@@ -20,23 +20,20 @@ One batch goes: uint8 crop/flip/AutoAugment -> float rotation, color jitter, blu
 schedule steps per batch (warm-up, OneCycle) and per epoch (cosine, StepLR, plateau).
 Early stopping ends a trial whose ``early_stop_metric`` stopped improving; its last report
 says ``early_stopped: True``. With ``ood_corruptions`` set, every epoch also scores the
-model on corrupted copies of the validation images (``ood_acc``, study 5).
+model on corrupted copies of the validation images (``ood_acc``, study 5). The epoch loop itself
+(the data on the device, a batch's augmentations, one epoch) is ``trainables.device_loop``.
 
 ``model`` is a built-in name or the user's own ``"module:attr"`` (an ``nn.Module`` class or a
 function returning one, importable from ``sys.path``), called as ``attr(num_classes=...,
 input_shape=(C, H, W), **model_args)`` where ``model_args`` are the config's ``model.NAME`` keys
 (``model.hidden: 64`` -> ``hidden=64``). ``activation`` and ``batch_norm`` configure the built-ins
 only and are not passed to it. ``check_space`` imports it and ``check_models`` builds it and runs
-one batch through it before anything runs.
+one batch through it before anything runs (``trainables.model_checks``).
 """
 from __future__ import annotations
 
-import inspect
-import itertools
 import math
-import os
 import random
-import resource
 import time
 
 import numpy as np
@@ -45,26 +42,27 @@ import torch.nn.functional as F
 
 from trainables import corruptions
 from trainables import data as datasets
-from trainables.augment import (
-    MIX_MODES,
-    AutoAugment,
-    color_jitter,
-    cutout,
-    gaussian_blur,
-    gaussian_noise,
-    mix_batch,
-    normalize,
-    random_crop_flip,
-    random_rotation,
+from trainables.augment import MIX_MODES, AutoAugment
+from trainables.device_loop import (
+    DeviceData,
+    Precision,
+    batch_starts,
+    compile_model,
+    evaluate_model,
+    ood_sets,
+    peak_memory_mb,
+    pick_device,
+    setup_device,
+    train_epoch,
 )
-from trainables.imports import first_line, is_ref, ref_name
+from trainables.imports import is_ref, ref_name
+from trainables.model_checks import call_args, check_user_models
 from trainables.models import (
     ACTIVATIONS,
     MODELS,
     PRETRAINED,
     build_model,
     builtin_takes_no_args,
-    check_module,
     import_factory,
 )
 from trainables.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
@@ -211,204 +209,10 @@ def run_name(config: dict) -> str:
     return f"{model}_{c['optimizer']}_bs{c['batch_size']}_lr{c['lr']:.3g}"
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak allocated device memory on a GPU; the process's peak resident memory on a CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-class DeviceData:
-    """A split as uint8, normalized per batch on the device.
-
-    ``resident`` (the ``cache`` key): the whole split lives in device memory, or in host
-    memory (pinned when the device is a GPU) with each batch copied over as it is needed,
-    for datasets larger than the GPU's memory. On a CPU the two are the same."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device, resident: bool = True) -> None:
-        home = device if resident else torch.device("cpu")
-        self.device = device
-        self.x = torch.tensor(x, dtype=torch.uint8, device=home)
-        self.y = torch.tensor(y, dtype=torch.long, device=home)
-        if home != device and device.type == "cuda":
-            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
-        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The uint8 images and labels at ``idx``, on the device."""
-        idx = idx.to(self.x.device)  # index_select: the same rows as x[idx], an order of magnitude faster on a CPU
-        return (self.x.index_select(0, idx).to(self.device, non_blocking=True),
-                self.y.index_select(0, idx).to(self.device, non_blocking=True))
-
-    def slice(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.x[start:stop].to(self.device, non_blocking=True),
-                self.y[start:stop].to(self.device, non_blocking=True))
-
-    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return (x_uint8.float() - self.mean) / self.std
-
-    def normalize_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalize float images on the 0..1 scale (after the photometric augmentations)."""
-        return (x * 255 - self.mean) / self.std
-
-
-class Precision:
-    """Autocast dtype, GradScaler and memory format for one device and config."""
-
-    def __init__(self, cfg: dict, device: torch.device) -> None:
-        amp = cfg["amp"]
-        if amp == "auto":
-            amp = "off" if device.type != "cuda" or cfg["deterministic"] else (
-                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-        self.name = amp
-        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        self.device_type = device.type
-        # fp16's narrow range needs loss scaling; bf16 has float32's range and does not.
-        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-        last = cfg["channels_last"]
-        self.channels_last = last == "on" or (last == "auto" and device.type == "cuda")
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
-
-    def format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-
-def batch_starts(n: int, batch_size: int) -> range:
-    # A last batch of one example would break batch norm; it is dropped (and only it).
-    end = n - 1 if n % batch_size == 1 and n > 1 else n
-    return range(0, end, batch_size)
-
-
-def augment(x: torch.Tensor, data: DeviceData, cfg: dict, gen: torch.Generator, autoaugment) -> torch.Tensor:
-    """uint8 batch in, normalized float batch out, every augmentation the config asks for."""
-    if autoaugment is not None:
-        x = autoaugment(x)
-    x = random_crop_flip(x, cfg["crop_padding"], cfg["flip"], gen)  # random_crop then random_flip, bit for bit
-    if cfg["rotation"] or cfg["color_jitter"] or cfg["blur_sigma"] or cfg["noise_std"]:
-        x = x.float() / 255
-        x = random_rotation(x, cfg["rotation"], gen)
-        x = color_jitter(x, cfg["color_jitter"], gen)
-        x = gaussian_blur(x, cfg["blur_sigma"], gen)
-        x = data.normalize_unit(gaussian_noise(x, cfg["noise_std"], gen))
-    else:
-        x = normalize(x, data.mean, data.std)  # data.normalize(x), bit for bit, in place
-    return cutout(x, cfg["cutout"], gen)
-
-
-def check_logits(model_name: str, logits: torch.Tensor) -> None:
-    """MixUp/CutMix train against soft targets through log-softmax: a model that already ends in a
-    softmax (rows of non-negative numbers summing to 1) would be trained on the wrong loss."""
-    out = logits.detach().float()
-    if out.min() >= 0 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-4):
-        raise ValueError(f"mix needs a model that outputs logits; {model_name} outputs probabilities "
-                         f"(every row sums to 1): remove its final softmax, or set mix=none")
-
-
-AUTOAUGMENT_CHUNK_BYTES = 2**26  # images AutoAugment transforms at once: 21,845 CIFAR images, 445 at 224 px
-
-
-def epoch_batches(data: DeviceData, perm: torch.Tensor, batch_size: int, autoaugment):
-    """The epoch's uint8 (images, labels) batches in ``perm`` order. AutoAugment, when on, transforms runs of whole
-    batches at once (up to AUTOAUGMENT_CHUNK_BYTES of images): it applies each operation to all the images that
-    drew it, so a run of batches costs about the launches of one batch; batch by batch, AutoAugment took most of a
-    small-batch epoch on a GPU (docs/BENCHMARKS.md, gpu_check.py)."""
-    starts = batch_starts(len(data), batch_size)
-    if autoaugment is None:
-        for start in starts:
-            yield data.take(perm[start:start + batch_size])
-        return
-    per_run = max(1, AUTOAUGMENT_CHUNK_BYTES // (data.x[0].numel() * batch_size))  # batches
-    for i in range(0, len(starts), per_run):
-        first, last = starts[i], starts[min(i + per_run, len(starts)) - 1]
-        x, y = data.take(perm[first:last + batch_size])
-        x = autoaugment(x)
-        for start in range(0, len(y), batch_size):
-            yield x[start:start + batch_size], y[start:start + batch_size]
-
-
-def train_epoch(model, opt, schedule, data: DeviceData, cfg: dict, gen: torch.Generator, autoaugment,
-                precision: Precision, num_classes: int):
-    model.train()
-    device = data.device
-    perm = torch.randperm(len(data), generator=gen, device=device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for x, y in epoch_batches(data, perm, cfg["batch_size"], autoaugment):
-        x = augment(x, data, cfg, gen, None)
-        target = y
-        if cfg["mix"] != "none":
-            x, target = mix_batch(x, y, num_classes, cfg["mix"], cfg["mix_alpha"], gen)
-        with precision.autocast():
-            logits = model(precision.format(x))
-        if cfg["mix"] != "none" and seen == 0:
-            check_logits(cfg["model"], logits)
-        loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg["label_smoothing"])
-        opt.zero_grad(set_to_none=True)
-        if precision.scaler is not None:
-            precision.scaler.scale(loss).backward()
-            precision.scaler.step(opt)
-            precision.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        schedule.step_batch()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()  # against the unmixed labels
-        seen += len(y)
-    return loss_sum.item() / seen, correct.item() / seen, seen
-
-
-@torch.inference_mode()
-def evaluate_model(model, data: DeviceData, batch_size: int, precision: Precision | None = None
-                   ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy); NaN for both on an empty split (training on train+val)."""
-    if len(data) == 0:
-        return math.nan, math.nan
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        x, y = data.slice(start, start + batch_size)
-        x = data.normalize(x)
-        if precision is not None:
-            with precision.autocast():
-                logits = model(precision.format(x)).float()
-        else:
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(data), correct / len(data)
-
-
-def ood_sets(data: dict, cfg: dict, device: torch.device, resident: bool) -> list[DeviceData]:
-    """Corrupted copies of (the first ``ood_images`` of) the validation images, one per corruption and
-    severity, the same for every trial of a sweep (seeded by split_seed)."""
-    if cfg["ood_corruptions"] == "none" or len(data["y_val"]) == 0:
-        return []
-    n = cfg["ood_images"] or len(data["y_val"])
-    x, y = data["x_val"][:n], data["y_val"][:n]
-    names = corruptions.parse_names(cfg["ood_corruptions"])
-    severities = corruptions.parse_severities(cfg["ood_severities"])
-    return [DeviceData(xc, y, data["mean"], data["std"], device, resident)
-            for _, _, xc in corruptions.corrupted_sets(x, names, severities, seed=cfg["split_seed"])]
 
 
 def build(cfg: dict, data: dict, pretrained: bool = True) -> torch.nn.Module:
@@ -426,10 +230,6 @@ def describe_model(cfg: dict) -> str:
         return f"model {cfg['model']} (batch_norm={cfg['batch_norm']})"
     args = factory_args(cfg, "model")
     return f"model {cfg['model']}" + (f" ({call_args(args)})" if args else "")
-
-
-def call_args(args: dict) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in args.items())
 
 
 def load_model(state: dict, data: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -480,77 +280,10 @@ def check_space(values: dict[str, list]) -> None:
                                  f"{MODELS.get(name).outputs}: search it with mix=none")
 
 
-CHECK_BATCH = 2  # training images check_models runs through each user model
-MAX_ARG_COMBINATIONS = 16  # check_models builds at most this many variants of each user model
-
-
 def check_models(values: dict[str, list], data: dict) -> None:
-    """Build each user model (the ``module:attr`` values of ``model`` in ``values``, as for check_space) on the
-    CPU for ``data`` (``Dataset.sweep_view()``) and run it forward in eval mode on 2 normalized training images,
-    before anything runs; once per combination of the first and last value of each ``model.NAME`` key (at most
-    MAX_ARG_COMBINATIONS). Built-in models are not checked here. Raises a one-line ValueError when the factory
-    does not take ``num_classes``/``input_shape``/the keys, raises, returns something that is not an
-    ``nn.Module``, or the output's shape is not (2, num_classes). Leaves torch's RNG as it was."""
-    refs = dict.fromkeys(m for m in values.get("model", [PARAMS["model"].default]) if is_ref(m))
-    if not refs:
-        return
-    with torch.random.fork_rng(devices=[]):  # building a model draws from the caller's generator
-        batch = check_batch(data)
-        for ref in refs:
-            factory = import_factory(ref)
-            for args in arg_combinations(values):
-                model = call_factory(ref, factory, args, data)
-                check_forward(ref, model, args, batch, data["num_classes"])
-
-
-def check_batch(data: dict) -> torch.Tensor:
-    x = data["x_train"][:CHECK_BATCH]
-    images = DeviceData(x, np.zeros(len(x), np.int64), data["mean"], data["std"], torch.device("cpu"))
-    return images.normalize(images.x)
-
-
-def arg_combinations(values: dict[str, list]) -> list[dict]:
-    """The ``model.NAME`` keys as factory arguments, every combination of each key's first and last value: the
-    extremes of a size are where a model breaks. A key without checkable values (a custom sampler) is left out."""
-    keys = sorted(k for k in values if is_factory_arg(PARAMS, k) and values[k])
-    ends = [values[k][:1] + values[k][-1:] if len(values[k]) > 1 and values[k][0] != values[k][-1]
-            else values[k][:1] for k in keys]
-    names = [k.partition(".")[2] for k in keys]
-    return [dict(zip(names, combo)) for combo in itertools.islice(itertools.product(*ends), MAX_ARG_COMBINATIONS)]
-
-
-def call_factory(ref: str, factory, args: dict, data: dict) -> torch.nn.Module:
-    kwargs = {"num_classes": data["num_classes"], "input_shape": tuple(int(n) for n in data["input_shape"]), **args}
-    call = f"{ref_name(ref)}({call_args(kwargs)})"
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {ref!r}: {call} does not fit its signature ({e}); it must accept num_classes=int, "
-                         f"input_shape=(C, H, W) and each model.NAME key as keyword arguments") from None
-    except ValueError:
-        pass  # no signature to read (a C function): the call itself tells
-    try:
-        model = factory(**kwargs)
-    except Exception as e:
-        raise ValueError(f"model {ref!r}: {call} raised {type(e).__name__}: {first_line(e)}") from None
-    check_module(ref, model)
-    return model
-
-
-def check_forward(ref: str, model: torch.nn.Module, args: dict, batch: torch.Tensor, num_classes: int) -> None:
-    where = f"model {ref!r}" + (f" ({call_args(args)})" if args else "")
-    model.eval()
-    try:
-        with torch.inference_mode():
-            out = model(batch)
-    except Exception as e:
-        raise ValueError(f"{where}: forward on a batch of shape {tuple(batch.shape)} raised {type(e).__name__}: "
-                         f"{first_line(e)}") from None
-    want = (len(batch), num_classes)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-        raise ValueError(f"{where} outputs {got} for a batch of shape {tuple(batch.shape)}; it must output {want}: "
-                         f"one logit per class")
+    """Each user model of ``values`` built on the CPU and run on 2 training images of ``data`` before anything
+    runs (``trainables.model_checks.check_user_models``); a one-line ValueError says what does not fit."""
+    check_user_models(PARAMS, values, data)
 
 
 def _logits(state: dict, x_uint8: np.ndarray, data: dict, device) -> torch.Tensor:
@@ -608,24 +341,6 @@ class EarlyStopping:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad = state["best"], state["bad"]
-
-
-def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``compile: true``. On a GPU with CUDA graphs (``mode="reduce-overhead"``): a small batch is bound by kernel
-    launches, which a graph replays at once (docs/BENCHMARKS.md, gpu_check.py)."""
-    return torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else None)
-
-
-def setup_device(cfg: dict) -> torch.device:
-    device = pick_device(cfg["device"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg["deterministic"]
-        torch.backends.cudnn.deterministic = cfg["deterministic"]
-        if cfg["deterministic"]:
-            # cuBLAS needs a fixed workspace for repeatable matmuls; set before its first use in this process.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-    return device
 
 
 def fit(config: dict, data: dict, reporter) -> None:
