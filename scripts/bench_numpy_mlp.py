@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_info
 
 from trainables import numpy_mlp as nm
+from trainables.numpy_optimizers import OPTIMIZERS
 
 
 def fake_data(n: int, seed: int = 0) -> dict:
@@ -35,7 +36,7 @@ def numpy_epoch(cfg: dict, data: dict) -> float:
     rng = np.random.default_rng(0)
     sizes = nm.layer_sizes(784, cfg["num_layers"], cfg["hidden_size"], 10)
     params = nm.init_params(sizes, cfg["weight_init"], rng)
-    opt = nm.OPTIMIZERS.get(cfg["optimizer"])([p.shape for p in params], cfg)
+    opt = OPTIMIZERS.get(cfg["optimizer"])([p.shape for p in params], cfg)
     x = data["x_train"].reshape(len(data["x_train"]), -1)
     t0 = time.perf_counter()
     _, _, seen = nm.train_epoch(params, opt, nm.Inputs(data), x, data["y_train"], cfg, rng)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="units per hidden layer (default: study 3's best, 2048 then 1024)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--activation", default="tanh", choices=sorted(TORCH_ACTIVATIONS))
-    p.add_argument("--optimizer", default="nadam", choices=nm.OPTIMIZERS.names())
+    p.add_argument("--optimizer", default="nadam", choices=OPTIMIZERS.names())
     p.add_argument("--loss", default="cross_entropy", choices=nm.LOSSES.names())
     p.add_argument("--samples", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=5)

@@ -1,5 +1,6 @@
 """The house's rules, read from the source: tune_app's modules import one another one way (no cycle, lazy imports
-inside functions included), and trainables/ (how one trial trains) never imports tune_app or Ray."""
+inside functions included), trainables/ (how one trial trains) never imports tune_app or Ray, and no module of
+tune_app/, trainables/ or search_spaces/ is over 450 lines."""
 import ast
 from pathlib import Path
 
@@ -92,6 +93,19 @@ def test_trainables_never_import_tune_app_or_ray():
                 offenders.setdefault(name, []).append(node.lineno)
     assert len(modules("trainables")) >= 10
     assert offenders == {}
+
+
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_over_450_lines():
+    """A module past 450 lines holds more than one thing; it is split where its parts meet (image_classifier's epoch
+    loop and user-model checks, numpy_mlp's optimizers)."""
+    sizes = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+             for package in ("tune_app", "trainables", "search_spaces") for path in modules(package).values()}
+    assert len(sizes) > 50 and "trainables/image_classifier.py" in sizes
+    offenders = {path: lines for path, lines in sorted(sizes.items()) if lines > MAX_MODULE_LINES}
+    assert offenders == {}, f"over {MAX_MODULE_LINES} lines: " + ", ".join(f"{p} ({n})" for p, n in offenders.items())
 
 
 # The layers, lowest first: a module imports only from its own layer or a lower one.

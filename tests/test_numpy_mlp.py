@@ -8,6 +8,7 @@ import pytest
 
 from trainables import image_classifier as ic
 from trainables import numpy_mlp as nm
+from trainables import numpy_optimizers
 from trainables.reporting import LocalReporter, StopTraining
 
 BASE = {"dataset": "digits", "num_layers": 2, "hidden_size": 32, "batch_size": 32, "lr": 3e-3, "epochs": 4,
@@ -141,10 +142,10 @@ def textbook(name, w, grads, lr=0.1, m=0.9, beta=0.8, b1=0.9, b2=0.999, eps=1e-8
     return w
 
 
-@pytest.mark.parametrize("name", nm.OPTIMIZERS.names())
+@pytest.mark.parametrize("name", numpy_optimizers.OPTIMIZERS.names())
 def test_two_steps_follow_the_textbook(name):
     w = W0.copy()
-    opt = nm.OPTIMIZERS.get(name)([w.shape], dict(HYPER), np.float64)
+    opt = numpy_optimizers.OPTIMIZERS.get(name)([w.shape], dict(HYPER), np.float64)
     for g in GRADS:
         opt.step([w], [g.copy()])
     expected = textbook(name, W0, GRADS)
@@ -155,16 +156,16 @@ def test_two_steps_follow_the_textbook(name):
 def test_the_first_adam_step_is_lr_times_the_gradient_sign():
     # a hand-checkable case: m^ = g and v^ = g^2 after one step, so w -= lr * g / (|g| + eps)
     w = W0.copy()
-    nm.OPTIMIZERS.get("adam")([w.shape], dict(HYPER), np.float64).step([w], [GRADS[0].copy()])
+    numpy_optimizers.OPTIMIZERS.get("adam")([w.shape], dict(HYPER), np.float64).step([w], [GRADS[0].copy()])
     np.testing.assert_allclose(w, W0 - 0.1 * np.sign(GRADS[0]), rtol=1e-7)
 
 
-@pytest.mark.parametrize("name", nm.OPTIMIZERS.names())
+@pytest.mark.parametrize("name", numpy_optimizers.OPTIMIZERS.names())
 def test_optimizer_state_round_trips(name):
     a, b = W0.copy(), W0.copy()
-    first = nm.OPTIMIZERS.get(name)([a.shape], dict(HYPER), np.float64)
+    first = numpy_optimizers.OPTIMIZERS.get(name)([a.shape], dict(HYPER), np.float64)
     first.step([a], [GRADS[0].copy()])
-    second = nm.OPTIMIZERS.get(name)([b.shape], dict(HYPER), np.float64)
+    second = numpy_optimizers.OPTIMIZERS.get(name)([b.shape], dict(HYPER), np.float64)
     second.load_state_dict(first.state_dict())
     b[:] = a
     first.step([a], [GRADS[1].copy()])
@@ -330,9 +331,9 @@ def test_adding_an_optimizer_is_one_class_and_its_registry_line(digits):
     readme = (Path(__file__).parents[1] / "docs" / "studies.md").read_text()
     block = readme.split('@OPTIMIZERS.register("adamax")')[1].split("```")[0]
     try:
-        exec('@OPTIMIZERS.register("adamax")' + block, vars(nm).copy())
+        exec('@OPTIMIZERS.register("adamax")' + block, vars(numpy_optimizers).copy())
         w = W0.copy()
-        opt = nm.OPTIMIZERS.get("adamax")([w.shape], dict(HYPER), np.float64)
+        opt = numpy_optimizers.OPTIMIZERS.get("adamax")([w.shape], dict(HYPER), np.float64)
         for g in GRADS:
             opt.step([w], [g.copy()])
         m, u, expected = [0.0, 0.0], [0.0, 0.0], list(W0)  # AdaMax (Kingma & Ba 2015, alg. 2), by hand
@@ -345,4 +346,4 @@ def test_adding_an_optimizer_is_one_class_and_its_registry_line(digits):
         history = run({**BASE, "optimizer": "adamax"}, digits.sweep_view()).history
         assert history[-1]["val_acc"] > 0.8 and history[-1]["train_loss"] < history[0]["train_loss"] / 2
     finally:
-        nm.OPTIMIZERS._items.pop("adamax", None)
+        numpy_optimizers.OPTIMIZERS._items.pop("adamax", None)
