@@ -35,10 +35,10 @@ import time
 
 import numpy as np
 import torch
-from _bench import make_data, packed_workers, sync  # scripts/ is on sys.path when a script runs
+from _bench import FitTrial, make_data, packed_workers, sync, warm_up_images  # scripts/ is on sys.path
 
 from trainables import image_classifier as ic
-from trainables.optim import build_optimizer, build_schedule
+from trainables.device_loop import DeviceData, batch_starts
 from trainables.params import resolve
 
 NO_GPU = "no GPU: bench_gpu.py needs CUDA; nothing measured"
@@ -52,49 +52,26 @@ GOAL_EPOCH_S, GOAL_EPOCH_BATCH = 0.5, 1024
 GOAL_PACK, GOAL_PACK_TRIALS = 2.5, 4
 
 
-
-
-
-class Run:
+class Run(FitTrial):
     """One VGG6 trial in one mode and batch size, set up as ``fit`` sets it up, over shared device data."""
 
-    def __init__(self, data: ic.DeviceData, x: np.ndarray, y: np.ndarray, mode: str, batch_size: int,
+    def __init__(self, data: DeviceData, x: np.ndarray, y: np.ndarray, mode: str, batch_size: int,
                  device: torch.device) -> None:
         amp, channels_last, compile_ = MODES[mode]
-        self.cfg = resolve(ic.PARAMS, {"model": "vgg6", "batch_size": batch_size, "crop_padding": 4, "flip": True,
-                                       "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "device": device.type,
-                                       "amp": amp, "channels_last": channels_last})
-        ic.setup_device(self.cfg)
-        self.device, self.data = device, data
-        ic.seed_everything(0)
-        self.gen = torch.Generator(device=device).manual_seed(0)
-        self.precision = ic.Precision(self.cfg, device)
-        model = ic.build(self.cfg, {"input_shape": (3, 32, 32), "num_classes": 10}).to(device)
-        if self.precision.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.opt = build_optimizer("sgd", model.parameters(), 0.01, 0.0, 0.9)
-        self.schedule = build_schedule("none", self.opt, 1, len(ic.batch_starts(len(data), batch_size)))
-        self.model = torch.compile(model) if compile_ else model
-        n, bs = len(y), batch_size
-        warm = min(n, bs + (n % bs if n % bs > 1 else 0))  # a full batch and the epoch's last, shorter one
-        self.warm = ic.DeviceData(x[:warm], y[:warm], MEAN, STD, device)
+        settings = {"model": "vgg6", "batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+        super().__init__(device, settings, len(data), compile_mode="default" if compile_ else None, name=amp)
+        self.data = data
+        warm = warm_up_images(len(y), batch_size)  # a full batch and the epoch's last, shorter one
+        self.warm = DeviceData(x[:warm], y[:warm], MEAN, STD, device)
 
-    def epoch(self, data: ic.DeviceData | None = None) -> tuple[float, int]:
+    def epoch(self, data: DeviceData | None = None) -> tuple[float, int]:
         """(wall s, images) of one train_epoch."""
-        sync(self.device)
-        t0 = time.perf_counter()
-        loss, _, seen = ic.train_epoch(self.model, self.opt, self.schedule, self.data if data is None else data,
-                                       self.cfg, self.gen, None, self.precision, 10)
-        sync(self.device)
-        wall = time.perf_counter() - t0
-        if not np.isfinite(loss):
-            raise SystemExit(f"{self.cfg['amp']} batch {self.cfg['batch_size']}: the loss diverged ({loss})")
-        return wall, seen
+        return self.train(self.data if data is None else data)
 
 
 def precision_table(args, device: torch.device) -> dict:
     x, y = make_data(args.images)
-    data = ic.DeviceData(x, y, MEAN, STD, device)
+    data = DeviceData(x, y, MEAN, STD, device)
     runs = {(mode, bs): Run(data, x, y, mode, bs, device) for bs in args.batch_sizes for mode in args.modes}
     for run in runs.values():
         run.epoch(run.warm)
@@ -133,7 +110,7 @@ def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     x, y = make_data(spec["images"], seed=spec["index"])
-    run = Run(ic.DeviceData(x, y, MEAN, STD, device), x, y, spec["mode"], spec["batch_size"], device)
+    run = Run(DeviceData(x, y, MEAN, STD, device), x, y, spec["mode"], spec["batch_size"], device)
     run.epoch(run.warm)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -206,7 +183,7 @@ def matmul_rate(size: int, device: torch.device, repeats: int = 10) -> float:
 
 def floor_table(args, device: torch.device, measured: dict) -> None:
     bs = GOAL_EPOCH_BATCH if GOAL_EPOCH_BATCH in args.batch_sizes else max(args.batch_sizes)
-    batches = len(ic.batch_starts(args.images, bs))
+    batches = len(batch_starts(args.images, bs))
     per_batch = flops_per_batch(bs, device)
     per_epoch = per_batch * args.images / bs  # the last batch is shorter; FLOPs scale with its images
     rate = matmul_rate(args.matmul_size, device)

@@ -27,17 +27,12 @@ import time
 
 import numpy as np
 import torch
-from _bench import make_data, sync  # scripts/ is on sys.path when a script runs
+from _bench import FitTrial, make_data, sync, warm_up_images  # scripts/ is on sys.path when a script runs
 
-from trainables import image_classifier as ic
-from trainables.optim import build_optimizer, build_schedule
-from trainables.params import resolve
+from trainables.device_loop import DeviceData, pick_device
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 GOAL_CPU, GOAL_GPU, GOAL_GPU_BATCH = 0.9, 0.8, 256  # the issue's goals for the share
-
-
-
 
 
 class ModelClock:
@@ -65,45 +60,24 @@ class ModelClock:
         self._schedule.step_batch = self._step_batch
 
 
-class Trial:
-    """One VGG6 trial as ``fit`` sets it up, for one batch size."""
+class Trial(FitTrial):
+    """One trial as ``fit`` sets it up, for one batch size."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, args) -> None:
-        self.cfg = resolve(ic.PARAMS, {
-            "model": args.model, "batch_size": batch_size, "crop_padding": 4, "flip": True,
-            "autoaugment": args.autoaugment, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "device": args.device,
-            "amp": args.amp, "channels_last": args.channels_last})
-        self.device = ic.setup_device(self.cfg)
-        ic.seed_everything(self.cfg["seed"])
-        self.gen = torch.Generator(device=self.device).manual_seed(self.cfg["seed"])
-        self.data = ic.DeviceData(x, y, MEAN, STD, self.device)
-        n, bs = len(y), batch_size
-        warm = min(n, bs + (n % bs if n % bs > 1 else 0))  # a full batch and the epoch's last, shorter one
-        self.warm = ic.DeviceData(x[:warm], y[:warm], MEAN, STD, self.device)
-        self.precision = ic.Precision(self.cfg, self.device)
-        meta = {"input_shape": (3, 32, 32), "num_classes": 10}
-        self.model = ic.build(self.cfg, meta).to(self.device)
-        if self.precision.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = build_optimizer("sgd", self.model.parameters(), self.cfg["lr"], 0.0, self.cfg["momentum"])
-        self.schedule = build_schedule("none", self.opt, 1, len(ic.batch_starts(n, bs)))
-        self.autoaugment = ic.AutoAugment() if self.cfg["autoaugment"] else None
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, args, device: torch.device) -> None:
+        super().__init__(device, {"model": args.model, "batch_size": batch_size, "autoaugment": args.autoaugment,
+                                  "amp": args.amp, "channels_last": args.channels_last}, len(y))
+        self.data = DeviceData(x, y, MEAN, STD, device)
+        warm = warm_up_images(len(y), batch_size)  # a full batch and the epoch's last, shorter one
+        self.warm = DeviceData(x[:warm], y[:warm], MEAN, STD, device)
 
     def epoch(self, data=None, timed: bool = False) -> tuple[float, float, int]:
         """(wall s, model s, images) of one train_epoch; model s is NaN when not timed."""
         clock = ModelClock(self.model, self.schedule, self.device) if timed else None
         try:
-            sync(self.device)
-            t0 = time.perf_counter()
-            loss, _, seen = ic.train_epoch(self.model, self.opt, self.schedule, self.data if data is None else data,
-                                           self.cfg, self.gen, self.autoaugment, self.precision, 10)
-            sync(self.device)
-            wall = time.perf_counter() - t0
+            wall, seen = self.train(self.data if data is None else data)
         finally:
             if clock is not None:
                 clock.remove()
-        if not np.isfinite(loss):
-            raise SystemExit(f"batch {self.cfg['batch_size']}: the loss diverged ({loss})")
         return wall, (clock.total if clock else float("nan")), seen
 
 
@@ -124,11 +98,11 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ic.pick_device(args.device)
+    device = pick_device(args.device)
     args.device = device.type
     n = args.images or (50000 if device.type == "cuda" else 512)
     x, y = make_data(n)
-    trials = {bs: Trial(x, y, bs, args) for bs in args.batch_sizes}
+    trials = {bs: Trial(x, y, bs, args, device) for bs in args.batch_sizes}
     some = next(iter(trials.values()))
     print(f"{args.model}, {n} CIFAR-10-shaped images per epoch, crop+flip"
           f"{'+autoaugment' if args.autoaugment else ''}, device {device}, amp {some.precision.name}, "

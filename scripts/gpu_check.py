@@ -46,11 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _bench import packed_workers, sync  # noqa: E402  (scripts/ is on sys.path when a script runs)
+from _bench import FitTrial, packed_workers, sync, warm_up_images  # noqa: E402  (scripts/ is on sys.path)
 
-from trainables import image_classifier as ic  # noqa: E402
-from trainables.optim import build_optimizer, build_schedule  # noqa: E402
-from trainables.params import resolve  # noqa: E402
+from trainables.device_loop import DeviceData, evaluate_model  # noqa: E402
 from tune_app.cost.schedule import Asha, asha_rungs, simulate  # noqa: E402  (Ray-free)
 
 EPOCH_IMAGES, VAL_IMAGES = 45_000, 5_000  # CIFAR's training split as a sweep holds it, and its validation split
@@ -58,7 +56,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CAPS = {"tests": 130, "speed": 170, "pack": 60, "study1": 80, "mps": 40}  # seconds; the budget caps them all
 BUDGET_S = 480
 # (row, model, classes, batch size, torch.compile mode or None, goal s/epoch or None, goal's group)
-SPEED_ROWS = [  # compile: None (eager), "trainable" (what compile: true does: ic.compile_model) or a torch.compile mode
+SPEED_ROWS = [  # compile: None (eager), "trainable" (what compile: true does: compile_model) or a torch.compile mode
     ("vgg6 bs1024 bf16+cl", "vgg6", 10, 1024, None, 0.5, "vgg6 bs1024"),
     ("vgg6 bs64 bf16+cl", "vgg6", 10, 64, None, 2.5, "vgg6 bs64"),
     ("resnet18 c100 bs256 bf16+cl", "resnet18", 100, 256, None, 6.0, "resnet18 bs256"),
@@ -77,49 +75,27 @@ def make_images(n: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.nda
     return rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, classes, n).astype(np.int64)
 
 
-class Trainer:
-    """One trial's model, optimizer and device-resident data, built as ``ic.fit`` builds them."""
+class Trainer(FitTrial):
+    """One trial's model, optimizer and device-resident data, built as ``fit`` builds them (FitTrial)."""
 
     def __init__(self, device: torch.device, images: int, model: str = "vgg6", classes: int = 10,
                  batch_size: int = 256, compile_mode: str | None = None, seed: int = 0, val: int = 0, **extra):
-        self.cfg = resolve(ic.PARAMS, {"model": model, "batch_size": batch_size, "crop_padding": 4, "flip": True,
-                                       "optimizer": "sgd", "lr": 0.01, "device": device.type, **extra})
-        ic.setup_device(self.cfg)
-        ic.seed_everything(seed)
-        self.device, self.classes = device, classes
-        self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.precision = ic.Precision(self.cfg, device)
         x, y = make_images(images + val, classes, seed)
-        self.data = ic.DeviceData(x[:images], y[:images], MEAN, STD, device)
-        self.val = ic.DeviceData(x[images:], y[images:], MEAN, STD, device)
-        warm = min(images, batch_size + (images % batch_size if images % batch_size > 1 else 0))
-        self.warm_data = ic.DeviceData(x[:warm], y[:warm], MEAN, STD, device)  # a full batch and the last one
-        model_ = ic.build(self.cfg, {"input_shape": (3, 32, 32), "num_classes": classes}).to(device)
-        if self.precision.channels_last:
-            model_ = model_.to(memory_format=torch.channels_last)
-        self.opt = build_optimizer("sgd", model_.parameters(), 0.01, 0.0, 0.9)
-        self.schedule = build_schedule("none", self.opt, 1, len(ic.batch_starts(images, batch_size)))
-        self.autoaugment = ic.AutoAugment() if self.cfg["autoaugment"] else None
-        if compile_mode == "trainable":
-            self.model = ic.compile_model(model_, device)
-        else:
-            self.model = torch.compile(model_, mode=compile_mode) if compile_mode else model_
+        self.data = DeviceData(x[:images], y[:images], MEAN, STD, device)
+        self.val = DeviceData(x[images:], y[images:], MEAN, STD, device)
+        warm = warm_up_images(images, batch_size)
+        self.warm_data = DeviceData(x[:warm], y[:warm], MEAN, STD, device)  # a full batch and the last one
+        super().__init__(device, {"model": model, "batch_size": batch_size, **extra}, images, classes, seed,
+                         compile_mode)
 
     def epoch(self, warm: bool = False) -> tuple[float, int]:
         """(wall s, images) of one train_epoch."""
-        sync(self.device)
-        t0 = time.perf_counter()
-        loss, _, seen = ic.train_epoch(self.model, self.opt, self.schedule, self.warm_data if warm else self.data,
-                                       self.cfg, self.gen, self.autoaugment, self.precision, self.classes)
-        sync(self.device)
-        if not np.isfinite(loss):
-            raise SystemExit(f"{self.cfg['model']} batch {self.cfg['batch_size']}: the loss diverged ({loss})")
-        return time.perf_counter() - t0, seen
+        return self.train(self.warm_data if warm else self.data)
 
     def evaluate(self) -> float:
         sync(self.device)
         t0 = time.perf_counter()
-        ic.evaluate_model(self.model, self.val, self.cfg["eval_batch_size"], self.precision)
+        evaluate_model(self.model, self.val, self.cfg["eval_batch_size"], self.precision)
         sync(self.device)
         return time.perf_counter() - t0
 
