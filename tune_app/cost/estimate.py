@@ -1,17 +1,16 @@
 """What a sweep will cost, before anything trains: ``python -m tune_app.search --space NAME --plan``.
 
-One row per configuration: parameter count, estimated peak memory, estimated time per
-epoch and per trial, and the total. The estimates come from a short measured probe: for
-each distinct cost-relevant configuration (architecture, batch size, dataset; the
-trainable's ``COST_KEYS``) the real ``fit`` trains a cold epoch and two measured ones on a slice of
-the training set (20 steps, at least 8192 samples) with the whole validation split, in a fresh Ray worker
-with the trial's resources, alongside as many other probes as the sweep will run trials at once
-(so it shares the machine as a trial will). The faster warm epoch gives training samples/s and
-evaluation seconds; an epoch is then
-``train size / samples/s + evaluation seconds``. Peak memory is what the trainable itself
-reports (``peak_mem_mb``) in that worker, plus the part of the training set the probe did
-not touch. A grid is listed in full; a sampled space is listed as ``num_samples`` draws
-from its distributions (seeded): the searcher's own picks will differ, the cost mix not much.
+One row per configuration: parameter count, estimated peak memory, estimated time per epoch and per trial, and
+the total. The estimates come from a short measured probe: for each distinct cost-relevant configuration
+(architecture, batch size, dataset; the trainable's ``COST_KEYS``) the real ``fit`` trains a cold epoch and two
+measured ones on a slice of the training set (20 steps, at least 8192 samples) with the whole validation split, in
+a Ray worker with the trial's resources, alongside as many other probes as the sweep will run trials at once (so
+it shares the machine as a trial will). The workers of one wave take the next wave's probes, each with its peak
+memory reset, warm as the reused actors of a sweep's trials are. The faster warm epoch gives training samples/s
+and evaluation seconds; an epoch is then ``train size / samples/s + evaluation seconds``. Peak memory is what the
+trainable itself reports (``peak_mem_mb``) in that worker, plus the part of the training set the probe did not
+touch. A grid is listed in full; a sampled space is listed as ``num_samples`` draws from its distributions
+(seeded): the searcher's own picks will differ, the cost mix not much.
 """
 from __future__ import annotations
 
@@ -115,6 +114,7 @@ def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> di
     from tune_app.usercode import use_paths
 
     use_paths(code_paths)  # a model of the user's, where tune_app did not start Ray with its runtime_env
+    reset_peak_memory()  # a worker that probed before
 
     n = probe_samples(len(data["y_train"]), int(config["batch_size"]), steps)
     probe_data = {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]}
@@ -131,6 +131,21 @@ def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> di
             "epochs_run": len(reporter.history)}
 
 
+def reset_peak_memory() -> None:
+    """From here on, this process's peak memory as a trainable reports it: Linux's resident high-water mark (which
+    getrusage's ru_maxrss follows) and torch's CUDA peak."""
+    import sys
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def probe_samples(n_train: int, batch_size: int, steps: int = PROBE_STEPS) -> int:
     """The training images a probe trains on: ``steps`` batches, at least PROBE_SAMPLES, at most the training set."""
     return min(n_train, max(steps * batch_size, PROBE_SAMPLES))
@@ -143,11 +158,15 @@ def untouched_mb(train_bytes: int, probe_samples: int, n_train: int) -> float:
 
 def probe_all(trainable, configs: list[dict], data_ref, n_train: int, train_bytes: int, cpus: float,
               gpus: float, concurrency: int, code_paths=()) -> dict:
-    """One probe per distinct cost key, each a Ray task in a fresh worker (max_calls=1), in waves of as many as
-    the sweep will run at once (see _Wave)."""
+    """One probe per distinct cost key, each a Ray task, in waves of as many as the sweep will run at once (see
+    _Wave). A wave's workers take the next wave's probes (a worker's start and imports cost seconds a probe); each
+    probe resets its worker's peak memory first, which takes Linux (elsewhere, each probe has a fresh worker)."""
+    import sys
+
     import ray
 
-    remote = ray.remote(max_calls=1, num_cpus=cpus, num_gpus=gpus)(_probe)
+    fresh = {} if sys.platform == "linux" else {"max_calls": 1}
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, **fresh)(_probe)
     wave_actor = ray.remote(num_cpus=0)(_Wave)
     keys = list(dict.fromkeys(cost_key(trainable, c) for c in configs))
     first = {cost_key(trainable, c): c for c in reversed(configs)}
