@@ -17,5 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:], prog=f"tune-app {argv[0]}")
 
 
+def run() -> None:
+    """The ``tune-app`` command."""
+    from tune_app.command import exit_with
+
+    exit_with(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,6 +1,5 @@
 """``python -m tune_app.analyze``."""
-import sys
-
 from tune_app.analyze.cli import main
+from tune_app.command import exit_with
 
-sys.exit(main())
+exit_with(main())

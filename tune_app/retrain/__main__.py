@@ -1,6 +1,5 @@
 """``python -m tune_app.retrain``."""
-import sys
-
+from tune_app.command import exit_with
 from tune_app.retrain.cli import main
 
-sys.exit(main())
+exit_with(main())

@@ -1,6 +1,5 @@
 """``python -m tune_app.search``."""
-import sys
-
+from tune_app.command import exit_with
 from tune_app.search.cli import main
 
-sys.exit(main())
+exit_with(main())
