@@ -3,6 +3,7 @@ tune_app relies on, built on the real objects (an upgrade that moves one fails h
 versions are ones it was checked against; and no other module of tune_app touches those names."""
 import ast
 import importlib.metadata
+import os
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,27 @@ def test_pb2_state_round_trips_into_the_fresh_states_of_a_resumed_sweep():
     assert second.data.equals(first.data) and second.last_exploration_time == first.last_exploration_time
     restored = ray_private.pbt_state(second)
     assert restored["trials"] == state["trials"] and restored["pb2"]["data"].equals(state["pb2"]["data"])
+
+
+def test_ray_tune_keeps_as_many_trials_waiting_as_the_sweep_runs_at_once(monkeypatch):
+    """Ray Tune reads TUNE_MAX_PENDING_TRIALS_PG as its controller is made: one waiting trial for a searcher by
+    itself, as many as tune_app.search.runner.pending_trials says during a sweep, Ray's own choice again after."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search import SearchGenerator
+
+    from tune_app.search.runner import PENDING_ENV, pending_trials
+
+    monkeypatch.delenv(PENDING_ENV, raising=False)
+    searcher = SearchGenerator(OptunaSearch(metric="val_acc", mode="max"))
+    assert _get_max_pending_trials(searcher) == 1
+    with pending_trials(2):
+        assert _get_max_pending_trials(searcher) == 2
+    assert _get_max_pending_trials(searcher) == 1 and PENDING_ENV not in os.environ
+    with pending_trials(None):  # grid, random, --max-concurrent: Ray's choice
+        assert _get_max_pending_trials(searcher) == 1
+    monkeypatch.setenv(PENDING_ENV, "5")  # the user's
+    with pending_trials(2):
+        assert _get_max_pending_trials(searcher) == 5
 
 
 def test_the_optuna_study_inside_rays_searcher_is_reached():

@@ -3,6 +3,7 @@ restored), then analyze; the exit code says how it ended (0 done, 1 no trial fin
 resumable, 143 stopped by SIGTERM and resumable)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,11 +35,7 @@ def plan_table(space, config: dict, settings: dict, dataset, points=(), gpus=())
     configs = points + estimate.configurations(param_space, settings["num_samples"] - len(points), settings["seed"])
     trainable = space.trainable
     configs = [trainable_config(trainable, c) for c in configs]
-    cluster = ray.cluster_resources()
-    concurrency = min(cluster.get("CPU", 1) / settings["cpus_per_trial"],
-                      cluster.get("GPU", 0) / settings["gpus_per_trial"] if settings["gpus_per_trial"] else math.inf,
-                      settings.get("max_concurrent") or math.inf)
-    concurrency = max(1, math.floor(concurrency))
+    concurrency = trials_at_once(settings)
     print(f"tune_app: probing {len({estimate.cost_key(trainable, c) for c in configs})} distinct configurations "
           f"({estimate.PROBE_STEPS} steps each, {concurrency} at a time as the sweep will run them) to estimate "
           f"{len(configs)} trials...", flush=True)
@@ -47,6 +44,36 @@ def plan_table(space, config: dict, settings: dict, dataset, points=(), gpus=())
                             local_paths(space.code))
     rows = estimate.estimate(trainable, configs, probes, len(dataset.y_train), settings.get("repeats", 1))
     return rows, estimate.table(rows, concurrency) + "\n" + schedule.projection(rows, settings, concurrency, gpus)
+
+
+def trials_at_once(settings: dict) -> int:
+    """How many trials the cluster runs at once: its CPUs and GPUs over a trial's, at most --max-concurrent."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    concurrency = min(cluster.get("CPU", 1) / settings["cpus_per_trial"],
+                      cluster.get("GPU", 0) / settings["gpus_per_trial"] if settings["gpus_per_trial"] else math.inf,
+                      settings.get("max_concurrent") or math.inf)
+    return max(1, math.floor(concurrency))
+
+
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"  # Ray Tune's limit on trials waiting for resources
+
+
+@contextlib.contextmanager
+def pending_trials(n: int | None):
+    """Ray Tune lets a searcher (Optuna, HyperOpt, ...) keep one trial waiting for resources at a time, so a slot
+    that frees while that trial waits for its worker stays empty, and a small sweep runs one trial at a time for
+    stretches (docs/BENCHMARKS.md). As many waiting as run at once keep every slot busy. For the length of a
+    sweep's fit, unless the user set it."""
+    if n is None or PENDING_ENV in os.environ:
+        yield
+        return
+    os.environ[PENDING_ENV] = str(n)
+    try:
+        yield
+    finally:
+        os.environ.pop(PENDING_ENV, None)
 
 
 def auto_gpus(space, config: dict, settings: dict, dataset, run_dir: Path, resume: bool, plan_only: bool):
@@ -230,7 +257,10 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
           f"into "
           f"{run_uri or run_dir}", flush=True)
     try:
-        results = tuner.fit()
+        # grid and random: Ray's own generator, which keeps plenty waiting; --max-concurrent: Ray keeps that many
+        searcher_waits = settings["searcher"] not in ("grid", "random") and not settings.get("max_concurrent")
+        with pending_trials(trials_at_once(settings) if searcher_waits else None):
+            results = tuner.fit()
     except Exception:
         if WATCH.problem is None:
             raise
