@@ -133,7 +133,8 @@ def _probe(fit, config: dict, data: dict, steps: int, wave, code_paths=()) -> di
 
 def reset_peak_memory() -> None:
     """From here on, this process's peak memory as a trainable reports it: Linux's resident high-water mark (which
-    getrusage's ru_maxrss follows) and torch's CUDA peak."""
+    getrusage's ru_maxrss follows, though never below the peak of the process it was exec'd from: for Ray's
+    workers, the raylet's) and torch's CUDA peak."""
     import sys
 
     try:
