@@ -30,6 +30,7 @@ SETTING_KEYS = {
     "max_failures": int,  # retries of a crashed trial, each from its last checkpoint
     "keep_checkpoints": int,  # checkpoints kept per trial: the best ones by the metric, plus always the latest
     "trial_timeout": float,  # seconds without a report before a trial is stopped; 0 = never
+    "checkpoint_every_s": float,  # seconds of training between checkpoints (and at decision epochs); 0 = every epoch
     "budget_hours": float,  # device-hours after which no new trial starts (running ones finish); 0 = no budget
     "reuse_actors": bool,  # a finished trial's worker process trains the next trial (same resources)
     "repeats": int,  # runs per configuration, seeds seed..seed+k-1; the searcher and schedulers see their mean

@@ -19,7 +19,8 @@ SETTING_FLAGS = tuple(SETTING_KEYS)
 # What a space's SETTINGS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
-                     "keep_checkpoints": 2, "trial_timeout": 0, "reuse_actors": True, "budget_hours": 0, "repeats": 1}
+                     "keep_checkpoints": 2, "trial_timeout": 0, "checkpoint_every_s": 30,
+                     "reuse_actors": True, "budget_hours": 0, "repeats": 1}
 TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
 PAUSING = ("hyperband", "bohb")  # schedulers that pause trials in brackets Ray Tune does not checkpoint
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
@@ -34,6 +35,7 @@ def check_settings(settings: dict) -> None:
         "reduction_factor": (2, "at least 2"), "max_concurrent": (1, "at least 1"),
         "cpus_per_trial": (1e-9, "more than 0"), "gpus_per_trial": (0, "0 or more"),
         "max_failures": (0, "0 or more"), "keep_checkpoints": (1, "at least 1"), "trial_timeout": (0, "0 or more"),
+        "checkpoint_every_s": (0, "0 (every epoch) or more"),
         "budget_hours": (0, "0 (no budget) or more"), "repeats": (1, "at least 1 (1 trains each configuration once)"),
     }
     for key, (low, text) in rules.items():
