@@ -87,6 +87,170 @@ def test_pb2_state_round_trips_into_the_fresh_states_of_a_resumed_sweep():
     assert restored["trials"] == state["trials"] and restored["pb2"]["data"].equals(state["pb2"]["data"])
 
 
+class Controller:
+    """The calls HyperBand makes on Tune's controller, done as TuneController does them (stop_trial), and a trial's
+    report with the scheduler's decision carried out; BOHB's HyperBand also tells the searcher what it pauses."""
+
+    def __init__(self, scheduler, trials):
+        from ray.tune.search import SearchGenerator
+
+        from tune_app.search.bohb import PlainBOHB
+
+        self.scheduler, self.trials = scheduler, trials
+        self.search_alg = SearchGenerator(PlainBOHB(metric="val_acc", mode="max"))
+
+    def get_trials(self):
+        return self.trials
+
+    def stop_trial(self, trial):
+        if trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)
+        elif trial.status == Trial.RUNNING:
+            self.scheduler.on_trial_complete(self, trial, {})
+        trial.set_status(Trial.TERMINATED)
+
+    def report(self, trial, epoch: int, acc: float) -> str:
+        trial.set_status(Trial.RUNNING)
+        decision = self.scheduler.on_trial_result(self, trial, {"epoch": epoch, "val_acc": acc,
+                                                                "training_iteration": epoch})
+        if decision == "PAUSE":
+            trial.set_status(Trial.PAUSED)
+        elif decision == "STOP":
+            self.stop_trial(trial)
+        return decision
+
+
+def resumed(make, before: list, state: dict, stale=()):
+    """A fresh scheduler given ``state`` as a resumed sweep gives it: the callback's state first, then new Trial
+    objects with the same ids re-added (Ray's order: the most recent first), finished ones TERMINATED and the others
+    PENDING, then the sweep's first step. ``stale``: trials stopped while paused, which Ray's experiment state still
+    calls PAUSED (it records no trial stopped without a running actor), so that Ray re-adds them PENDING too."""
+    from tune_app.search.algorithms import scheduler_state
+
+    scheduler = make()
+    callback = scheduler_state(scheduler)
+    callback.set_state(state)
+    after = [Trial("fit", stub=True, trial_id=t.trial_id) for t in before]
+    for old, trial in reversed(list(zip(before, after))):
+        trial.set_status(Trial.TERMINATED if old.is_finished() and old.trial_id not in stale else Trial.PENDING)
+        scheduler.on_trial_add(None, trial)
+    fresh = ray_private.hyperband_state(scheduler)
+    callback.on_step_begin(0, after)
+    return scheduler, after, fresh
+
+
+def hyperband():
+    from tune_app.search.algorithms import HyperBand
+
+    scheduler = HyperBand(time_attr="epoch", max_t=9, reduction_factor=3)
+    scheduler.set_search_properties("val_acc", "max")
+    return scheduler
+
+
+def test_hyperband_brackets_round_trip_into_the_fresh_brackets_of_a_resumed_sweep():
+    """max_t 9, reduction factor 3: the first bracket holds 3 trials trained to 9 epochs, the second 5 trained to 3,
+    of which the best 2 go on to 9. Taken when t0 waits paused at 9 epochs and t1 reported its 9th (its pause is
+    being saved), t2 has not started, and the second bracket has halved: t3 and t6 (the best) wait to be unpaused,
+    t4, t5 and t7 were stopped."""
+    first = hyperband()
+    before = [Trial("fit", stub=True, trial_id=f"t{i}") for i in range(8)]
+    tune_controller = Controller(first, before)
+    for trial in before:
+        first.on_trial_add(tune_controller, trial)
+    for trial, acc in zip(before[3:7], (0.5, 0.1, 0.2, 0.6)):
+        assert tune_controller.report(trial, 3, acc) == "PAUSE"
+    assert tune_controller.report(before[7], 3, 0.3) == "STOP"  # the last to 3: halving, and it is among the worst
+    assert tune_controller.report(before[0], 9, 0.9) == "PAUSE"
+    before[1].set_status(Trial.RUNNING)
+    assert first.on_trial_result(tune_controller, before[1], {"epoch": 9, "val_acc": 0.8}) == "PAUSE"
+    status = {t.trial_id: t.status for t in before}
+    assert status == {"t0": "PAUSED", "t1": "RUNNING", "t2": "PENDING", "t3": "PAUSED", "t4": "TERMINATED",
+                      "t5": "TERMINATED", "t6": "PAUSED", "t7": "TERMINATED"}
+    state = ray_private.hyperband_state(first)
+    (b0, b1), = state["bands"]
+    assert (b0["_n"], b0["_cumul_r"], b0["_halves"], b0["_completed_progress"]) == (3, 9, 0, 18)
+    assert (b1["_n"], b1["_cumul_r"], b1["_halves"], b1["_completed_progress"]) == (2, 9, 0, 15)
+    assert sorted(b1["_live_trials"]) == sorted(b1["trials_to_unpause"]) == ["t3", "t6"]
+    assert b1["_all_trials"] == ["t3", "t4", "t5", "t6", "t7"] and b0["_live_trials"]["t0"]["val_acc"] == 0.9
+    assert state["waiting"] == ["t0", "t1", "t3", "t6"] and state["done"] == ["t4", "t5", "t7"]
+    assert state["trial_info"]["t4"] == [0, 1, 0] and state["num_stopped"] == 3 and state["current"] == [0, 1]
+
+    second, after, fresh = resumed(hyperband, before, state, stale=("t4", "t5"))
+    assert fresh["bands"] != state["bands"]  # Ray's re-add built brackets of its own, finished trials live in them
+    restored = ray_private.hyperband_state(second)
+    assert restored == state
+    # paused again, not PENDING (t1's pause was being saved); stopped ones stopped, whatever Ray's state said
+    assert {t.trial_id: t.status for t in after} == {**status, "t1": "PAUSED"}
+    before[1].set_status(Trial.PAUSED)  # (its pause saved)
+    picked = first.choose_trial_to_run(tune_controller)
+    assert picked.trial_id == "t3" and second.choose_trial_to_run(Controller(second, after)).trial_id == "t3"
+    # and the restored brackets decide as the saved ones would: t2's 9th epoch finishes the first bracket, which
+    # stops the trials waiting in it
+    again = Controller(second, after)
+    assert tune_controller.report(before[2], 9, 0.1) == again.report(after[2], 9, 0.1) == "STOP"
+    assert {t.trial_id: t.status for t in after} == {t.trial_id: t.status for t in before}
+    assert after[0].status == after[1].status == "TERMINATED"
+    assert ray_private.hyperband_state(second) == ray_private.hyperband_state(first)
+
+
+def test_bohb_brackets_round_trip_into_the_fresh_brackets_of_a_resumed_sweep():
+    """BOHB's HyperBand fills its largest bracket first (max_t 9, reduction factor 3: 9 trials from 1 epoch, the
+    best 3 to 3 epochs, the best of those to 9) and pauses trials in a bracket it has not filled. Five trials
+    reported their first epoch and were paused; with none running, the bracket halved: t1 and t3 stopped, t0, t2
+    and t4 unpaused; t2 reached 3 epochs and waits. Taken then, and given to a fresh scheduler."""
+    pytest.importorskip("hpbandster")
+    from tune_app.search.algorithms import BOHBHyperBand
+
+    def bohb():
+        scheduler = BOHBHyperBand(time_attr="epoch", max_t=9, reduction_factor=3)
+        scheduler.set_search_properties("val_acc", "max")
+        return scheduler
+
+    first = bohb()
+    before = [Trial("fit", stub=True, trial_id=f"t{i}") for i in range(5)]
+    tune_controller = Controller(first, before)
+    for trial in before:
+        first.on_trial_add(tune_controller, trial)
+    for trial, acc in zip(before, (0.3, 0.1, 0.5, 0.2, 0.4)):
+        assert tune_controller.report(trial, 1, acc) == "PAUSE"
+    assert first.choose_trial_to_run(tune_controller).trial_id == "t0"  # no trial runs: the bracket halves
+    assert tune_controller.report(before[2], 3, 0.7) == "PAUSE"
+    status = {t.trial_id: t.status for t in before}
+    assert status == {"t0": "PAUSED", "t1": "TERMINATED", "t2": "PAUSED", "t3": "TERMINATED", "t4": "PAUSED"}
+    state = ray_private.hyperband_state(first)
+    (bracket,), = state["bands"]
+    assert (bracket["_n"], bracket["_cumul_r"], bracket["_halves"]) == (3, 3, 1)
+    assert bracket["_live_trials"]["t2"]["epoch"] == 3 and bracket["trials_to_unpause"] == ["t0", "t4"]
+    assert state["waiting"] == ["t0", "t2", "t4"] and state["done"] == ["t1", "t3"] and state["num_stopped"] == 2
+
+    second, after, fresh = resumed(bohb, before, state, stale=("t1", "t3"))
+    assert fresh["bands"] != state["bands"]
+    assert ray_private.hyperband_state(second) == state
+    assert {t.trial_id: t.status for t in after} == status
+    again = Controller(second, after)
+    assert first.choose_trial_to_run(tune_controller).trial_id == second.choose_trial_to_run(again).trial_id == "t0"
+    for controller, trials in ((tune_controller, before), (again, after)):  # t0 and t4 to 3: the bracket halves
+        assert controller.report(trials[0], 3, 0.6) == "PAUSE"
+        assert controller.report(trials[4], 3, 0.8) == "CONTINUE"  # the best of the three goes on to 9
+    assert {t.trial_id: t.status for t in after} == {t.trial_id: t.status for t in before}
+    assert [t.trial_id for t in after if t.status == "TERMINATED"] == ["t0", "t1", "t2", "t3"]
+    assert ray_private.hyperband_state(second) == ray_private.hyperband_state(first)
+
+
+def test_a_hyperband_bracket_holds_no_trial_but_in_the_fields_its_state_maps_by_id():
+    """hyperband_state copies every other field of Ray's bracket as it is: a Ray that adds a field holding trials
+    must be mapped by id too, or a resumed sweep's brackets would hold the old sweep's Trial objects."""
+    scheduler = hyperband()
+    trial = Trial("fit", stub=True, trial_id="t0")
+    scheduler.on_trial_add(None, trial)
+    scheduler.on_trial_result(None, trial, {"epoch": 1, "val_acc": 0.5})
+    (bracket,), = ray_private.hyperband_state(scheduler)["bands"]
+    plain = {k: v for k, v in bracket.items() if k not in ray_private.HYPERBAND_TRIAL_FIELDS}
+    assert all(isinstance(v, (int, float, str, bool, type(None))) for v in plain.values()), plain
+    assert {"_n", "_r", "_cumul_r", "_n0", "_r0", "_halves", "_completed_progress"} <= set(plain)
+    assert set(ray_private.HYPERBAND_TRIAL_FIELDS) <= set(bracket)
+
+
 def test_ray_tune_keeps_as_many_trials_waiting_as_the_sweep_runs_at_once(monkeypatch):
     """Ray Tune reads TUNE_MAX_PENDING_TRIALS_PG as its controller is made: one waiting trial for a searcher by
     itself, as many as tune_app.search.runner.pending_trials says during a sweep, Ray's own choice again after."""

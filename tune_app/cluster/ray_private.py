@@ -1,8 +1,8 @@
 """Every place tune_app reaches past Ray's, Ray Tune's or Optuna's public API, in one room.
 
-Each is here because the public API has no way to do it: ASHA's rungs and PBT's and PB2's state are not
-checkpointed with a sweep, Ray's OptunaSearch does not expose its study, and a few of Ray's helpers live in
-``ray._private``. A Ray or Optuna release may move any of them, so:
+Each is here because the public API has no way to do it: ASHA's rungs, HyperBand's brackets and PBT's and PB2's
+state are not checkpointed with a sweep, Ray's OptunaSearch does not expose its study, and a few of Ray's helpers
+live in ``ray._private``. A Ray or Optuna release may move any of them, so:
 - ``TESTED`` names the versions this file was checked against, and pyproject.toml bounds Ray to them;
 - tests/test_ray_private.py builds the real objects and checks every name used below, so an upgrade that moves
   one fails there, by name, rather than in the middle of a user's sweep;
@@ -142,3 +142,85 @@ def set_pbt_state(scheduler, state: dict) -> int:
     for key, value in state.get("pb2", {}).items():
         setattr(scheduler, key, value)
     return found
+
+
+# ---------------------------------------------------------------- HyperBand's brackets (and BOHB's)
+
+HYPERBAND_TRIAL_FIELDS = ("_live_trials", "_all_trials", "trials_to_unpause")  # a bracket's fields that hold trials
+
+
+def hyperband_state(scheduler) -> dict:
+    """HyperBand's bands and brackets as plain data, trials by id: each bracket's counters (every field of Ray's
+    bracket that holds no trial: ``_n``, ``_r``, ``_cumul_r``, ``_halves``, ``_completed_progress``, ...), its live
+    trials with the last result it holds of each, all its trials and those it is unpausing; the scheduler's
+    pointer to the bracket new trials join, each trial's bracket, its count of stopped trials. And what a resumed
+    sweep must make of the trials Ray re-adds as PENDING: ``waiting``, the live trials of an unfinished bracket
+    that wait for its next halving (paused, or reported their milestone and being paused), to be PAUSED again;
+    ``done``, the trials the brackets let go (stopped or completed; not errored, which --retry-errored runs
+    again), to be TERMINATED again: Ray's experiment state can still call such a trial PAUSED, as it does not
+    record a trial stopped while paused, and it would run again."""
+    where, bands, waiting = {}, [], []
+    for i, band in enumerate(scheduler._hyperbands):
+        bands.append([])
+        for j, bracket in enumerate(band):
+            if bracket is None:
+                bands[-1].append(None)
+                continue
+            where[id(bracket)] = [i, j]
+            fields = {k: v for k, v in vars(bracket).items() if k not in HYPERBAND_TRIAL_FIELDS}
+            fields["_live_trials"] = {t.trial_id: result for t, result in bracket._live_trials.items()}
+            fields["_all_trials"] = [t.trial_id for t in bracket._all_trials]
+            if hasattr(bracket, "trials_to_unpause"):
+                fields["trials_to_unpause"] = sorted(t.trial_id for t in bracket.trials_to_unpause)
+            bands[-1].append(fields)
+            if not bracket.finished():
+                waiting += [t.trial_id for t in bracket._live_trials
+                            if t.status == "PAUSED" or not bracket.continue_trial(t)]
+    pointers = dict(scheduler._state)
+    current = pointers.pop("bracket")
+    done = [t.trial_id for t, (bracket, _) in scheduler._trial_info.items()
+            if t not in bracket._live_trials and t.status != "ERROR"]
+    return {"bands": bands, "current": None if current is None else where[id(current)], "pointers": pointers,
+            "trial_info": {t.trial_id: [*where[id(bracket)], band] for t, (bracket, band) in
+                           scheduler._trial_info.items()},
+            "num_stopped": scheduler._num_stopped, "waiting": waiting, "done": done}
+
+
+def set_hyperband_state(scheduler, state: dict, trials) -> int:
+    """Rebuild ``hyperband_state``'s brackets around ``trials`` (a resumed sweep's Trial objects, matched by id),
+    replacing the brackets the scheduler made afresh as the resumed trials were added to it. A finished trial
+    stays out of the live sets; an errored one that runs again (``--retry-errored``) rejoins its bracket from its
+    last result; an unfinished trial the saved state does not know joins as a new trial would.
+    Returns how many of ``trials`` the saved brackets held."""
+    from ray.tune.schedulers.hyperband import _Bracket
+
+    by_id = {t.trial_id: t for t in trials}
+
+    def bracket(fields):
+        made = _Bracket.__new__(_Bracket)
+        made.__dict__.update({k: v for k, v in fields.items() if k not in HYPERBAND_TRIAL_FIELDS})
+        made._live_trials = {by_id[t]: result for t, result in fields["_live_trials"].items()
+                             if t in by_id and not by_id[t].is_finished()}
+        made._all_trials = [by_id[t] for t in fields["_all_trials"] if t in by_id]
+        if "trials_to_unpause" in fields:
+            made.trials_to_unpause = {by_id[t] for t in fields["trials_to_unpause"] if t in by_id}
+        return made
+
+    bands = [[None if fields is None else bracket(fields) for fields in band] for band in state["bands"]]
+    scheduler._hyperbands = bands
+    current = state["current"]
+    scheduler._state = {**state["pointers"], "bracket": None if current is None else bands[current[0]][current[1]]}
+    scheduler._trial_info = {by_id[t]: (bands[i][j], band) for t, (i, j, band) in state["trial_info"].items()
+                             if t in by_id}
+    scheduler._num_stopped = state["num_stopped"]
+    for trial in trials:
+        if trial.is_finished():
+            continue
+        if trial not in scheduler._trial_info:
+            scheduler.on_trial_add(None, trial)
+            continue
+        held = scheduler._trial_info[trial][0]
+        if trial not in held._live_trials:
+            last = trial.last_result
+            held._live_trials[trial] = last if last and held._time_attr in last else None
+    return sum(t in by_id for t in state["trial_info"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
 from trainables.registry import Registry
@@ -216,27 +217,78 @@ class PbtState(tune.Callback):
             self.pending = None
 
 
+class HyperBandState(tune.Callback):
+    """HyperBand's brackets (and BOHB's) in Ray's callback checkpoints (see scheduler_state). As with PbtState,
+    the saved brackets wait for the first step of the resumed sweep, then replace those the scheduler built afresh
+    as Ray re-added the trials; what each re-added trial must be is told to the scheduler at once (see
+    ResumedStatus)."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler, self.pending = scheduler, None
+
+    def get_state(self) -> dict:
+        # before the first step of a resumed sweep the scheduler holds brackets built afresh: the saved ones count
+        return self.pending if self.pending is not None else ray_private.hyperband_state(self.scheduler)
+
+    def set_state(self, state: dict) -> None:
+        self.pending = state
+        self.scheduler.resumed_status = {**{t: Trial.TERMINATED for t in state["done"]},
+                                         **{t: Trial.PAUSED for t in state["waiting"]}}
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self.pending is not None:
+            ray_private.set_hyperband_state(self.scheduler, self.pending, trials)
+            self.pending, self.scheduler.resumed_status = None, {}
+
+
+class ResumedStatus:
+    """A HyperBand whose trials come back from --resume as its brackets left them. Ray's restore re-adds every
+    unfinished trial as PENDING, which would start at once a trial that waited paused for its bracket's halving
+    (running it past its milestone), and one its bracket had stopped while it was paused (which Ray's experiment
+    state still calls PAUSED). HyperBandState says which before they are re-added (``resumed_status``): the one
+    enters the resumed sweep PAUSED, until its bracket's halving unpauses or stops it, the other TERMINATED."""
+
+    resumed_status: dict = {}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        status = self.resumed_status.get(trial.trial_id)
+        if status and trial.status == Trial.PENDING:
+            trial.set_status(status)  # before Tune files the trial by its status
+
+
+class HyperBand(ResumedStatus, tune.schedulers.HyperBandScheduler):
+    """Ray's HyperBandScheduler (see ResumedStatus)."""
+
+
+class BOHBHyperBand(ResumedStatus, tune.schedulers.HyperBandForBOHB):
+    """Ray's HyperBandForBOHB (see ResumedStatus)."""
+
+
 def scheduler_state(scheduler):
     """Ray Tune checkpoints the searcher with the experiment but not the scheduler, so ASHA would come back
     from --resume with empty rungs: the trials finished before the interruption would no longer count, and
     weak new trials would not be stopped against them; PBT would forget when each trial was last perturbed and
-    which checkpoint to exploit, and PB2 the rewards its GP learns from. These callbacks keep that state in
-    Ray's own callback checkpoints (saved with the experiment state) and put it back on restore. Each is pickled
-    with the scheduler in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None
-    for the other schedulers (HyperBand's brackets: see search.plan.PAUSING)."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining
+    which checkpoint to exploit, and PB2 the rewards its GP learns from; HyperBand (and BOHB's) would build its
+    brackets afresh from every trial, the finished ones included, so that the trials it had paused would never
+    run again, or would run past their milestone. These callbacks keep that state in Ray's own callback
+    checkpoints (saved with the experiment state) and put it back on restore. Each is pickled with the scheduler
+    in the Tuner's state, so a restored sweep's callback holds the restored scheduler. None for the other
+    schedulers (FIFO, median stopping)."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, HyperBandScheduler, PopulationBasedTraining
 
     if isinstance(scheduler, AsyncHyperBandScheduler):
         return AshaState(scheduler)
     if isinstance(scheduler, PopulationBasedTraining):
         return PbtState(scheduler)
+    if isinstance(scheduler, HyperBandScheduler):
+        return HyperBandState(scheduler)
     return None
 
 
 @SCHEDULERS.register("hyperband")
 def hyperband(settings, searched):
-    return tune.schedulers.HyperBandScheduler(
-        time_attr="epoch", max_t=settings["max_epochs"], reduction_factor=settings["reduction_factor"])
+    return HyperBand(time_attr="epoch", max_t=settings["max_epochs"], reduction_factor=settings["reduction_factor"])
 
 
 @SCHEDULERS.register("median")
@@ -261,10 +313,7 @@ def pbt(settings, searched):
 @SCHEDULERS.register("bohb")
 def bohb_hyperband(settings, searched):
     """HyperBand as BOHB runs it (HyperBandForBOHB); only with --searcher bohb."""
-    from ray.tune.schedulers import HyperBandForBOHB
-
-    return HyperBandForBOHB(time_attr="epoch", max_t=settings["max_epochs"],
-                            reduction_factor=settings["reduction_factor"])
+    return BOHBHyperBand(time_attr="epoch", max_t=settings["max_epochs"], reduction_factor=settings["reduction_factor"])
 
 
 @SCHEDULERS.register("pb2")
