@@ -207,28 +207,39 @@ def test_repeats_of_a_trainable_without_a_seed_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("scheduler", ["hyperband", "bohb"])
-def test_resume_of_trials_hyperband_left_paused_is_refused_with_what_to_do(existing_sweep, scheduler, capsys):
-    """Ray Tune saves no HyperBand brackets: a resumed sweep would wait forever on the trials they paused."""
+def test_resume_of_trials_hyperband_left_paused_needs_its_saved_brackets(existing_sweep, scheduler, capsys):
+    """tune_app saves HyperBand's brackets in Ray's callback checkpoint (algorithms.HyperBandState), and a resumed
+    sweep puts its paused trials back in them; a sweep whose checkpoint lacks them (one run by a tune_app that did
+    not save them) is refused in one line: its paused trials would wait forever."""
+    import cloudpickle
+
+    from tune_app.search.plan import plan_resume
+    from tune_app.settings import SweepSettings
+
     spec = json.loads((existing_sweep / "tune_app.json").read_text())
     spec["settings"].update(searcher="bohb" if scheduler == "bohb" else "random", scheduler=scheduler)
     (existing_sweep / "tune_app.json").write_text(json.dumps(spec))
     trials = [[json.dumps({"trial_id": tid, "status": status})] for tid, status in
               (("a1", "TERMINATED"), ("b2", "PAUSED"), ("c3", "PAUSED"))]
     (existing_sweep / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trials}))
+    callbacks = existing_sweep / "callback-states-2026-01-01_00-00-00.pkl"
+    callbacks.write_bytes(cloudpickle.dumps({0: None, 1: {"rungs": []}}))  # another callback's state, no brackets
     before = snapshot(existing_sweep.parent)
     code = main(["--resume", str(existing_sweep)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert f"--resume: 2 trials of this sweep wait paused in HyperBand's brackets (--scheduler {scheduler})" in err
+    assert (f"--resume: 2 trials of this sweep wait paused in HyperBand's brackets (--scheduler {scheduler}), which "
+            f"the tune_app that ran it did not save") in err
     assert err.rstrip().endswith(f"--from-run {existing_sweep}")
     assert snapshot(existing_sweep.parent) == before
-    # the same sweep under ASHA, which tune_app checkpoints, resumes past this check
-    spec["settings"].update(searcher="optuna", scheduler="asha")
-    (existing_sweep / "tune_app.json").write_text(json.dumps(spec))
-    from tune_app.search.plan import plan_resume
-    from tune_app.settings import SweepSettings
-
-    assert plan_resume(SweepSettings(resume=str(existing_sweep)))["settings"]["scheduler"] == "asha"
+    # the same sweep with its brackets saved resumes past this check
+    callbacks.write_bytes(cloudpickle.dumps({0: None, 1: {"bands": [], "waiting": ["b2", "c3"]}}))
+    assert plan_resume(SweepSettings(resume=str(existing_sweep)))["settings"]["scheduler"] == scheduler
+    # and so does one that left no trial paused
+    callbacks.unlink()
+    running = [trials[0], [json.dumps({"trial_id": "b2", "status": "RUNNING"})]]
+    (existing_sweep / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": running}))
+    assert plan_resume(SweepSettings(resume=str(existing_sweep)))["settings"]["scheduler"] == scheduler
 
 
 def test_bohb_is_a_searcher_and_a_scheduler_together(tmp_path, capsys):

@@ -22,7 +22,7 @@ FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 1
                      "keep_checkpoints": 2, "trial_timeout": 0, "checkpoint_every_s": 30,
                      "reuse_actors": True, "budget_hours": 0, "repeats": 1}
 TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
-PAUSING = ("hyperband", "bohb")  # schedulers that pause trials in brackets Ray Tune does not checkpoint
+PAUSING = ("hyperband", "bohb")  # schedulers that pause trials in brackets (saved by algorithms.HyperBandState)
 USER_MAX_EPOCHS = 100  # the schedulers' horizon (max_t) for a trainable with no epochs key and no max_epochs
 
 
@@ -138,13 +138,28 @@ def plan_resume(args: SweepSettings) -> dict:
     from tune_app.rundir.reader import ray_statuses
 
     paused = sorted(t for t, status in ray_statuses(run_dir).items() if status == "PAUSED")
-    if spec["settings"].get("scheduler") in PAUSING and paused:
+    if spec["settings"].get("scheduler") in PAUSING and paused and not saved_brackets(run_dir):
         raise UsageError(f"--resume: {len(paused)} trials of this sweep wait paused in HyperBand's brackets "
-                         f"(--scheduler {spec['settings']['scheduler']}), which Ray Tune does not save, so they would "
-                         f"never run again; start a new sweep that begins with this one's best configurations: "
-                         f"--from-run {run_uri or run_dir}")
+                         f"(--scheduler {spec['settings']['scheduler']}), which the tune_app that ran it did not save, "
+                         f"so they would never run again; start a new sweep that begins with this one's best "
+                         f"configurations: --from-run {run_uri or run_dir}")
     spec["run_dir"], spec["run_uri"] = str(run_dir), run_uri
     return spec
+
+
+def saved_brackets(run_dir: Path) -> bool:
+    """Whether Ray's newest callback checkpoint of a sweep holds HyperBand's brackets (algorithms.HyperBandState,
+    which sweeps started before tune_app saved them lack: resumed, their paused trials would wait forever)."""
+    states = sorted(run_dir.glob("callback-states-*.pkl"))  # the one Ray's restore reads: the last by name
+    if not states:
+        return False
+    import cloudpickle
+
+    try:
+        saved = cloudpickle.loads(states[-1].read_bytes())
+    except Exception:  # unreadable: Ray's restore says why
+        return True
+    return any(isinstance(state, dict) and "bands" in state for state in saved.values())
 
 
 MULTI_OBJECTIVE = ("optuna", "nsga2")  # the searchers that rank by several objectives (Optuna's)
