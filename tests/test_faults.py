@@ -35,11 +35,14 @@ def trials_of(run_dir):
 
 @pytest.fixture(scope="module")
 def drilled(faults_file, tmp_path_factory):
-    """relu crashes once at epoch 2; tanh crashes at epoch 2 every time (1 run + 2 retries)."""
+    """relu crashes once at epoch 2; tanh crashes at epoch 2 every time (1 run + 2 retries). A checkpoint every
+    epoch (--checkpoint-every-s 0), so that the retry starts from epoch 1's and --keep-checkpoints has a choice
+    (tests/test_checkpoint_cadence.py drills the default cadence)."""
     faults_file.write_text(json.dumps([{"epoch": 2, "times": 1, "where": {"activation": "relu"}},
                                        {"epoch": 2, "times": 99, "where": {"activation": "tanh"}}]))
     runs = tmp_path_factory.mktemp("runs")
-    code = search.main(argv(runs, "--max-failures", "2", "--keep-checkpoints", "1"))
+    code = search.main(argv(runs, "--max-failures", "2", "--keep-checkpoints", "1",
+                            "--checkpoint-every-s", "0"))
     injected = Path(str(faults_file) + ".log").read_text().split()
     return code, runs / "drill", injected
 
@@ -53,6 +56,8 @@ def test_a_crash_is_retried_from_the_checkpoint_and_changes_nothing(drilled, dig
     assert sum(line.startswith("0:") for line in injected) == 1  # crashed once
     rows = history[history["trial_id"] == relu["trial_id"]]
     assert rows["epoch"].tolist() == [1, 2, 3]
+    results = next(run_dir.glob(f"*{relu['trial_id']}*/result.json")).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in results] == [1, 2, 3]  # the retry began at epoch 1's checkpoint
     # the same configuration trained without a crash, one thread as the trial had: identical numbers
     torch.set_num_threads(1)
     try:

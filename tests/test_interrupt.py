@@ -25,6 +25,10 @@ def cli(*args):
 
 
 def start(tmp_path: Path, name: str, *extra, env: dict | None = None, wrap=list) -> subprocess.Popen:
+    """The sweep as a command. Ray copies the trials' results into the run directory whenever it saves the
+    experiment state: every second here (TUNE_GLOBAL_CHECKPOINT_S), so that the tests see a trial's epochs as
+    they come; Ray's own period is 10 s or more, which these sweeps would outrun."""
+    env = {"TUNE_GLOBAL_CHECKPOINT_S": "1", **(env or {})}
     return subprocess.Popen(
         wrap(cli("--space", "digits", "--num-samples", "4", "--max-epochs", "6", "--set", "epochs=6", "--searcher",
                  "random", "--scheduler", "fifo", "--cpus-per-trial", "1", "--storage-path", str(tmp_path / "runs"),
@@ -130,7 +134,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
     # signal, Ctrl+C finds it part-way with three checkpoints
     faults = tmp_path / "faults.json"
     faults.write_text(json.dumps([{"epoch": 4, "times": 1, "kind": "hang"}]))
-    proc = start(tmp_path, "torn", "--max-concurrent", "1", "--set", "seed=3", env={FAULTS_ENV: str(faults)})
+    proc = start(tmp_path, "torn", "--max-concurrent", "1", "--set", "seed=3", "--checkpoint-every-s", "0",
+                 env={FAULTS_ENV: str(faults)})  # a checkpoint every epoch: three of them by epoch 3
     wait_for(lambda: any(n >= 3 for n in epochs_done(run_dir).values()), what="three epochs of a trial")
     os.killpg(proc.pid, signal.SIGINT)
     proc.communicate(timeout=240)

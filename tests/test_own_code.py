@@ -209,7 +209,8 @@ def test_own_trainable_with_load_data_resumes_after_a_crash_and_retrains(in_proj
     faults.write_text(json.dumps([{"epoch": 3, "times": 1, "kind": "crash"}]))
     monkeypatch.setenv(FAULTS_ENV, str(faults))
     runs = tmp_path / "runs"
-    code = search.main(args("--space", "fit_space", "--max-failures", "0", name="own", storage=runs))
+    code = search.main(args("--space", "fit_space", "--max-failures", "0", "--checkpoint-every-s", "0", name="own",
+                            storage=runs))  # a checkpoint every epoch: the resumed trials continue from epoch 2
     run_dir = runs / "own"
     trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
     # every trial crashed at epoch 3 (the drill) and was not retried: no trial finished, the sweep says so

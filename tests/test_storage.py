@@ -92,10 +92,11 @@ def read_parquet(uri: str):
 
 @pytest.fixture(scope="module")
 def crashed(s3):
-    """Every trial crashes once at epoch 2 and, with --max-failures 0, ends as error."""
+    """Every trial crashes once at epoch 2 and, with --max-failures 0, ends as error, after its epoch-1 checkpoint."""
     s3["drill"].write_text(json.dumps([{"epoch": 2, "times": 1}]))
     uri = f"s3://{BUCKET}/runs/crashy"
-    code = search.main(argv("--storage-path", f"s3://{BUCKET}/runs", "--name", "crashy", "--max-failures", "0"))
+    code = search.main(argv("--storage-path", f"s3://{BUCKET}/runs", "--name", "crashy", "--max-failures", "0",
+                            "--checkpoint-every-s", "0"))  # a checkpoint every epoch: epoch 1's reaches S3
     return code, uri, s3_files("runs/crashy")
 
 

@@ -344,7 +344,7 @@ class EarlyStopping:
 
 
 def fit(config: dict, data: dict, reporter) -> None:
-    """Train one configuration, reporting METRICS and a checkpoint every epoch.
+    """Train one configuration, reporting METRICS and the state to continue from every epoch.
 
     A NaN/inf training loss, or one above ``diverge_loss``, ends the trial after reporting
     that epoch with ``diverged: True`` and ``val_acc`` 0.0, so searchers rank it last. Early stopping

@@ -3,7 +3,7 @@
 Forward and backward passes, losses, initialisations and optimizers (those in
 ``trainables.numpy_optimizers``) are spelled out by hand: no autograd, no framework
 layers. ``fit(config, data, reporter)`` keeps image_classifier's contract: the same
-METRICS every epoch, a checkpoint with every report, exact resume, ``diverged`` on a
+METRICS every epoch, the state to continue from with every report, exact resume, ``diverged`` on a
 NaN/inf loss (or one above ``diverge_loss``).
 
 Parameters are a flat list ``[W1, b1, W2, b2, ...]``; a batch is a matrix of rows, so a
@@ -343,7 +343,7 @@ def train_epoch(params, opt: Optimizer, inputs: Inputs, x_uint8, y, cfg: dict, r
 
 
 def fit(config: dict, data: dict, reporter) -> None:
-    """Train one configuration, reporting METRICS and a checkpoint every epoch.
+    """Train one configuration, reporting METRICS and the state to continue from every epoch.
 
     ``train_loss`` is the objective minimised (mean loss + L2 term); ``val_loss`` is the
     configured loss alone. A NaN/inf training loss (or one above ``diverge_loss``) ends the

@@ -32,6 +32,16 @@ from trainables.catalog import TRAINABLES
 from tune_app.errors import UsageError
 
 
+def planned_epochs(get: Callable[[str], Any]) -> int | None:
+    """The epochs a trial is planned to run, from its config (``get(key)``): ``epochs`` capped by ``max_epochs``
+    (0: no cap), as rundir.reader counts ``target_epochs``; ``max_epochs`` alone for a trainable without an epochs
+    key; None when the config names neither."""
+    epochs, cap = get("epochs"), get("max_epochs")
+    if not epochs:
+        return int(cap) if cap else None
+    return int(min(epochs, cap or epochs))
+
+
 @runtime_checkable
 class Trainable(Protocol):
     """The trainable as tune_app uses it: the same members whether it is built in or the user's."""

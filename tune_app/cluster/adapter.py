@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -57,11 +58,38 @@ def inject_faults(config: dict, epoch: int) -> None:
             raise FaultDrill(what.format("crashes"))
 
 
-class RayReporter:
-    """``report`` becomes ``tune.report`` with a checkpoint; ``restore`` reads ``tune.get_checkpoint``."""
+@dataclass(frozen=True)
+class Cadence:
+    """Which of a trial's reports carry a checkpoint (``--checkpoint-every-s``): those at the scheduler's decision
+    epochs (``epochs``: ASHA's rungs, PBT's perturbations; None: every epoch, as HyperBand, which pauses trials at
+    milestones that differ by bracket, needs), the trial's last epoch (its planned epochs, else ``max_epochs``, or
+    a report that says ``early_stopped`` or ``diverged``), and the first report after ``every_s`` seconds since the
+    trial's last checkpoint (or its start in this process); ``every_s`` 0: every report. A resumed or retried
+    trial continues from its last checkpoint, so it trains again at most about ``every_s`` seconds of epochs."""
 
-    def __init__(self, config: dict | None = None) -> None:
+    every_s: float = 30.0
+    epochs: tuple[int, ...] | None = ()
+    max_epochs: int | None = None
+
+    def due(self, config: dict, metrics: dict, seconds: float) -> bool:
+        from tune_app.trainable import planned_epochs
+
+        if self.epochs is None or self.every_s <= 0 or seconds >= self.every_s:
+            return True
+        epoch = metrics.get("epoch")
+        last = planned_epochs(config.get) or self.max_epochs
+        return bool(metrics.get("early_stopped") or metrics.get("diverged") or epoch in self.epochs
+                    or (last is not None and epoch is not None and epoch >= last))
+
+
+class RayReporter:
+    """``report`` becomes ``tune.report``, with a checkpoint when the ``Cadence`` says so; ``restore`` reads
+    ``tune.get_checkpoint``."""
+
+    def __init__(self, config: dict | None = None, cadence: Cadence = Cadence(every_s=0)) -> None:
         self.config = config or {}
+        self.cadence = cadence
+        self.saved_at = time.monotonic()  # when this process last wrote the trial's checkpoint (or began)
         self.reports = 0
         self.first_epoch = None  # the epochs a restored trial had reported before (for trainables without "epoch")
         self.note = None  # said with the first report after a restore from an older checkpoint
@@ -118,6 +146,9 @@ class RayReporter:
                    "device_s": self.device_s}
         if self.note:
             metrics[RESTORE_NOTE], self.note = self.note, None
+        if not self.cadence.due(self.config, metrics, time.monotonic() - self.saved_at):
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as path:
             # written whole, then renamed: a crash mid-write never leaves a cut-short state.pt to resume from
             torch.save(state, os.path.join(path, STATE_FILE + ".part"))
@@ -127,14 +158,15 @@ class RayReporter:
             with open(os.path.join(path, DEVICE_FILE), "w") as f:
                 f.write(repr(self.device_s))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
+        self.saved_at = time.monotonic()
 
 
-def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1):
+def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1, cadence: Cadence = Cadence(every_s=0)):
     """A Ray function trainable around the ``fit`` that ``ref`` ("module:function") names; ``data`` arrives
     through ``tune.with_parameters``. ``fit`` is imported in the worker, by name, so the user's code is found
     there: shipped by Ray's runtime_env, or, when tune_app did not start Ray, from ``code_paths`` where this
     machine has them. ``repeats`` > 1: each trial trains its configuration that many times and reports the mean
-    (tune_app.repeats)."""
+    (tune_app.repeats). ``cadence``: which reports carry a checkpoint."""
     module_name, attr = ref.split(":")
 
     def trainable(config: dict, data) -> None:
@@ -146,9 +178,9 @@ def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1):
         if repeats > 1:
             from tune_app.repeats import fit_repeats
 
-            fit_repeats(fit, config, data, RayReporter(config), repeats)
+            fit_repeats(fit, config, data, RayReporter(config, cadence), repeats)
         else:
-            fit(config, data, RayReporter(config))
+            fit(config, data, RayReporter(config, cadence))
 
     trainable.__name__ = module_name.rsplit(".", 1)[-1] if attr == "fit" else attr.rsplit(".", 1)[-1]
     return trainable

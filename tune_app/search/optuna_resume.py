@@ -8,6 +8,7 @@ import math
 import optuna as _optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from tune_app import trainable
 from tune_app.cluster import ray_private
 
 TRIAL_ID = "trial_id"  # the user attribute that names an Optuna trial's Ray trial (its summary row)
@@ -15,15 +16,10 @@ TrialState = _optuna.trial.TrialState
 
 
 def planned_epochs(result: dict) -> int | None:
-    """The epochs a trial was planned to run, from the config its result carries: ``epochs`` capped by
-    ``max_epochs`` (0: no cap), as rundir.reader counts ``target_epochs``; ``max_epochs`` alone for a trainable
-    without an epochs key; None when the config names neither."""
+    """The epochs a trial was planned to run, from the config its result carries (tune_app.trainable.planned_epochs)."""
     config = result.get("config")
-    get = config.get if isinstance(config, dict) else (lambda key: result.get(f"config/{key}"))
-    epochs, cap = get("epochs"), get("max_epochs")
-    if not epochs:
-        return int(cap) if cap else None
-    return int(min(epochs, cap or epochs))
+    return trainable.planned_epochs(config.get if isinstance(config, dict) else
+                                    (lambda key: result.get(f"config/{key}")))
 
 
 def epoch_of(result: dict) -> int:

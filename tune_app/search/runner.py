@@ -17,7 +17,7 @@ from tune_app.cluster.session import check_shared_storage, join_ray
 from tune_app.errors import UsageError
 from tune_app.rundir.layout import SPEC_FILE
 from tune_app.rundir.reader import trial_counts
-from tune_app.search.tuner import check_wandb_runs, new_tuner
+from tune_app.search.tuner import check_wandb_runs, checkpoint_cadence, new_tuner
 from tune_app.sweep_data import OwnData, check_models, load_data
 from tune_app.usercode import local_paths
 
@@ -233,7 +233,8 @@ def run_on_ray(spec: dict, resume: bool, space, config: dict, points: list, data
 
         (run_dir / PLAN_FILE).write_text(json.dumps(rows, indent=1))
     trainable = tune.with_resources(tune.with_parameters(
-        ray_trainable(space.trainable.ref, local_paths(spec.get("code")), settings.get("repeats", 1)),
+        ray_trainable(space.trainable.ref, local_paths(spec.get("code")), settings.get("repeats", 1),
+                      checkpoint_cadence(settings)),
         data=dataset.sweep_view()), resources)
     uploads = ()
     if run_uri:

@@ -166,6 +166,32 @@ class OomRetry(Callback):
         print(f"tune_app: trial {trial} ran out of GPU memory on {held:g} GPU; retrying it on {more:g}", flush=True)
 
 
+def checkpoint_cadence(settings: dict):
+    """Which reports of a trial carry a checkpoint (cluster.adapter.Cadence): every ``checkpoint_every_s`` seconds,
+    at the trial's last epoch, and at the epochs where the scheduler decides on it: ASHA's rungs (``grace_period``
+    times powers of ``reduction_factor``, as Ray's ASHA places them, and ``max_epochs``) and PBT's perturbations
+    (multiples of ``grace_period``, where PBT copies a trial's latest checkpoint to another); every epoch for
+    HyperBand (it pauses a trial at a milestone that depends on its bracket, and the trial continues from the
+    checkpoint taken there). FIFO and median stopping decide nothing that needs a checkpoint."""
+    from tune_app.cluster.adapter import Cadence
+
+    every_s, top = float(settings.get("checkpoint_every_s", 30)), int(settings["max_epochs"])
+    scheduler = settings["scheduler"]
+    if scheduler in ("fifo", "median"):
+        epochs = ()
+    elif scheduler == "asha":
+        grace, factor, epochs = min(settings["grace_period"], top), settings["reduction_factor"], {top}
+        while grace <= top:
+            epochs.add(int(grace))
+            grace *= factor
+        epochs = tuple(sorted(epochs))
+    elif scheduler in ("pbt", "pb2"):
+        epochs = tuple(range(settings["grace_period"], top + 1, settings["grace_period"]))
+    else:
+        epochs = None
+    return Cadence(every_s=every_s, epochs=epochs, max_epochs=top)
+
+
 def checkpoint_config(settings: dict, metric: str, mode: str):
     """The best ``keep_checkpoints`` checkpoints of a trial by the sweep's metric; Ray always keeps the latest as
     well, which resumes and retries start from. PBT copies the latest of other trials: it keeps at least 4."""
