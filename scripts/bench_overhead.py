@@ -5,7 +5,8 @@
     python scripts/bench_overhead.py --set epochs=20 --scheduler fifo --num-samples 10   # any sweep of digits
 
 Runs one sweep of the digits space through tune_app's own command (``tune_app.search.main``, Optuna +
-ASHA as the quickstart, ``--max-concurrent`` 2 at 1 CPU a trial, W&B off) in this process, timing it
+ASHA as the quickstart, 1 CPU a trial and as many at once as the machine's CPUs, as the quickstart runs them,
+unless ``--concurrency N`` passes ``--max-concurrent N``; W&B off) in this process, timing it
 from the call until it returns, Ray's start and the final analysis (tables, plots, report.html)
 included. The baseline is the ideal, measured in the same run: the trials' training time, the sum of
 ``epoch_time_s`` in summary/history.parquet (each epoch's training and validation), divided by the
@@ -17,9 +18,10 @@ driver with a Ray Tune callback (put in the slot of the ``--trial-timeout`` watc
 when it was created, when it started (its actor up), when its results arrived, when it ended.
 Inside ``Tuner.fit`` each trial slot's time is: training; the trial's setup in its actor (Ray's own
 ``time_this_iter_s`` of the first result less the first epoch: the dataset from the object store,
-the model, the first checkpoint); the rest of the time from its actor being up to the driver
+the model, the first report); the rest of the time from its actor being up to the driver
 receiving its first result (Ray starting the function, delivering the result, a busy driver); each
-further epoch's report and checkpoint (the time between results less the epoch's own time); the
+further epoch's report, with a checkpoint where one is due (``--checkpoint-every-s``: the scheduler's decision
+epochs, the last epoch, every 30 s) (the time between results less the epoch's own time); the
 trial's end; between trials, the wait for the searcher to create the next trial and for its actor
 (the last trial's actor stops, a new worker process starts and imports torch and the trainable);
 and the tail, slots with no trial left. Slot-seconds are divided by the concurrency to add up to
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import shutil
 import statistics
 import sys
@@ -157,7 +160,7 @@ def breakdown(clock: Clock, events: dict, history, concurrency: int, t0: float, 
         heapq.heappush(free, stop)
         busy += stop - e["start"]
         # Ray's time_this_iter_s of the first result: from the actor's first train call to the first report,
-        # measured in the actor; less the epoch, it is fit's setup and the first checkpoint.
+        # measured in the actor; less the epoch, it is fit's setup and the first report.
         inside = e.get("first_iter_s") or own.get(first_epoch, 0.0)
         setups.append(inside - own.get(first_epoch, 0.0))
         slot["setup"] += setups[-1]
@@ -190,7 +193,8 @@ def breakdown(clock: Clock, events: dict, history, concurrency: int, t0: float, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-samples", type=int, help="trials (default 20, the quickstart's; --quick 4)")
-    p.add_argument("--concurrency", type=int, default=2, help="--max-concurrent, 1 CPU a trial (default 2)")
+    p.add_argument("--concurrency", type=int,
+                   help="--max-concurrent N, 1 CPU a trial (default: none, as the quickstart: one trial per CPU)")
     p.add_argument("--searcher", default="optuna")
     p.add_argument("--scheduler", default="asha")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -201,6 +205,7 @@ def main() -> None:
     p.add_argument("--no-reuse-actors", action="store_true",
                    help="a fresh worker process per trial (tune_app's --no-reuse-actors), to compare with the default")
     args = p.parse_args()
+    concurrency = args.concurrency or os.cpu_count()  # trials at once: Ray's local cluster has every CPU
     from tune_app.cluster import console
 
     console.quiet()  # Ray's console settings, before Ray is imported
@@ -211,7 +216,8 @@ def main() -> None:
     storage.mkdir(parents=True, exist_ok=True)
     name = f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
     argv = ["--space", "digits", "--searcher", args.searcher, "--scheduler", args.scheduler, "--num-samples", str(n),
-            "--max-concurrent", str(args.concurrency), "--cpus-per-trial", "1", "--seed", str(args.seed),
+            *(["--max-concurrent", str(args.concurrency)] if args.concurrency else []),
+            "--cpus-per-trial", "1", "--seed", str(args.seed),
             *[a for o in overrides for a in ("--set", o)], *(["--max-epochs", "3"] if args.quick else []),
             "--wandb-mode", "disabled", "--storage-path", str(storage), "--name", name,
             *(["--no-reuse-actors"] if args.no_reuse_actors else [])]
@@ -224,11 +230,11 @@ def main() -> None:
     import pandas as pd
 
     history = pd.read_parquet(storage / name / "summary" / "history.parquet")
-    b = breakdown(clock, events, history, args.concurrency, t0, t1)
-    ideal = b["train_sum"] / args.concurrency
+    b = breakdown(clock, events, history, concurrency, t0, t1)
+    ideal = b["train_sum"] / concurrency
     parts = b["parts"]
     print(f"{b['trials']} trials, {b['epochs']} epochs (median {b['epoch_median']:.3f} s each), "
-          f"{args.searcher} + {args.scheduler}, {args.concurrency} at a time (measured mean "
+          f"{args.searcher} + {args.scheduler}, {concurrency} at a time (measured mean "
           f"{b['busy_concurrency']:.2f} trials running during Tuner.fit)")
     print()
     print("| sweep | wall s | trial training s (sum) | concurrency | ideal s | x ideal | overhead % | goal |")
@@ -238,7 +244,7 @@ def main() -> None:
             ("Tuner.fit alone", b["fit"]))
     for label, wall in rows:
         over = wall / ideal - 1
-        print(f"| {label} | {wall:.1f} | {b['train_sum']:.1f} | {args.concurrency} | {ideal:.1f} | "
+        print(f"| {label} | {wall:.1f} | {b['train_sum']:.1f} | {concurrency} | {ideal:.1f} | "
               f"{wall / ideal:.2f} | {100 * over:.0f} | < {100 * GOAL:.0f} %: {'PASS' if over < GOAL else 'FAIL'} |")
     print()
     labels = {
@@ -247,10 +253,10 @@ def main() -> None:
         "setup": "other setup: space, data into the object store, Tuner",
         "create": "slot free until the next trial exists (searcher, Tune)",
         "actor": f"trial's actor: last one's stop, a new worker process (median {b['actor_median']:.1f} s)",
-        "trial_setup": f"trial setup in its actor: data, model, first checkpoint (median {b['setup_median']:.1f} s)",
+        "trial_setup": f"trial setup in its actor: data, model, first report (median {b['setup_median']:.1f} s)",
         "trial_start": f"rest of actor up to first result at the driver (median {b['start_median']:.1f} s)",
         "training": "training: sum of epoch_time_s / concurrency (the ideal)",
-        "report": f"report + checkpoint after each further epoch (median {b['report_median']:.2f} s)",
+        "report": f"report (+ checkpoint where due) after each further epoch (median {b['report_median']:.2f} s)",
         "trial_end": "trial end (last result to trial complete)",
         "tail": "slots with no trial left to run (the sweep's tail)",
         "analysis": "final analysis: tables, plots, report.html",
@@ -263,7 +269,7 @@ def main() -> None:
     print(f"| total | {sum(parts.values()):.1f} | {100 * sum(parts.values()) / b['wall']:.1f} | "
           f"{sum(parts.values()) / ideal:.2f} |")
     between = ("create", "actor", "trial_setup", "trial_start", "trial_end", "tail")
-    per_trial = sum(parts[k] for k in between) * args.concurrency / max(b["trials"], 1)
+    per_trial = sum(parts[k] for k in between) * concurrency / max(b["trials"], 1)
     per_epoch = b["report_median"]
     epochs_per_trial = b["epochs"] / max(b["trials"], 1)
     need = (per_trial / epochs_per_trial + per_epoch) / GOAL

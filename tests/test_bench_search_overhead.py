@@ -59,7 +59,7 @@ def test_bench_overhead_quick_prints_the_sweep_against_its_ideal(tmp_path):
         assert cells[3] == "2" and re.match(r"^< 10 %: (PASS|FAIL)$", cells[7])
         assert float(cells[1]) > float(cells[4]) > 0  # the wall time exceeds the ideal
     for label in ("Ray start", "dataset load", "trial's actor", "trial setup in its actor", "rest of actor",
-                  "training:", "report + checkpoint", "final analysis", "total"):
+                  "training:", "report (+ checkpoint where due)", "final analysis", "total"):
         cells = table_row(out, label)
         assert all(NUMBER.match(c) for c in cells[1:]), cells
     assert table_row(out, "total")[2] == "100.0"  # the parts add up to the wall time
