@@ -45,16 +45,24 @@ def test_every_searcher_is_covered():
 
 
 @pytest.mark.parametrize("searcher", SEARCHERS.names())
-def test_every_searcher_completes_a_sweep(searcher, ray_local, tmp_path):
+def test_every_searcher_completes_a_sweep_with_both_cores_busy_and_one_worker_each(searcher, ray_local, tmp_path):
+    """4 trials of 1 CPU on 2 CPUs: two at a time (search.runner.pending_trials keeps as many trials waiting as
+    run), trained by two worker processes, Ray Tune's trial actors reused from trial to trial."""
+    four = ["--set", "activation=[relu,tanh]"] if searcher == "grid" else ["--num-samples", "4"]
     code, trials, best = sweep(tmp_path, "--searcher", searcher, "--scheduler", scheduler_for(searcher),
-                               *SEARCHER_ARGS[searcher])
+                               *SEARCHER_ARGS[searcher], *four, "--set", "epochs=1")
     assert code == 0
-    assert len(trials) == 2 and (trials["status"] == "completed").all() and (trials["epochs"] == 2).all()
+    assert len(trials) == 4 and (trials["status"] == "completed").all() and (trials["epochs"] == 1).all()
     assert best["searcher"] == searcher and best["trial_id"] in set(trials["trial_id"])
     if searcher == "grid":
-        assert sorted(trials["config/lr"]) == [0.001, 0.003]
+        assert sorted(trials["config/lr"]) == [0.001, 0.001, 0.003, 0.003]
     else:
-        assert trials["config/lr"].nunique() == 2  # sampled, not a default
+        assert trials["config/lr"].nunique() == 4  # sampled, not a default
+    spans = report_spans(tmp_path / "s")
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), spans  # two trials trained at once
+    pids = {json.loads(line)["pid"] for folder in (tmp_path / "s").glob("digits_cnn_*")
+            for line in (folder / "result.json").read_text().splitlines() if line.strip()}
+    assert len(pids) == 2, pids  # not a process per trial
 
 
 def scheduler_for(searcher: str) -> str:
