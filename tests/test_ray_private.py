@@ -251,6 +251,21 @@ def test_a_hyperband_bracket_holds_no_trial_but_in_the_fields_its_state_maps_by_
     assert set(ray_private.HYPERBAND_TRIAL_FIELDS) <= set(bracket)
 
 
+def test_a_resumed_trial_is_not_paused_by_a_decision_tune_saved_for_its_last_run(ray_local, tmp_path):
+    """Tune's controller keeps the decision it is to carry out on a trial once the trial's save resolves (HyperBand's
+    PAUSE) in the experiment state it saves, so a sweep resumed after Ctrl+C caught a trial being paused would pause
+    it again at its first checkpoint, behind the restored brackets' back: forget_cached_decision drops it, through
+    what Tune hands a scheduler."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.tune_controller import TuneController
+
+    controller = TuneController(storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="x"))
+    controller._cached_trial_decisions.update(t0="PAUSE", t1="STOP")
+    assert controller.__getstate__()["_cached_trial_decisions"] == {"t0": "PAUSE", "t1": "STOP"}  # saved with it
+    ray_private.forget_cached_decision(controller._wrapped(), "t0")
+    assert controller._cached_trial_decisions == {"t1": "STOP"}
+
+
 def test_ray_tune_keeps_as_many_trials_waiting_as_the_sweep_runs_at_once(monkeypatch):
     """Ray Tune reads TUNE_MAX_PENDING_TRIALS_PG as its controller is made: one waiting trial for a searcher by
     itself, as many as tune_app.search.runner.pending_trials says during a sweep, Ray's own choice again after."""

@@ -224,3 +224,12 @@ def set_hyperband_state(scheduler, state: dict, trials) -> int:
             last = trial.last_result
             held._live_trials[trial] = last if last and held._time_attr in last else None
     return sum(t in by_id for t in state["trial_info"])
+
+
+def forget_cached_decision(tune_controller, trial_id: str) -> None:
+    """Drop the decision (PAUSE, STOP) Tune's controller was to carry out on a trial once its save resolved. The
+    controller keeps these in its experiment state, so a trial that Ctrl+C caught while HyperBand was pausing it
+    would be paused again, behind the restored scheduler's back, at its first checkpoint after --resume: never
+    to run again. ``tune_controller``: what Tune hands a scheduler (a wrapper around the controller)."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    controller._cached_trial_decisions.pop(trial_id, None)

@@ -252,6 +252,8 @@ class ResumedStatus:
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
+        if self.resumed_status and tune_controller is not None:  # re-added by --resume: see forget_cached_decision
+            ray_private.forget_cached_decision(tune_controller, trial.trial_id)
         status = self.resumed_status.get(trial.trial_id)
         if status and trial.status == Trial.PENDING:
             trial.set_status(status)  # before Tune files the trial by its status
