@@ -172,3 +172,106 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == NUM_SAMPLES and "RUNNING" not in states
     assert len(states) == NUM_SAMPLES + states.count("FAIL") and states.count("FAIL") <= (how == "sigkill")
+
+
+def last_epochs(run_dir: Path) -> dict[str, int]:
+    return {trial_id(p.name): max((r["epoch"] for r in results(p)), default=0) for p in trial_dirs(run_dir)}
+
+
+def paused_mid_bracket(run_dir: Path, max_epochs: int) -> set[str]:
+    """Trials Ray's experiment state records as PAUSED before their last epoch: waiting at a bracket's milestone."""
+    epochs = last_epochs(run_dir)
+    return {t for t, status in ray_statuses(run_dir).items()
+            if status == "PAUSED" and 0 < epochs.get(t, 0) < max_epochs}
+
+
+def saved_brackets(run_dir: Path) -> dict | None:
+    """HyperBand's brackets in Ray's newest callback checkpoint (algorithms.HyperBandState's), or None."""
+    try:
+        states = newest_state(run_dir, "callback-states-*.pkl")
+    except Exception:  # none yet
+        return None
+    return next((c for c in states.values() if c and "bands" in c), None)
+
+
+def waiting(run_dir: Path, saved: dict) -> set[str]:
+    """The trials paused at a milestone of a bracket that has not let them go (Ray's experiment state still calls
+    PAUSED a trial stopped while paused)."""
+    return paused_mid_bracket(run_dir, 9) - set(saved["done"])
+
+
+# Epochs each of 17 trials trains with max_t 9 and digits' reduction factor 3, in three brackets: 3 trials trained
+# to 9 epochs; 5 trained to 3, the best 2 of them on to 9; 9 trained to 1, the best 3 on to 3, the best of those
+# to 9 (Ray's HyperBand fills the smallest bracket first, BOHB's the largest: the same brackets).
+BRACKET_EPOCHS = [1] * 6 + [3] * 5 + [9] * 6
+
+
+@pytest.mark.parametrize("searcher, scheduler", [("random", "hyperband"), ("bohb", "bohb")])
+def test_sweep_interrupted_with_trials_paused_in_brackets_resumes_them_at_their_milestones(tmp_path, searcher,
+                                                                                          scheduler):
+    """Ctrl+C after a bracket has halved (stopping its worst trials) while HyperBand (or BOHB's) holds trials
+    paused at a bracket's milestone; --resume puts back the brackets (algorithms.HyperBandState) and the paused
+    trials in them, PAUSED: each waits for its bracket's halving as before and continues from its milestone's
+    checkpoint, no stopped trial runs again, and every trial trains the epochs an uninterrupted sweep gives.
+    (Brackets rebuilt afresh would hold the finished trials, waiting forever for them, and run the paused ones
+    past their milestone.)"""
+    if scheduler == "bohb":
+        pytest.importorskip("hpbandster")
+    run_dir = tmp_path / "runs" / "brackets"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Ray's state seen as it goes
+    proc = subprocess.Popen(
+        cli("--space", "digits", "--num-samples", "17", "--set", "epochs=9", "--set", "batch_size=32",
+            "--max-epochs", "9", "--searcher", searcher, "--scheduler", scheduler, "--cpus-per-trial", "1",
+            "--storage-path", str(tmp_path / "runs"), "--name", "brackets"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (
+            (saved := saved_brackets(run_dir)) and saved["num_stopped"] and waiting(run_dir, saved)):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    saved = saved_brackets(run_dir)
+    paused = waiting(run_dir, saved)
+    assert paused and saved["num_stopped"] > 0, ray_statuses(run_dir)
+    assert paused <= set(saved["waiting"])
+    before = {trial_id(p.name): (p / "result.json").read_bytes() for p in trial_dirs(run_dir)
+              if (p / "result.json").exists()}
+    milestones = {t: result["epoch"] for band in saved["bands"] for b in band if b  # each trial's last report, as
+                  for t, result in b["_live_trials"].items() if result}  # its bracket holds it
+
+    resumed = subprocess.run(cli("--resume", str(run_dir)), capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    trials = pq.read_table(run_dir / "summary" / "trials.parquet").to_pandas()
+    assert len(trials) == 17 and set(trials["status"]) <= {"completed", "stopped"}
+    # (Ray's experiment state leaves a trial stopped while paused PAUSED; none is left running or waiting to run)
+    assert set(ray_statuses(run_dir).values()) <= {"TERMINATED", "PAUSED"} and len(ray_statuses(run_dir)) == 17
+    depth = dict(zip(trials["trial_id"], trials["epochs"]))
+    assert sorted(depth.values()) == BRACKET_EPOCHS
+    for trial in trial_dirs(run_dir):
+        tid, rows = trial_id(trial.name), results(trial)
+        by_epoch = {}
+        for r in rows:  # a trial running at Ctrl+C trains again, identically, the epochs after its last checkpoint
+            if r["epoch"] in by_epoch:
+                assert (r["train_loss"], r["val_acc"]) == by_epoch[r["epoch"]], trial.name
+            by_epoch[r["epoch"]] = (r["train_loss"], r["val_acc"])
+        # (each time a trial starts again, unpaused or resumed, Ray copies its result.json back from the run
+        # directory, which can drop a row reported since the last copy there: a row may be missing, none added)
+        assert max(by_epoch) == depth[tid] and set(by_epoch) <= set(range(1, depth[tid] + 1)), trial.name
+        if tid in saved["done"]:  # stopped by its bracket before Ctrl+C: it did not run again
+            assert (trial / "result.json").read_bytes() == before[tid]
+        if tid in paused:  # waited at its milestone: its rows kept, and it went on from its milestone's checkpoint
+            assert (trial / "result.json").read_bytes().startswith(before[tid])
+            old = [json.loads(line) for line in before[tid].decode().splitlines() if line.strip()]
+            milestone, new = milestones[tid], rows[len(old):]
+            assert milestone in (1, 3) and (new != []) == (depth[tid] > milestone), trial.name
+            assert all(r["epoch"] > milestone for r in new), trial.name  # nothing up to it trained again
+            # each restore's checkpoint: the epoch before the restored trial's first report
+            assert all(r["epoch"] - r["iterations_since_restore"] >= milestone for r in new), trial.name
+    brackets = saved_brackets(run_dir)
+    held = [b for band in brackets["bands"] for b in band if b]
+    assert sorted(len(b["_all_trials"]) for b in held) == [3, 5, 9]
+    assert all(b["_live_trials"] == {} and b["_halves"] == 0 for b in held)
+    assert brackets["num_stopped"] == 6 + 2 + 3  # the worst at each halving
