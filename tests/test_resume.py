@@ -64,10 +64,10 @@ def newest_state(run_dir: Path, pattern: str):
                                                       ("ctrl_c", "random", "pb2")])
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how, searcher, scheduler):
     run_dir = tmp_path / "runs" / "resumable"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    epochs = 3
-    if scheduler == "pb2":  # two perturbations each; and with no searcher to wait for, the trials follow each other
-        epochs, env["TUNE_GLOBAL_CHECKPOINT_S"] = 6, "1"  # so fast that Ray's state must be saved often to be seen
+    # Ray copies the trials' results into the run directory when it saves its experiment state: every second here,
+    # so that the test sees trials finish as they do (Ray's own period, 10 s or more, is longer than these sweeps)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    epochs = 6 if scheduler == "pb2" else 3  # pb2: two perturbations each
     proc = subprocess.Popen(
         cli("--space", "digits", "--num-samples", str(NUM_SAMPLES), "--set", f"epochs={epochs}", "--max-epochs",
             str(epochs),
