@@ -89,7 +89,7 @@ class RayReporter:
     def __init__(self, config: dict | None = None, cadence: Cadence = Cadence(every_s=0)) -> None:
         self.config = config or {}
         self.cadence = cadence
-        self.saved_at = time.monotonic()  # when this process last wrote the trial's checkpoint (or began)
+        self.saved_at = time.monotonic()  # when the report of the trial's last checkpoint came (or this process began)
         self.reports = 0
         self.first_epoch = None  # the epochs a restored trial had reported before (for trainables without "epoch")
         self.note = None  # said with the first report after a restore from an older checkpoint
@@ -146,9 +146,11 @@ class RayReporter:
                    "device_s": self.device_s}
         if self.note:
             metrics[RESTORE_NOTE], self.note = self.note, None
-        if not self.cadence.due(self.config, metrics, time.monotonic() - self.saved_at):
+        now = time.monotonic()  # the interval is between reports, not counting the time tune.report waits for Ray
+        if not self.cadence.due(self.config, metrics, now - self.saved_at):
             tune.report(metrics)
             return
+        self.saved_at = now
         with tempfile.TemporaryDirectory() as path:
             # written whole, then renamed: a crash mid-write never leaves a cut-short state.pt to resume from
             torch.save(state, os.path.join(path, STATE_FILE + ".part"))
@@ -158,7 +160,6 @@ class RayReporter:
             with open(os.path.join(path, DEVICE_FILE), "w") as f:
                 f.write(repr(self.device_s))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
-        self.saved_at = time.monotonic()
 
 
 def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1, cadence: Cadence = Cadence(every_s=0)):
