@@ -67,7 +67,7 @@ def test_trials_spread_over_the_nodes_and_gpu_trials_only_on_the_gpu_node(nodes,
 def test_a_worker_removed_mid_sweep_has_its_trials_finished_elsewhere(nodes, tmp_path):
     cluster, cpu, gpu = nodes
     proc = sweep(cluster, tmp_path, "lose", "--searcher", "random", "--num-samples", "4", "--set", "epochs=8",
-                 "--max-epochs", "8", "--max-failures", "3", wait=False)
+                 "--max-epochs", "8", "--max-failures", "3", "--checkpoint-every-s", "0", wait=False)  # each epoch
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         on_cpu = [rows for rows in reports(tmp_path / "lose").values() if rows and rows[-1]["node_id"] == cpu.node_id]

@@ -120,11 +120,12 @@ def test_a_bad_gpus_value_is_one_line(capsys):
 
 
 def test_a_trial_that_runs_out_of_gpu_memory_is_retried_on_a_larger_share(fake_gpus, tmp_path, capsys):
-    """The batch-128 trial runs out of (CUDA) memory once, at epoch 2: it is retried from its checkpoint on
+    """The batch-128 trial runs out of (CUDA) memory once, at epoch 2: it is retried from its epoch-1 checkpoint (one
+    every epoch here) on
     twice its share of the GPU and completes; the other trial keeps its share."""
     fake_gpus.write_text(json.dumps([{"epoch": 2, "times": 1, "kind": "oom", "where": {"batch_size": 128}}]))
     try:
-        assert auto_sweep(tmp_path, "--set", "epochs=3", "--max-failures", "1") == 0
+        assert auto_sweep(tmp_path, "--set", "epochs=3", "--max-failures", "1", "--checkpoint-every-s", "0") == 0
     finally:
         fake_gpus.write_text("[]")
     run_dir = tmp_path / "auto"

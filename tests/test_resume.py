@@ -163,15 +163,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         assert all(t["last_perturbation_time"] == 6 and t["last_score"] is not None for t in pbt["trials"].values())
         return
     # Optuna's study (TPE's, or the GP sampler's) came back with the sweep: one completed study trial per sweep
-    # trial. A hard kill can land after the study began a trial Ray had not yet recorded; that one is marked failed
-    # on resume.
+    # trial. A hard kill can land after the study began a trial Ray had not yet recorded (the orphan folder above):
+    # that one is marked failed on resume, or stays complete if it finished before the kill (Ray saves its state
+    # every second here; the journal is written as it goes).
     import optuna
 
     study = optuna.load_study(study_name="resumable", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))))
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == NUM_SAMPLES and "RUNNING" not in states
-    assert len(states) == NUM_SAMPLES + states.count("FAIL") and states.count("FAIL") <= (how == "sigkill")
+    assert states.count("COMPLETE") >= NUM_SAMPLES and states.count("COMPLETE") + states.count("FAIL") == len(states)
+    assert len(states) - NUM_SAMPLES <= (how == "sigkill")  # at most that one trial besides the sweep's
 
 
 def last_epochs(run_dir: Path) -> dict[str, int]:
