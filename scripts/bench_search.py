@@ -12,7 +12,8 @@ trains to the same numbers in every sweep and a searcher can only find, never be
 best (checked: every FIFO trial must repeat the grid's number for its configuration).
 
 Step 2 runs random+FIFO, Optuna+FIFO, Optuna+ASHA, HyperOpt+ASHA, Optuna's GP and CMA-ES with FIFO, and
-BOHB (with its own HyperBand, on ASHA's trial budget) with several searcher seeds
+BOHB (with its own HyperBand, on ASHA's trial budget), and NSGA-II with FIFO (its two objectives val_acc and
+``params``, the model's size; the table judges it on val_acc alone) with several searcher seeds
 (``--seed``; each seed is its own sweep) over the same discrete domains (the same lists,
 as choices) and reports, per method, the best validation accuracy the sweep selects (each
 trial's last epoch, the summary's own rule) and the epochs it trained (rows of
@@ -23,7 +24,8 @@ trains every trial to E, so it gets floor(n_configs / 4) trials (6: 60 epochs, 2
 5.5 epochs a trial (12 trials). That figure was measured in a pilot on other searcher seeds (100
 and 101, 18 trials a sweep): asynchronous halving trained 3.3 to 6.7 epochs a trial, far more
 than the 2.4 of synchronous successive halving, because a trial that reaches a rung early is
-promoted with few others to compare against.
+promoted with few others to compare against. PB2 is not among them: it tunes ranges of lr, weight
+decay or momentum as trials train, and this space's values are lists, the grid's.
 
 Every sweep goes through tune_app's own command (``tune_app.search.main(argv)``) in this one
 process, so Ray starts once; each writes into a temporary ``--storage-path`` and is read
@@ -57,7 +59,10 @@ ASHA_EPOCHS_PER_TRIAL = 5.5  # grace 1, reduction factor 3, E 10: 3.3 to 6.7 in 
 METHODS = (("random+fifo", "random", "fifo"), ("optuna+fifo", "optuna", "fifo"),
            ("optuna+asha", "optuna", "asha"), ("hyperopt+asha", "hyperopt", "asha"),
            ("gp+fifo", "gp", "fifo"), ("cmaes+fifo", "cmaes", "fifo"),
-           ("bohb", "bohb", "bohb"))  # BOHB's own HyperBand: ASHA's trial budget
+           ("bohb", "bohb", "bohb"),  # BOHB's own HyperBand: ASHA's trial budget
+           ("nsga2+fifo", "nsga2", "fifo"))
+# NSGA-II needs two objectives: val_acc and the model's size, the best val_acc of its sweep is what the table shows
+OBJECTIVES = {"nsga2+fifo": ["--metric", "val_acc,params", "--mode", "max,min"]}
 FULL = {"activation": ["relu", "tanh", "sigmoid"], "optimizer": ["sgd", "adam", "rmsprop"],
         "lr": [0.001, 0.01, 0.1]}
 QUICK = {"activation": ["relu", "tanh"], "optimizer": ["sgd", "adam"], "lr": [0.01]}
@@ -199,7 +204,7 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             r = sweep(storage, f"{label.replace('+', '_')}_s{seed}",
                       [*base, "--searcher", searcher, "--scheduler", scheduler, "--num-samples", str(n),
-                       "--seed", str(seed)], asha if scheduler in ("asha", "bohb") else {})
+                       "--seed", str(seed), *OBJECTIVES.get(label, [])], asha if scheduler in ("asha", "bohb") else {})
             t = r["trials"]
             tried = [x for _, x in t.iterrows() if config_key(x, axes) in near_keys]
             row = {"seed": seed, "trials": len(t), "best": best_of(t), "epochs": len(r["history"]),

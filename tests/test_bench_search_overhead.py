@@ -37,7 +37,8 @@ def test_bench_search_quick_prints_every_method_against_the_grid(tmp_path):
     grid = table_row(out, "grid+fifo")
     assert grid[1] == "4" and grid[5] == "8" and NUMBER.match(grid[3])  # 4 configurations x 2 epochs
     assert 0 < float(grid[3]) <= 100
-    for method in ("random+fifo", "optuna+fifo", "optuna+asha", "hyperopt+asha", "gp+fifo", "cmaes+fifo", "bohb"):
+    for method in ("random+fifo", "optuna+fifo", "optuna+asha", "hyperopt+asha", "gp+fifo", "cmaes+fifo", "bohb",
+                   "nsga2+fifo"):
         cells = table_row(out, method)
         best, low_high = re.match(r"^([\d.]+) \(([\d.]+ to [\d.]+)\)$", cells[3]).groups()
         assert float(best) <= float(grid[3])  # a searcher can find the grid's best, never beat it
@@ -45,7 +46,7 @@ def test_bench_search_quick_prints_every_method_against_the_grid(tmp_path):
             assert NUMBER.match(cell), (method, cells)
         assert re.match(r"^\d+ of 1$", cells[7]) and re.match(r"^\d+ of 1$", cells[8])
     determinism = re.search(r"Determinism: (\d+) of (\d+) FIFO trials repeated the grid's val_acc", out)
-    assert determinism and determinism.group(1) == determinism.group(2) == "8"  # 4 FIFO sweeps x 2 trials
+    assert determinism and determinism.group(1) == determinism.group(2) == "10"  # 5 FIFO sweeps x 2 trials
     assert re.search(r"^Goal: optuna\+asha within 0.5 points .* -> (PASS|FAIL) \(\d of 1 seeds met both\)$", out,
                      re.M)
 
