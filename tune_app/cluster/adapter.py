@@ -67,7 +67,7 @@ class Cadence:
     trial's last checkpoint (or its start in this process); ``every_s`` 0: every report. A resumed or retried
     trial continues from its last checkpoint, so it trains again at most about ``every_s`` seconds of epochs."""
 
-    every_s: float = 30.0
+    every_s: float = 0.0  # tune_app's default (search.plan.FALLBACK_SETTINGS): every report
     epochs: tuple[int, ...] | None = ()
     max_epochs: int | None = None
 
@@ -86,7 +86,7 @@ class RayReporter:
     """``report`` becomes ``tune.report``, with a checkpoint when the ``Cadence`` says so; ``restore`` reads
     ``tune.get_checkpoint``."""
 
-    def __init__(self, config: dict | None = None, cadence: Cadence = Cadence(every_s=0)) -> None:
+    def __init__(self, config: dict | None = None, cadence: Cadence = Cadence()) -> None:
         self.config = config or {}
         self.cadence = cadence
         self.saved_at = time.monotonic()  # when the report of the trial's last checkpoint came (or this process began)
@@ -162,7 +162,7 @@ class RayReporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(path))
 
 
-def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1, cadence: Cadence = Cadence(every_s=0)):
+def ray_trainable(ref: str, code_paths: list[str] = (), repeats: int = 1, cadence: Cadence = Cadence()):
     """A Ray function trainable around the ``fit`` that ``ref`` ("module:function") names; ``data`` arrives
     through ``tune.with_parameters``. ``fit`` is imported in the worker, by name, so the user's code is found
     there: shipped by Ray's runtime_env, or, when tune_app did not start Ray, from ``code_paths`` where this
