@@ -266,6 +266,31 @@ def test_a_resumed_trial_is_not_paused_by_a_decision_tune_saved_for_its_last_run
     assert controller._cached_trial_decisions == {"t1": "STOP"}
 
 
+def test_a_trial_stopped_after_its_actor_died_is_saved_as_stopped(ray_local, tmp_path):
+    """A trial retried from scratch whose actor then died (--trial-timeout killed it, its node went) is stopped by
+    Tune's controller without an actor; the experiment state it saves must say ERROR, not the RUNNING it cached at
+    the retry's start (the sweep would count it unfinished and --resume would run it again)."""
+    import json
+
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.execution.tune_controller import TuneController
+
+    ray_private.saved_state_keeps_every_stop()
+    ray_private.saved_state_keeps_every_stop()  # twice: one wrapper
+    controller = TuneController(storage=StorageContext(storage_path=str(tmp_path), experiment_dir_name="x"))
+    trials = [Trial("fit", stub=True, trial_id=f"t{i}") for i in range(2)]
+    for trial in trials:
+        controller.add_trial(trial)
+        controller._set_trial_status(trial, Trial.RUNNING)  # restarted: Tune caches it RUNNING
+        controller._mark_trial_to_checkpoint(trial)
+    assert all(json.loads(s[0])["status"] == "RUNNING" for s in controller._get_trial_checkpoints().values())
+    assert trials[0] not in controller._trial_to_actor  # its actor is gone
+    controller._schedule_trial_stop(trials[0], exception=RuntimeError("killed by --trial-timeout"))
+    controller._schedule_trial_stop(trials[1])
+    saved = {t: json.loads(s[0])["status"] for t, s in controller._get_trial_checkpoints().items()}
+    assert saved == {"t0": "ERROR", "t1": "TERMINATED"}
+
+
 def test_ray_tune_keeps_as_many_trials_waiting_as_the_sweep_runs_at_once(monkeypatch):
     """Ray Tune reads TUNE_MAX_PENDING_TRIALS_PG as its controller is made: one waiting trial for a searcher by
     itself, as many as tune_app.search.runner.pending_trials says during a sweep, Ray's own choice again after."""

@@ -233,3 +233,23 @@ def forget_cached_decision(tune_controller, trial_id: str) -> None:
     to run again. ``tune_controller``: what Tune hands a scheduler (a wrapper around the controller)."""
     controller = getattr(tune_controller, "_tune_controller", tune_controller)
     controller._cached_trial_decisions.pop(trial_id, None)
+
+
+def saved_state_keeps_every_stop() -> None:
+    """Have Tune's controller put every trial it stops into its next experiment state. Its ``_schedule_trial_stop``
+    sets the trial's status (ERROR, TERMINATED) and then, only while the trial still has an actor, marks the trial
+    for the experiment state, where it is cached by trial id. A trial whose actor had already died (killed by
+    --trial-timeout, or lost with its node) after a retry from scratch therefore stayed RUNNING there: the sweep
+    then counted it unfinished ("Interrupted", 130) and --resume would have run it again. Idempotent."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    stop = TuneController._schedule_trial_stop
+    if getattr(stop, "tune_app_marks", False):
+        return
+
+    def _schedule_trial_stop(self, trial, exception=None):
+        stop(self, trial, exception)
+        self._mark_trial_to_checkpoint(trial)
+
+    _schedule_trial_stop.tune_app_marks = True
+    TuneController._schedule_trial_stop = _schedule_trial_stop

@@ -155,9 +155,10 @@ def run(spec: dict, resume: bool) -> int:
     lock = None if spec.get("plan_only") or spec.get("run_uri") else claim(Path(spec["run_dir"]), resume)
     resume_line = f"continue with: python -m tune_app.search --resume {spec.get('run_uri') or spec.get('run_dir')}"
     try:
-        from tune_app.cluster.ray_private import driver_keeps_sigterm
+        from tune_app.cluster.ray_private import driver_keeps_sigterm, saved_state_keeps_every_stop
 
         driver_keeps_sigterm()  # TermAsInterrupt's handler stays in place until the driver has exited
+        saved_state_keeps_every_stop()  # a trial stopped after its actor died is saved as stopped, not RUNNING
         started = join_ray(settings, spec.get("code"))
         with TermAsInterrupt(resume_line) as term:  # after ray.init, whose own SIGTERM handler it replaces
             # The watch lasts until Ray has shut down: Ray reports the failed trials' results nobody fetched as it ends.
