@@ -9,6 +9,7 @@ import pytest
 import tune_app
 from tune_app import search
 from tune_app.cluster.adapter import Cadence
+from tune_app.search.plan import FALLBACK_SETTINGS
 from tune_app.search.tuner import checkpoint_cadence
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +78,8 @@ def test_the_decision_epochs_of_each_scheduler():
     assert checkpoint_cadence({**base, "scheduler": "hyperband"}).epochs is None  # pauses at any bracket's milestone
     assert checkpoint_cadence({**base, "scheduler": "bohb"}).epochs is None
     assert checkpoint_cadence({k: v for k, v in base.items() if k != "checkpoint_every_s"} | {"scheduler": "fifo"}) \
-        == Cadence(0.0, (), 20)  # a sweep recorded before the setting existed: the default, every epoch
+        == Cadence(30.0, (), 20)  # a sweep recorded before the setting existed: the default
+    assert Cadence().every_s == FALLBACK_SETTINGS["checkpoint_every_s"] == 30  # a reporter made without one
 
 
 def test_a_report_is_checkpointed_at_decision_epochs_the_last_epoch_and_after_every_s():
@@ -120,7 +122,7 @@ def test_asha_checkpoints_at_its_rungs_and_a_crash_resumes_from_the_last_rung(pr
     """Rungs at epochs 1, 3 and 9; x=3's trial (the best, which ASHA never stops) crashes once before it reports
     epoch 5, and its retry starts from epoch 3's checkpoint: it reports epoch 4 again, and no earlier one."""
     faults_file.write_text(json.dumps([{"epoch": 5, "times": 1, "where": {"x": 3.0}}]))
-    result = sweep(project, "rungs", scheduler="asha", epochs=9, xs=(1.0, 2.0, 3.0), checkpoint_every_s=30)
+    result = sweep(project, "rungs", scheduler="asha", epochs=9, xs=(1.0, 2.0, 3.0))
     trials = result.trials.set_index("config/x")
     assert trials.loc[3.0, "status"] == "completed" and trials.loc[3.0, "epochs"] == 9
     rows = reports(result.run_dir, trials.loc[3.0, "trial_id"])

@@ -30,8 +30,8 @@ class SweepSettings:
     max_failures: int | None = None  # retries of a crashed trial, each from its last checkpoint
     keep_checkpoints: int | None = None  # the best N by the metric, plus the latest
     trial_timeout: float | None = None  # seconds without a report before a trial is stopped; 0 = never
-    checkpoint_every_s: float | None = None  # (default 0 = a checkpoint every epoch) seconds of training between a
-    #   trial's checkpoints, besides the scheduler's decision epochs and the last epoch
+    checkpoint_every_s: float | None = None  # (default 30) seconds of training between a trial's checkpoints, besides
+    #   the scheduler's decision epochs and the last epoch; 0 = a checkpoint every epoch
     budget_hours: float | None = None  # device-hours after which no new trial starts; 0 = no budget
     reuse_actors: bool | None = None  # a finished trial's worker process trains the next trial
     repeats: int | None = None  # (default 1) runs per configuration with seeds seed..seed+k-1, reported as their mean

@@ -67,7 +67,7 @@ class Cadence:
     trial's last checkpoint (or its start in this process); ``every_s`` 0: every report. A resumed or retried
     trial continues from its last checkpoint, so it trains again at most about ``every_s`` seconds of epochs."""
 
-    every_s: float = 0.0  # tune_app's default (search.plan.FALLBACK_SETTINGS): every report
+    every_s: float = 30.0  # tune_app's default (search.plan.FALLBACK_SETTINGS)
     epochs: tuple[int, ...] | None = ()
     max_epochs: int | None = None
 

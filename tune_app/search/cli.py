@@ -59,7 +59,7 @@ def build_parser(prog: str = "python -m tune_app.search") -> argparse.ArgumentPa
                    help="checkpoints kept per trial: the best N by the metric, and always the latest (default 2)")
     p.add_argument("--checkpoint-every-s", type=float,
                    help="seconds of training between a trial's checkpoints; a trial also checkpoints at its "
-                        "scheduler's decision epochs and its last epoch (default 0: every epoch)")
+                        "scheduler's decision epochs and its last epoch (default 30; 0 = every epoch)")
     p.add_argument("--trial-timeout", type=float,
                    help="stop a trial that reports nothing for this many seconds (status timeout; retried as a "
                         "crash is); default 0 = never")

@@ -19,7 +19,7 @@ SETTING_FLAGS = tuple(SETTING_KEYS)
 # What a space's SETTINGS may leave out (max_epochs falls back to the space's largest epochs).
 FALLBACK_SETTINGS = {"searcher": "optuna", "scheduler": "fifo", "num_samples": 10, "cpus_per_trial": 1,
                      "gpus_per_trial": 0, "grace_period": 1, "reduction_factor": 3, "max_failures": 2,
-                     "keep_checkpoints": 2, "trial_timeout": 0, "checkpoint_every_s": 0,
+                     "keep_checkpoints": 2, "trial_timeout": 0, "checkpoint_every_s": 30,
                      "reuse_actors": True, "budget_hours": 0, "repeats": 1}
 TRANSFER_TOP_K = 3  # --from-run without --from-top: study 3's budget on MNIST
 PAUSING = ("hyperband", "bohb")  # schedulers that pause trials in brackets (saved by algorithms.HyperBandState)

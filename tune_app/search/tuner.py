@@ -175,7 +175,7 @@ def checkpoint_cadence(settings: dict):
     checkpoint taken there). FIFO and median stopping decide nothing that needs a checkpoint."""
     from tune_app.cluster.adapter import Cadence
 
-    every_s, top = float(settings.get("checkpoint_every_s", 0)), int(settings["max_epochs"])
+    every_s, top = float(settings.get("checkpoint_every_s", 30)), int(settings["max_epochs"])
     scheduler = settings["scheduler"]
     if scheduler in ("fifo", "median"):
         epochs = ()
