@@ -195,7 +195,7 @@ def floor_table(args, device: torch.device, measured: dict) -> None:
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     best = min(bf16.values()) if bf16 else float("nan")
     best_name = min(bf16, key=bf16.get) if bf16 else "none measured"
-    print(f"| {per_batch / 1e9:.2f} | {per_epoch / 1e12:.3f} | {rate / 1e12:.2f} | {floor:.4f} | {best:.3f} | "
+    print(f"| {per_batch / 1e9:.2f} | {per_epoch / 1e12:.3f} | {rate / 1e12:.3g} | {floor:.4g} | {best:.3f} | "
           f"{best / floor:.1f} |")
     print(f"(best bf16: {best_name}; matmul {args.matmul_size}^3)")
 
