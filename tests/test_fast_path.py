@@ -341,7 +341,9 @@ def test_a_trials_metrics_match_a_plain_dataloader_loop_for_the_same_seed():
     assert len(reporter.history) == len(reference) == 2
     for fast, ref in zip(reporter.history, reference):
         for key in keys:
-            assert abs(fast[key] - ref[key]) <= 1e-5, (key, fast[key], ref[key])
+            # float32 rounding: the two normalise the images in different orders of operations, and a CPU's
+            # kernels differ (2.2e-5 in val_loss on one machine); another seed moves them by more than 1e-3
+            assert abs(fast[key] - ref[key]) <= 1e-4, (key, fast[key], ref[key])
     # the trial learned something, so the match is not one of two untrained models
     assert reference[1]["train_loss"] < reference[0]["train_loss"] - 0.3
     assert reference[0]["val_acc"] < 0.5 < reference[1]["val_acc"] < 0.95
