@@ -1,6 +1,7 @@
 """Which reports carry a checkpoint (--checkpoint-every-s, cluster.adapter.Cadence): the scheduler's decision epochs,
 the last epoch and every N seconds, on real sweeps of a user's trainable on one local Ray; and a crash retried
 from the last of those checkpoints, so a trial trains again only the epochs after it."""
+import csv
 import json
 import sys
 
@@ -132,6 +133,19 @@ def test_asha_checkpoints_at_its_rungs_and_a_crash_resumes_from_the_last_rung(pr
         rows = reports(result.run_dir, trial_id)
         reached = max(r[0] for r in rows)
         assert [e for e, _, checkpointed in rows if checkpointed] == [e for e in (1, 3, 9) if e <= reached]
+
+
+def test_a_retried_trial_keeps_the_reports_made_after_rays_last_save(project, faults_file):
+    """--keep-checkpoints 1: Ray copies the trial's reports into the run directory at each of its checkpoints (the
+    rungs 1 and 3), so that copy lacks epoch 4's report when the trial crashes before epoch 5. Ray replaces the
+    driver's reports with that copy as the retry starts from epoch 3; tune_app's KeepReports saves them first."""
+    faults_file.write_text(json.dumps([{"epoch": 5, "times": 1, "where": {"x": 3.0}}]))
+    result = sweep(project, "synced", scheduler="asha", epochs=6, sleep=0.3, xs=(3.0,), keep_checkpoints=1)
+    trial_id = result.trials["trial_id"][0]
+    rows = reports(result.run_dir, trial_id)
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 4, 5, 6]  # the crashed run's epoch 4, then the retry's
+    with open(next(result.run_dir.glob(f"*{trial_id}*")) / "progress.csv", newline="") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 4, 5, 6]  # Ray's CSV logger's too
 
 
 def test_checkpoint_every_s_0_checkpoints_every_epoch_and_a_negative_value_is_refused(project, capsys):

@@ -195,6 +195,29 @@ class RestoreNotes(tune.Callback):
             print(f"tune_app: trial {trial}: {result[RESTORE_NOTE]}", flush=True)
 
 
+
+class KeepReports(tune.Callback):
+    """Keeps every report of a trial that restarts from a checkpoint (a crash retried, HyperBand unpausing it, PBT
+    exploiting): Ray then replaces the trial's report files on the driver with the run directory's copies, which
+    are as old as Ray's last save of its experiment state (up to TUNE_GLOBAL_CHECKPOINT_S, 10 s or more, and, with
+    checkpoints now far apart, rarely brought forward by them), so the reports since were lost. This callback runs
+    before Ray's loggers (Ray appends them to the sweep's callbacks) and first copies the driver's files, where
+    they hold more, into the run directory."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if not trial.checkpoint:  # a trial without one starts over, and Ray leaves its files as they are
+            return
+        import pyarrow.fs
+
+        from tune_app.cluster.ray_private import trial_logs
+
+        for local, filesystem, remote in trial_logs(trial) or ():
+            if not local.is_file():
+                continue
+            found = filesystem.get_file_info(remote)
+            if found.type == pyarrow.fs.FileType.File and found.size < local.stat().st_size:
+                pyarrow.fs.copy_files(str(local), remote, destination_filesystem=filesystem)
+
 class RunDirUnwritable(Exception):
     """The run directory stopped being writable mid-sweep (see ``StopWhenUnwritable``)."""
 

@@ -30,7 +30,7 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
     """A Tuner for a new sweep; writes the sweep's spec (what --resume reads back)."""
     from ray import tune
 
-    from tune_app.cluster.adapter import RestoreNotes, StopWhenUnwritable
+    from tune_app.cluster.adapter import KeepReports, RestoreNotes, StopWhenUnwritable
     from tune_app.cost.budget import wrap_scheduler
     from tune_app.integrations.wandb_runs import wandb_callback
     from tune_app.search import algorithms
@@ -53,7 +53,8 @@ def new_tuner(spec: dict, space, config: dict, trainable, run_dir: Path, extra_c
                               settings["name"], run_dir)
     oom = OomRetry(settings["cpus_per_trial"]) if settings["gpus_per_trial"] == "auto" else None
     callbacks = [c for c in (StopWhenUnwritable(), callback, trial_timeout(settings.get("trial_timeout") or 0),
-                             algorithms.scheduler_state(scheduler), oom, budget, RestoreNotes(), *extra_callbacks)
+                             algorithms.scheduler_state(scheduler), oom, budget, RestoreNotes(), KeepReports(),
+                             *extra_callbacks)
                  if c is not None]
     reporter = tune.CLIReporter(
         parameter_columns=[k for k in space.searched if k not in space.conditional],  # Ray's table needs them all
