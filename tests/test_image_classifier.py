@@ -248,15 +248,38 @@ def test_imagenet_weights_start_the_model_and_the_checkpoint_no_longer_needs_the
 
 
 def test_compile_trains_to_the_same_numbers_and_checkpoints_plain_weights(digits):
-    """compile: torch.compile runs the steps (here on a CPU, with inductor's C++ backend); the numbers match the
-    eager run's to float tolerance and the checkpoint holds the plain module's weights, loadable without it."""
-    config = {**BASE, "epochs": 1, "batch_norm": False}
+    """compile: torch.compile runs the steps (here on a CPU, with inductor's C++ backend). One step of the compiled
+    model matches the eager one's to float tolerance; a trial's epoch with it ends near the eager trial's (inductor's
+    kernels round otherwise, and the epoch's steps carry that on: 0.15 % apart in val_loss on an AMD EPYC, with
+    Adam 0.6 %, as Adam turns last-bit differences of gradients near zero into whole steps); and the checkpoint
+    holds the plain module's weights, loadable without it."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.device_loop import compile_model
+    from trainables.models import build_model
+
+    torch.manual_seed(1)
+    model = build_model("digits_cnn", (1, 8, 8), 10, "relu", False)
+    twin = compile_model(copy.deepcopy(model), torch.device("cpu"))
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    losses = [F.cross_entropy(m(x), y) for m in (model, twin)]
+    for loss in losses:
+        loss.backward()
+    assert abs(losses[0].item() - losses[1].item()) <= 1e-5
+    grads = [[p.grad for p in m.parameters()] for m in (model, twin)]
+    assert max((g - h).abs().max().item() for g, h in zip(*grads)) <= 1e-5
+    assert max(g.abs().max().item() for g in grads[0]) > 1e-3  # gradients that say something
+
+    config = {**BASE, "epochs": 1, "batch_norm": False, "optimizer": "sgd", "lr": 0.05}
     eager = run(config, digits.sweep_view())
     compiled = run({**config, "compile": True}, digits.sweep_view())
     (a,), (b,) = eager.history, compiled.history
-    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
-    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
-    assert abs(b["val_acc"] - a["val_acc"]) <= 1 / len(digits.y_val)
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
+    assert abs(b["val_acc"] - a["val_acc"]) <= 3 / len(digits.y_val)
     weights = compiled.state["model"]
     assert not any(k.startswith("_orig_mod.") for k in weights)
     assert set(weights) == set(eager.state["model"])
