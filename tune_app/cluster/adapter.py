@@ -195,7 +195,6 @@ class RestoreNotes(tune.Callback):
             print(f"tune_app: trial {trial}: {result[RESTORE_NOTE]}", flush=True)
 
 
-
 class KeepReports(tune.Callback):
     """Keeps every report of a trial that restarts from a checkpoint (a crash retried, HyperBand unpausing it, PBT
     exploiting): Ray then replaces the trial's report files on the driver with the run directory's copies, which
@@ -217,6 +216,7 @@ class KeepReports(tune.Callback):
             found = filesystem.get_file_info(remote)
             if found.type == pyarrow.fs.FileType.File and found.size < local.stat().st_size:
                 pyarrow.fs.copy_files(str(local), remote, destination_filesystem=filesystem)
+
 
 class RunDirUnwritable(Exception):
     """The run directory stopped being writable mid-sweep (see ``StopWhenUnwritable``)."""

@@ -251,6 +251,7 @@ def trial_logs(trial):
         return None
     return [(local / name, storage.storage_filesystem, (remote / name).as_posix()) for name in TRIAL_LOGS]
 
+
 def saved_state_keeps_every_stop() -> None:
     """Have Tune's controller put every trial it stops into its next experiment state. Its ``_schedule_trial_stop``
     sets the trial's status (ERROR, TERMINATED) and then, only while the trial still has an actor, marks the trial
