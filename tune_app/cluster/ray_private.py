@@ -235,21 +235,19 @@ def forget_cached_decision(tune_controller, trial_id: str) -> None:
     controller._cached_trial_decisions.pop(trial_id, None)
 
 
-TRIAL_LOGS = ("result.json", "progress.csv")  # the reports Ray's JSON and CSV loggers write per trial
-
-
 def trial_logs(trial):
-    """(the driver's copy, the storage filesystem, the run directory's copy) of each of a trial's report files.
-    Ray's loggers write the driver's copy (a staging folder under /tmp/ray) and Ray copies it into the run
-    directory when it saves its experiment state; a trial that restarts from a checkpoint has its driver copy
-    replaced by the run directory's (``LoggerCallback._restore_from_remote``). None when both are one file."""
+    """(the driver's copy, the storage filesystem, the run directory's copy) of each of a trial's report files
+    (Ray's JSON and CSV loggers'). Ray's loggers write the driver's copy (a staging folder under /tmp/ray) and Ray
+    copies it into the run directory when it saves its experiment state; a trial that restarts from a checkpoint
+    has its driver copy replaced by the run directory's (``LoggerCallback._restore_from_remote``)."""
     from pathlib import Path
+
+    from ray.tune.result import EXPR_PROGRESS_FILE, EXPR_RESULT_FILE
 
     storage = trial.storage
     local, remote = Path(trial.local_path), Path(storage.trial_fs_path)
-    if local.resolve() == remote.resolve():
-        return None
-    return [(local / name, storage.storage_filesystem, (remote / name).as_posix()) for name in TRIAL_LOGS]
+    return [(local / name, storage.storage_filesystem, (remote / name).as_posix())
+            for name in (EXPR_RESULT_FILE, EXPR_PROGRESS_FILE)]
 
 
 def saved_state_keeps_every_stop() -> None:
