@@ -237,6 +237,27 @@ def test_bohb_brackets_round_trip_into_the_fresh_brackets_of_a_resumed_sweep():
     assert ray_private.hyperband_state(second) == ray_private.hyperband_state(first)
 
 
+def test_a_bracket_that_finishes_while_a_trials_pause_is_being_saved_stops_that_trial():
+    """The first bracket (3 trials to 9 epochs): t0 reports its 9th epoch and is paused, but Tune is still saving
+    its pause checkpoint (RUNNING, is_saving) when t1 and t2 report theirs and the bracket finishes. Ray's
+    cleanup_full stops only the PAUSED t1; t0, paused once its save came back, waited forever in a finished bracket
+    (a sweep that hung, or a --resume that did). tune_app's HyperBand stops it as Ray stops a saving trial at a
+    halving. (BOHB's HyperBand pauses t2 too, then processes the bracket once no trial runs.)"""
+    scheduler = hyperband()
+    trials = [Trial("fit", stub=True, trial_id=f"t{i}") for i in range(3)]
+    controller = Controller(scheduler, trials)
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+    trials[0].set_status(Trial.RUNNING)
+    assert scheduler.on_trial_result(controller, trials[0], {"epoch": 9, "val_acc": 0.9}) == "PAUSE"
+    trials[0].temporary_state.saving_to = object()  # Tune saves the pause checkpoint before it pauses the trial
+    assert controller.report(trials[1], 9, 0.8) == "PAUSE"
+    assert controller.report(trials[2], 9, 0.7) == "STOP"  # the bracket is finished
+    assert {t.trial_id: t.status for t in trials} == {"t0": "TERMINATED", "t1": "TERMINATED", "t2": "TERMINATED"}
+    (bracket,) = [b for band in scheduler._hyperbands for b in band if b]
+    assert bracket._live_trials == {} and scheduler._num_stopped == 0
+
+
 def test_a_hyperband_bracket_holds_no_trial_but_in_the_fields_its_state_maps_by_id():
     """hyperband_state copies every other field of Ray's bracket as it is: a Ray that adds a field holding trials
     must be mapped by id too, or a resumed sweep's brackets would hold the old sweep's Trial objects."""
