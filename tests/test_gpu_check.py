@@ -31,7 +31,7 @@ def test_gpu_check_runs_every_part_on_the_cpu_and_writes_its_report(tmp_path):
             "test_the_probes_peak_memory_is_within_10_percent_of_a_trials",
             "test_augmentation_on_the_device_equals_the_cpu",
             "test_autoaugment_on_the_device_is_within_a_level_of_the_cpu"} <= names
-    assert len(cases) >= 20 and all(c["status"] == "passed" for c in cases), cases
+    assert len(cases) >= 19 and all(c["status"] == "passed" for c in cases), cases  # 8 of the 11 models (--quick)
     speed = report["parts"]["speed"]["result"]["rows"]
     assert [r["row"] for r in speed][:3] == ["vgg6 bs1024 bf16+cl", "vgg6 bs64 bf16+cl", "resnet18 c100 bs256 bf16+cl"]
     assert all(r["s_per_epoch"] > 0 and len(r["epochs_s"]) == 2 for r in speed)
