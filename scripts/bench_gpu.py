@@ -122,7 +122,7 @@ def worker(spec: dict) -> None:
 
 
 def packed(k: int, args, device: torch.device) -> list[dict]:
-    threads = max(1, len(os.sched_getaffinity(0)) // k)
+    threads = args.pack_threads or max(1, len(os.sched_getaffinity(0)) // k)
     specs = [{"index": i, "device": device.type, "images": args.images, "mode": args.pack_mode,
               "batch_size": args.pack_batch_size, "epochs": args.pack_epochs, "threads": threads} for i in range(k)]
     return packed_workers(__file__, specs)[0]
@@ -216,6 +216,8 @@ def main(argv=None) -> None:
     p.add_argument("--matmul-size", type=int, default=None, help="bf16 matmul side (default 8192; 512 on a CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (default: torch's; a packed trial gets cores / trials)")
+    p.add_argument("--pack-threads", type=int, default=None,
+                   help="torch threads of each packed trial (default: cores / trials)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
