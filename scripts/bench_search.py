@@ -1,7 +1,7 @@
 """Search methods against the full grid on digits: best validation accuracy vs epochs spent.
 
     python scripts/bench_search.py [--seeds 5 --epochs 10 --fifo-samples 6 --asha-samples 12 ...]
-    python scripts/bench_search.py --quick        # 2x2x1 grid, 2 epochs, 1 seed: a smoke run
+    python scripts/bench_search.py --quick        # 2x2x1 grid, 2 epochs, 1 seed, 1 trial at a time: a smoke run
 
 Step 1 trains every configuration of a small space once (grid searcher, FIFO, each to E
 epochs): the grid's best validation accuracy, at n_configs x E epochs. The space is the
@@ -146,7 +146,8 @@ def main() -> None:
     p.add_argument("--grace-period", type=int, default=1, help="ASHA's first rung, in epochs (default 1)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA keeps 1 in this many (default 3)")
     p.add_argument("--methods", nargs="+", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
-    p.add_argument("--quick", action="store_true", help="2x2x1 grid, 2 epochs, 1 seed, 2 trials a sweep")
+    p.add_argument("--quick", action="store_true",
+                   help="2x2x1 grid, 2 epochs, 1 seed, 2 trials a sweep, one at a time (--max-concurrent 1)")
     p.add_argument("--storage-path", help="where the sweeps go (default: a temporary folder, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = p.parse_args()
@@ -173,6 +174,8 @@ def main() -> None:
     storage.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     base = space_args(axes, args.epochs)
+    if args.quick:  # a sweep's trials in turn, in one worker process: its start (torch's import) is most of a
+        base += ["--max-concurrent", "1"]  # quick sweep; the searchers then also see each result before the next
     domains = " x ".join(f"{k} {{{', '.join(map(str, v))}}}" for k, v in axes.items())
     print(f"digits_cnn on digits, {domains} = {n_configs} configurations, batch 64, batch norm, cosine, "
           f"{args.epochs} epochs, trial seed 0; "
