@@ -146,6 +146,22 @@ def set_pbt_state(scheduler, state: dict) -> int:
 
 # ---------------------------------------------------------------- HyperBand's brackets (and BOHB's)
 
+class FinishedBracketStopsSaving:
+    """A HyperBand whose finished bracket stops every trial it still holds. Ray's ``cleanup_full`` stops only the
+    PAUSED ones; a trial told to pause at the bracket's last milestone is RUNNING until Tune has saved its pause
+    checkpoint, and when the bracket's other trials reach that milestone before the save is back, it was skipped,
+    then paused in a finished bracket that never unpauses it: the sweep waited forever (Ray's insufficient
+    resources warning, no trial running; on a slow machine a --resume of test_resume.py's bracket drill did). Stopped
+    here as Ray stops a saving trial at a halving. Mixed into search.algorithms.HyperBand."""
+
+    def _process_bracket(self, tune_controller, bracket) -> str:
+        if bracket.finished():
+            for trial in bracket.current_trials():
+                if trial.status == "RUNNING" and trial.is_saving:
+                    tune_controller.stop_trial(trial)
+        return super()._process_bracket(tune_controller, bracket)
+
+
 HYPERBAND_TRIAL_FIELDS = ("_live_trials", "_all_trials", "trials_to_unpause")  # a bracket's fields that hold trials
 
 

@@ -259,29 +259,14 @@ class ResumedStatus:
             trial.set_status(status)  # before Tune files the trial by its status
 
 
-class FinishedBracketStopsSaving:
-    """A HyperBand whose finished bracket stops every trial it still holds. Ray's ``cleanup_full`` stops only the
-    PAUSED ones; a trial told to pause at the bracket's last milestone is RUNNING until Tune has saved its pause
-    checkpoint, and when the bracket's other trials reach that milestone before the save is back, it was skipped,
-    then paused in a finished bracket that never unpauses it: the sweep waited forever (Ray's insufficient
-    resources warning, no trial running; on a slow machine a --resume of test_resume.py's bracket drill did). Stopped
-    here as Ray stops a saving trial at a halving."""
-
-    def _process_bracket(self, tune_controller, bracket) -> str:
-        if bracket.finished():
-            for trial in bracket.current_trials():
-                if trial.status == Trial.RUNNING and trial.is_saving:
-                    tune_controller.stop_trial(trial)
-        return super()._process_bracket(tune_controller, bracket)
-
-
-class HyperBand(FinishedBracketStopsSaving, ResumedStatus, tune.schedulers.HyperBandScheduler):
-    """Ray's HyperBandScheduler (see FinishedBracketStopsSaving, ResumedStatus)."""
+class HyperBand(ray_private.FinishedBracketStopsSaving, ResumedStatus, tune.schedulers.HyperBandScheduler):
+    """Ray's HyperBandScheduler (see ray_private.FinishedBracketStopsSaving, ResumedStatus)."""
 
 
 class BOHBHyperBand(ResumedStatus, tune.schedulers.HyperBandForBOHB):
     """Ray's HyperBandForBOHB (see ResumedStatus). It pauses a trial at its bracket's last milestone until every
-    other one is PAUSED, and processes a bracket whose trials all wait: no FinishedBracketStopsSaving needed."""
+    other one is PAUSED, and processes a bracket whose trials all wait: it needs no
+    ray_private.FinishedBracketStopsSaving."""
 
 
 def scheduler_state(scheduler):
