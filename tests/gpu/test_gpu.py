@@ -125,7 +125,7 @@ def test_a_resumed_trial_continues_bit_exactly():
 # --- fp16 with its grad scaler, torch.compile ---------------------------------------------------------------
 
 def test_fp16_trains_with_its_grad_scaler_and_resumes_it():
-    cfg = config(model=SMALL_MODEL, amp="fp16", epochs=3, lr=0.02)
+    cfg = config(amp="fp16", epochs=3, lr=0.02)
     reporter = train(cfg, stop_after=2)
     scaler = reporter.state["scaler"]
     assert scaler is not None and scaler["scale"] > 0
@@ -139,7 +139,7 @@ def test_fp16_trains_with_its_grad_scaler_and_resumes_it():
 
 
 def test_compile_trains_and_matches_eager():
-    base = config(model=SMALL_MODEL, amp="off", channels_last="off", epochs=2, flip=False, crop_padding=0)
+    base = config(amp="off", channels_last="off", epochs=2, flip=False, crop_padding=0)
     eager, compiled = curve(train(base)), curve(train({**base, "compile": True}))
     for e, c in zip(eager, compiled):
         assert c[1] == pytest.approx(e[1], rel=COMPILE_RTOL, abs=1e-3), (e, c)  # train loss (abs: once it nears 0)
@@ -197,7 +197,7 @@ def test_the_probes_peak_memory_is_within_10_percent_of_a_trials():
     (tune_app.cost.estimate); a trial's own peak is torch.cuda.max_memory_allocated over a whole epoch."""
     n_train = 512 if QUICK else 45000
     data = make_data(n_train, 512)
-    cfg = config(model=SMALL_MODEL, batch_size=256, epochs=1)
+    cfg = config(batch_size=256, epochs=1)
     n = probe_samples(n_train, 256)
     probe = train({**cfg, "epochs": 100}, {**data, "x_train": data["x_train"][:n], "y_train": data["y_train"][:n]},
                   stop_after=3)
